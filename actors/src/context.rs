@@ -1,0 +1,303 @@
+//! What a node's actors share: resources, the event bus, status, counters and actor slots.
+
+use crate::{evaluator::EvaluatorMsg, gossip::GossipMsgIn, trainer::TrainerMsg};
+use crate::{chain_watcher::ChainWatcherMsg, weights::WeightSetterMsg};
+use apiary_chain::keys::Hotkey;
+use apiary_chain::{BlockInfo, ChainClient, Metagraph};
+use apiary_config::NodeConfig;
+use apiary_model::Dataset;
+use apiary_net::{NetEvent, NetHandle};
+use apiary_storage::{ContentId, Store};
+use ractor::ActorRef;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::{broadcast, mpsc, Mutex};
+
+/// Events broadcast to every actor of a node (and to observers such as `apiary devnet`).
+#[derive(Debug, Clone)]
+pub enum NodeEvent {
+    /// A new block was seen.
+    Block(BlockInfo),
+    /// The first block of a window was seen.
+    WindowStarted {
+        /// The window.
+        window: u64,
+        /// Its first block seen.
+        block: u64,
+    },
+    /// The metagraph was refreshed.
+    MetagraphUpdated(Arc<Metagraph>),
+    /// The node's model moved to a new checkpoint.
+    ModelAdvanced {
+        /// The window whose record produced it.
+        window: u64,
+        /// Checkpoint id (= model hash).
+        model: ContentId,
+        /// Mean loss on the held-out pages.
+        held_out_loss: f32,
+        /// True when the node downloaded the checkpoint instead of aggregating.
+        caught_up: bool,
+    },
+    /// This miner published its update.
+    UpdatePublished {
+        /// Window.
+        window: u64,
+        /// Update blob id.
+        update: ContentId,
+        /// Training loss.
+        loss: f32,
+    },
+    /// This validator closed a window.
+    WindowClosed {
+        /// The window.
+        window: u64,
+        /// `(uid, this window's score, smoothed score)` for every miner uid.
+        scores: Vec<(u16, f32, f64)>,
+        /// Accepted update count.
+        accepted: usize,
+    },
+    /// This validator submitted weights.
+    WeightsSubmitted {
+        /// Window that triggered it.
+        window: u64,
+        /// `(uid, weight)`.
+        weights: Vec<(u16, u16)>,
+        /// Block of inclusion, or the error.
+        outcome: Result<u64, String>,
+    },
+    /// The node is stopping because of an unrecoverable error.
+    Fatal(String),
+}
+
+/// Live status for the admin socket.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeStatus {
+    /// Latest block.
+    pub block: u64,
+    /// Current window.
+    pub window: u64,
+    /// This node's uid, once registered.
+    pub uid: Option<u16>,
+    /// Current model checkpoint id (hex).
+    pub model_hash: Option<String>,
+    /// Window whose record produced the model (None: genesis).
+    pub model_window: Option<u64>,
+    /// Last training loss (miners).
+    pub last_loss: Option<f32>,
+    /// Last held-out loss.
+    pub held_out_loss: Option<f32>,
+    /// Latest metagraph.
+    #[serde(skip)]
+    pub metagraph: Option<Arc<Metagraph>>,
+    /// Why the node stopped, if it did.
+    pub fatal: Option<String>,
+}
+
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Counters of a node, exposed on the admin socket.
+        #[derive(Debug, Default)]
+        pub struct Metrics { $($(#[$doc])* pub $name: AtomicU64,)* }
+        impl Metrics {
+            /// Name → value.
+            pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+                let mut m = BTreeMap::new();
+                $(m.insert(stringify!($name), self.$name.load(Ordering::Relaxed));)*
+                m
+            }
+        }
+    };
+}
+
+metrics! {
+    /// Gossip payloads that did not decode.
+    gossip_malformed,
+    /// Gossip from hotkeys not registered on the subnet.
+    gossip_unregistered,
+    /// Announcements whose uid does not belong to the signing hotkey, or records not from the lead validator.
+    gossip_impersonation,
+    /// Announcements for another subnet or a window that is not open.
+    gossip_stale,
+    /// Update announcements accepted for evaluation.
+    updates_received,
+    /// Updates scored.
+    updates_evaluated,
+    /// Updates rejected as malformed (bad shapes, NaN/Inf, undecodable).
+    updates_bad,
+    /// Updates computed on another base model.
+    updates_wrong_base,
+    /// Blob downloads that failed (no provider, timeout, hash mismatch).
+    blob_fetch_failed,
+    /// Blobs downloaded and verified.
+    blobs_fetched,
+    /// Window records applied by aggregation.
+    records_applied,
+    /// Window records rejected.
+    records_rejected,
+    /// Checkpoints downloaded to catch up.
+    catchups,
+    /// Actor restarts by the supervisor.
+    restarts,
+    /// Events dropped because an actor lagged.
+    events_lagged,
+    /// Updates this miner published.
+    updates_published,
+}
+
+impl Metrics {
+    /// Adds one to a counter.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The current `ActorRef` of each child, filled by the supervisor.
+#[derive(Default)]
+pub struct ActorSlots {
+    /// Chain watcher.
+    pub chain_watcher: RwLock<Option<ActorRef<ChainWatcherMsg>>>,
+    /// Gossip peer.
+    pub gossip: RwLock<Option<ActorRef<GossipMsgIn>>>,
+    /// Trainer.
+    pub trainer: RwLock<Option<ActorRef<TrainerMsg>>>,
+    /// Evaluator (validators).
+    pub evaluator: RwLock<Option<ActorRef<EvaluatorMsg>>>,
+    /// Weight setter (validators).
+    pub weight_setter: RwLock<Option<ActorRef<WeightSetterMsg>>>,
+}
+
+/// Reads a slot.
+pub(crate) fn slot_get<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
+    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Writes a slot.
+pub(crate) fn slot_set<T>(slot: &RwLock<Option<T>>, v: Option<T>) {
+    *slot.write().unwrap_or_else(|p| p.into_inner()) = v;
+}
+
+/// Everything a node's actors share.
+pub struct NodeContext {
+    /// Validated configuration.
+    pub cfg: NodeConfig,
+    /// The node's RocksDB store.
+    pub store: Store,
+    /// The chain backend.
+    pub chain: Arc<dyn ChainClient>,
+    /// The libp2p handle.
+    pub net: NetHandle,
+    /// Inbound network events; the gossip peer (re)takes the receiver when it starts.
+    pub net_events: Mutex<mpsc::Receiver<NetEvent>>,
+    /// The signing hotkey.
+    pub hotkey: Hotkey,
+    /// The training data.
+    pub dataset: Arc<Dataset>,
+    /// Event bus (bounded).
+    pub events: broadcast::Sender<NodeEvent>,
+    /// Status for the admin socket.
+    pub status: RwLock<NodeStatus>,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Current actor refs.
+    pub actors: ActorSlots,
+}
+
+impl NodeContext {
+    /// Builds the context; `events` capacity bounds the bus.
+    pub fn new(
+        cfg: NodeConfig,
+        store: Store,
+        chain: Arc<dyn ChainClient>,
+        net: NetHandle,
+        net_events: mpsc::Receiver<NetEvent>,
+        hotkey: Hotkey,
+        dataset: Arc<Dataset>,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(NodeContext {
+            cfg,
+            store,
+            chain,
+            net,
+            net_events: Mutex::new(net_events),
+            hotkey,
+            dataset,
+            events,
+            status: RwLock::new(NodeStatus::default()),
+            metrics: Metrics::default(),
+            actors: ActorSlots::default(),
+        })
+    }
+
+    /// The node's name for logs.
+    pub fn name(&self) -> &str {
+        &self.cfg.node.name
+    }
+
+    /// Publishes an event (no receivers is fine).
+    pub fn emit(&self, ev: NodeEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Reads the status.
+    pub fn status(&self) -> NodeStatus {
+        self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Updates the status.
+    pub fn update_status(&self, f: impl FnOnce(&mut NodeStatus)) {
+        f(&mut self.status.write().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// The latest metagraph, if one was read.
+    pub fn metagraph(&self) -> Option<Arc<Metagraph>> {
+        self.status().metagraph
+    }
+
+    /// This node's uid from the latest metagraph.
+    pub fn uid(&self) -> Option<u16> {
+        self.status().uid
+    }
+
+    /// The current window.
+    pub fn window(&self) -> u64 {
+        self.status().window
+    }
+}
+
+/// Forwards node events into an actor's mailbox until the actor is gone. `pick` selects and
+/// converts the events the actor cares about.
+pub(crate) fn forward_events<M: ractor::Message>(
+    ctx: &Arc<NodeContext>,
+    myself: ActorRef<M>,
+    pick: impl Fn(NodeEvent) -> Option<M> + Send + 'static,
+) {
+    let mut rx = ctx.events.subscribe();
+    // Weak: the task must not keep the context (and its database) alive after the node stops.
+    let weak = Arc::downgrade(ctx);
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(ev) => {
+                    if let Some(m) = pick(ev) {
+                        if myself.cast(m).is_err() {
+                            break;
+                        }
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => match weak.upgrade() {
+                    Some(ctx) => {
+                        ctx.metrics.events_lagged.fetch_add(n, Ordering::Relaxed);
+                    }
+                    None => break,
+                },
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+            if myself.get_status() == ractor::ActorStatus::Stopped {
+                break;
+            }
+        }
+    });
+}

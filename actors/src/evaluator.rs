@@ -1,0 +1,489 @@
+//! Evaluator (validators): scores each miner's update and closes windows.
+//!
+//! For every announced update of the open window the evaluator fetches the blob (verified by
+//! id), rejects it if it does not decode to finite tensors of the model's shapes, then
+//! **recomputes** the miner's work — the same local steps on the same deterministic pages from
+//! the same base model — and scores the miner's update by cosine similarity with its own. Honest
+//! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
+//!
+//! When the next window starts the evaluator closes the previous one (after in-flight scoring
+//! finishes, bounded by half a window): every miner uid gets this window's score (0 when it sent
+//! nothing, sent it late, or sent garbage), smoothed by EMA and persisted. The lead validator
+//! then aggregates the updates that passed `min_score`, stores the next model checkpoint and
+//! gossips the signed [`WindowRecord`].
+
+use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
+use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
+use crate::trainer::{fetch_blob, ModelSnapshot, TrainerHandle};
+use crate::{join_err, ActorError};
+use apiary_model::Update;
+use apiary_net::PeerId;
+use apiary_storage::{Column, ContentId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A uid's persisted score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoreEntry {
+    /// Miner uid.
+    pub uid: u16,
+    /// Smoothed score.
+    pub ema: f64,
+    /// Score in the last closed window.
+    pub last: f32,
+    /// Last closed window.
+    pub window: u64,
+}
+
+/// How one update fared.
+#[derive(Clone)]
+pub enum Outcome {
+    /// Cosine similarity with the recomputed update.
+    Scored {
+        /// The score.
+        score: f32,
+        /// The decoded update (kept for aggregation).
+        update: Arc<Update>,
+        /// Its id.
+        id: ContentId,
+    },
+    /// Undecodable, wrong shapes, NaN/Inf, or not fetchable.
+    Bad(String),
+}
+
+/// Messages of the evaluator.
+pub enum EvaluatorMsg {
+    /// A miner's update announcement, and the peer that relayed it.
+    Announce(Box<UpdateAnnouncement>, PeerId),
+    /// Scoring of one update finished.
+    Evaluated {
+        /// Window.
+        window: u64,
+        /// Miner uid.
+        uid: u16,
+        /// Result.
+        outcome: Outcome,
+    },
+    /// A window started (closes the previous one).
+    WindowStarted(u64),
+    /// The model advanced (new base for evaluation).
+    ModelAdvanced,
+    /// Close a window even if some scoring is still running.
+    ForceClose(u64),
+    /// The aggregate for a closed window is ready to publish.
+    Aggregated(Box<Result<WindowRecord, String>>),
+    /// Query: smoothed scores.
+    Scores(RpcReplyPort<Vec<ScoreEntry>>),
+    /// Query: how many updates of a window have been scored so far.
+    Scored(u64, RpcReplyPort<usize>),
+}
+
+impl std::fmt::Debug for EvaluatorMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EvaluatorMsg::Announce(..) => "Announce",
+            EvaluatorMsg::Evaluated { .. } => "Evaluated",
+            EvaluatorMsg::WindowStarted(_) => "WindowStarted",
+            EvaluatorMsg::ModelAdvanced => "ModelAdvanced",
+            EvaluatorMsg::ForceClose(_) => "ForceClose",
+            EvaluatorMsg::Aggregated(_) => "Aggregated",
+            EvaluatorMsg::Scores(_) => "Scores",
+            EvaluatorMsg::Scored(..) => "Scored",
+        })
+    }
+}
+
+#[derive(Default)]
+struct WindowEval {
+    pending: BTreeSet<u16>,
+    deferred: Vec<(UpdateAnnouncement, PeerId)>,
+    results: BTreeMap<u16, Outcome>,
+    closing: bool,
+}
+
+/// The actor.
+pub struct Evaluator;
+
+/// Its state.
+pub struct EvaluatorState {
+    ctx: Arc<NodeContext>,
+    base: Option<ModelSnapshot>,
+    windows: BTreeMap<u64, WindowEval>,
+    scores: BTreeMap<u16, ScoreEntry>,
+    last_closed: Option<u64>,
+    /// Scored-update counts of recently closed windows.
+    closed_counts: BTreeMap<u64, usize>,
+}
+
+impl Actor for Evaluator {
+    type Msg = EvaluatorMsg;
+    type State = EvaluatorState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let scores = ctx
+            .store
+            .scan::<ScoreEntry>(Column::Scores)?
+            .into_iter()
+            .map(|(_, s)| (s.uid, s))
+            .collect::<BTreeMap<_, _>>();
+        let last_closed = scores.values().map(|s| s.window).max();
+        forward_events(&ctx, myself.clone(), |ev| match ev {
+            NodeEvent::WindowStarted { window, .. } => Some(EvaluatorMsg::WindowStarted(window)),
+            NodeEvent::ModelAdvanced { .. } => Some(EvaluatorMsg::ModelAdvanced),
+            _ => None,
+        });
+        // The trainer may be starting too; the first ModelAdvanced or window fills the base.
+        let _ = myself.cast(EvaluatorMsg::ModelAdvanced);
+        Ok(EvaluatorState {
+            ctx,
+            base: None,
+            windows: BTreeMap::new(),
+            scores,
+            last_closed,
+            closed_counts: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EvaluatorMsg::Announce(ann, from) => {
+                ensure_base(st).await;
+                if st.last_closed.is_some_and(|c| ann.window <= c)
+                    || st.windows.get(&ann.window).is_some_and(|w| w.closing)
+                {
+                    Metrics::inc(&st.ctx.metrics.gossip_stale);
+                    tracing::info!(uid = ann.uid, window = ann.window, "update arrived after its window closed");
+                    return Ok(());
+                }
+                let we = st.windows.entry(ann.window).or_default();
+                if we.results.contains_key(&ann.uid) || we.pending.contains(&ann.uid) {
+                    return Ok(());
+                }
+                match &st.base {
+                    Some(b) if b.id == ann.base_model => {
+                        we.pending.insert(ann.uid);
+                        spawn_eval(&myself, &st.ctx, b.clone(), *ann, from);
+                    }
+                    _ => we.deferred.push((*ann, from)),
+                }
+            }
+            EvaluatorMsg::Evaluated {
+                window,
+                uid,
+                outcome,
+            } => {
+                if let Some(we) = st.windows.get_mut(&window) {
+                    we.pending.remove(&uid);
+                    Metrics::inc(&st.ctx.metrics.updates_evaluated);
+                    if let Outcome::Bad(e) = &outcome {
+                        Metrics::inc(&st.ctx.metrics.updates_bad);
+                        tracing::warn!(uid, window, error = %e, "rejected update");
+                        // Nothing of a bad update is kept: not its bytes, not its announcement.
+                        let key = apiary_storage::window_uid_key(window, uid);
+                        if let Err(e) = st.ctx.store.delete(Column::Announcements, &key) {
+                            tracing::warn!(error = %e, "could not drop a bad announcement");
+                        }
+                    }
+                    we.results.insert(uid, outcome);
+                    if we.closing && we.pending.is_empty() {
+                        finalize(&myself, st, window);
+                    }
+                }
+            }
+            EvaluatorMsg::WindowStarted(w) => {
+                ensure_base(st).await;
+                let open: Vec<u64> = st
+                    .windows
+                    .iter()
+                    .filter(|(k, v)| **k < w && !v.closing)
+                    .map(|(k, _)| *k)
+                    .collect();
+                let mut to_close = open;
+                // Close the previous window even if no update arrived for it.
+                if w > 0 && !st.last_closed.is_some_and(|c| c >= w - 1) {
+                    let prev = w - 1;
+                    if !to_close.contains(&prev) && !st.windows.get(&prev).is_some_and(|v| v.closing) {
+                        to_close.push(prev);
+                    }
+                }
+                for cw in to_close {
+                    let we = st.windows.entry(cw).or_default();
+                    we.closing = true;
+                    if we.pending.is_empty() {
+                        finalize(&myself, st, cw);
+                    } else {
+                        let c = &st.ctx.cfg.chain;
+                        let grace = Duration::from_millis(c.block_time_ms * c.blocks_per_window / 2);
+                        myself.send_after(grace, move || EvaluatorMsg::ForceClose(cw));
+                    }
+                }
+            }
+            EvaluatorMsg::ForceClose(w) => {
+                if st.windows.get(&w).is_some_and(|we| we.closing) {
+                    tracing::warn!(window = w, "closing window with scoring still in flight");
+                    finalize(&myself, st, w);
+                }
+            }
+            EvaluatorMsg::ModelAdvanced => {
+                if let Ok(snap) = TrainerHandle(Arc::clone(&st.ctx)).snapshot().await {
+                    st.base = Some(snap.clone());
+                    let mut ready = Vec::new();
+                    for (w, we) in st.windows.iter_mut() {
+                        let (now, later): (Vec<_>, Vec<_>) = we
+                            .deferred
+                            .drain(..)
+                            .partition(|(a, _)| a.base_model == snap.id);
+                        we.deferred = later;
+                        for (a, from) in now {
+                            we.pending.insert(a.uid);
+                            ready.push((*w, a, from));
+                        }
+                    }
+                    for (_, a, from) in ready {
+                        spawn_eval(&myself, &st.ctx, snap.clone(), a, from);
+                    }
+                }
+            }
+            EvaluatorMsg::Aggregated(res) => match *res {
+                Ok(rec) => publish_record(&st.ctx, rec).await,
+                Err(e) => tracing::error!(error = %e, "could not aggregate the window"),
+            },
+            EvaluatorMsg::Scores(reply) => {
+                let _ = reply.send(st.scores.values().cloned().collect());
+            }
+            EvaluatorMsg::Scored(w, reply) => {
+                let n = match st.windows.get(&w) {
+                    Some(we) => we.results.len(),
+                    None => st.closed_counts.get(&w).copied().unwrap_or(0),
+                };
+                let _ = reply.send(n);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fetches the trainer's model if the evaluator has none yet (first start, or restart).
+async fn ensure_base(st: &mut EvaluatorState) {
+    if st.base.is_none() {
+        if let Ok(snap) = TrainerHandle(Arc::clone(&st.ctx)).snapshot().await {
+            st.base = Some(snap);
+        }
+    }
+}
+
+fn spawn_eval(
+    myself: &ActorRef<EvaluatorMsg>,
+    ctx: &Arc<NodeContext>,
+    base: ModelSnapshot,
+    ann: UpdateAnnouncement,
+    from: PeerId,
+) {
+    let ctx = Arc::clone(ctx);
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let (window, uid) = (ann.window, ann.uid);
+        let outcome = match fetch_blob(&ctx, ann.update, Some(from), false).await {
+            Err(e) => Outcome::Bad(e),
+            Ok(bytes) => {
+                let ctx2 = Arc::clone(&ctx);
+                tokio::task::spawn_blocking(move || score_update(&ctx2, &base, &ann, &bytes))
+                    .await
+                    .unwrap_or_else(|e| Outcome::Bad(join_err(e)))
+            }
+        };
+        let _ = me.cast(EvaluatorMsg::Evaluated {
+            window,
+            uid,
+            outcome,
+        });
+    });
+}
+
+fn score_update(
+    ctx: &NodeContext,
+    base: &ModelSnapshot,
+    ann: &UpdateAnnouncement,
+    bytes: &[u8],
+) -> Outcome {
+    let c = &ctx.cfg;
+    let update = match Update::from_bytes(&c.model, bytes) {
+        Ok(u) => u,
+        Err(e) => return Outcome::Bad(format!("invalid update: {e}")),
+    };
+    if let Err(e) = ctx.store.put_blob_verified(ann.update, bytes) {
+        return Outcome::Bad(e.to_string());
+    }
+    let idx = apiary_model::assign_pages(
+        ann.uid,
+        ann.window,
+        c.train.data_seed,
+        ctx.dataset.train_pages(),
+        c.train.pages_per_window,
+    );
+    let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx.dataset.page(*i)).collect();
+    let own = match apiary_model::compute_update(&c.model, &c.train, &base.params, &pages) {
+        Ok((u, _)) => u,
+        Err(e) => return Outcome::Bad(format!("recompute failed: {e}")),
+    };
+    match apiary_model::cosine(&update, &own) {
+        Ok(s) if s.is_finite() => Outcome::Scored {
+            score: s,
+            update: Arc::new(update),
+            id: ann.update,
+        },
+        Ok(_) => Outcome::Bad("cosine is not finite".into()),
+        Err(e) => Outcome::Bad(e.to_string()),
+    }
+}
+
+fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u64) {
+    let Some(we) = st.windows.remove(&window) else {
+        return;
+    };
+    st.windows.retain(|w, _| *w > window);
+    st.closed_counts.insert(window, we.results.len());
+    while st.closed_counts.len() > 64 {
+        st.closed_counts.pop_first();
+    }
+    st.last_closed = Some(st.last_closed.map_or(window, |c| c.max(window)));
+    let ctx = Arc::clone(&st.ctx);
+    let c = &ctx.cfg;
+    for (a, _) in &we.deferred {
+        Metrics::inc(&ctx.metrics.updates_wrong_base);
+        tracing::warn!(uid = a.uid, window, "update computed on another base model; scored 0");
+    }
+    let Some(mg) = ctx.metagraph() else { return };
+    let me = ctx.hotkey.id();
+    let alpha = c.validator.ema_alpha;
+    let mut report = Vec::new();
+    for n in mg.neurons.iter().filter(|n| !n.validator_permit && n.hotkey != me) {
+        let s = match we.results.get(&n.uid) {
+            Some(Outcome::Scored { score, .. }) => *score,
+            _ => 0.0,
+        };
+        let prev = st.scores.get(&n.uid).map_or(0.0, |e| e.ema);
+        let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev;
+        let entry = ScoreEntry {
+            uid: n.uid,
+            ema,
+            last: s,
+            window,
+        };
+        if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
+            tracing::error!(error = %e, "could not persist a score");
+        }
+        st.scores.insert(n.uid, entry);
+        report.push((n.uid, s, ema));
+    }
+    let accepted: Vec<(u16, ContentId, Arc<Update>)> = we
+        .results
+        .iter()
+        .filter_map(|(uid, o)| match o {
+            Outcome::Scored { score, update, id }
+                if f64::from(*score) >= c.validator.min_score =>
+            {
+                Some((*uid, *id, Arc::clone(update)))
+            }
+            _ => None,
+        })
+        .collect();
+    tracing::info!(window, accepted = accepted.len(), scores = ?report, "window closed");
+    ctx.emit(NodeEvent::WindowClosed {
+        window,
+        scores: report.clone(),
+        accepted: accepted.len(),
+    });
+    // Only the lead validator writes the record everyone follows.
+    if mg.lead_validator().map(|n| n.hotkey) != Some(me) {
+        return;
+    }
+    let Some(base) = st.base.clone() else {
+        tracing::warn!(window, "no base model yet; no record for this window");
+        return;
+    };
+    let me_ref = myself.clone();
+    let scores: Vec<(u16, f32)> = report.iter().map(|(u, s, _)| (*u, *s)).collect();
+    tokio::spawn(async move {
+        let ctx2 = Arc::clone(&ctx);
+        let res = tokio::task::spawn_blocking(move || -> Result<WindowRecord, String> {
+            let c = &ctx2.cfg;
+            let updates: Vec<Update> = accepted.iter().map(|(_, _, u)| (**u).clone()).collect();
+            let next = apiary_model::aggregate(&base.params, &updates, c.train.outer_lr)
+                .map_err(|e| e.to_string())?;
+            let bytes = next.to_bytes().map_err(|e| e.to_string())?;
+            let model = ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
+            Ok(WindowRecord {
+                netuid: c.chain.netuid,
+                window,
+                base_model: base.id,
+                accepted: accepted.iter().map(|(u, id, _)| (*u, *id)).collect(),
+                model,
+                scores,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_err(e)));
+        let _ = me_ref.cast(EvaluatorMsg::Aggregated(Box::new(res)));
+    });
+}
+
+async fn publish_record(ctx: &Arc<NodeContext>, rec: WindowRecord) {
+    let payload = GossipMsg::Record(rec.clone()).encode();
+    if let Err(e) = ctx.net.publish(payload).await {
+        tracing::warn!(error = %e, window = rec.window, "could not gossip the window record");
+    }
+    if let Err(e) = TrainerHandle(Arc::clone(ctx)).apply_record(rec, None) {
+        tracing::warn!(error = %e, "own trainer unavailable for the record");
+    }
+}
+
+/// Typed front of the evaluator.
+#[derive(Clone)]
+pub struct EvaluatorHandle(pub Arc<NodeContext>);
+
+impl EvaluatorHandle {
+    fn actor(&self) -> Result<ActorRef<EvaluatorMsg>, ActorError> {
+        slot_get(&self.0.actors.evaluator).ok_or(ActorError::NotRunning("evaluator"))
+    }
+    /// Hands over an update announcement for scoring.
+    pub fn announce(&self, ann: UpdateAnnouncement, from: PeerId) -> Result<(), ActorError> {
+        self.actor()?
+            .cast(EvaluatorMsg::Announce(Box::new(ann), from))
+            .map_err(|e| ActorError::Call {
+                actor: "evaluator",
+                message: e.to_string(),
+            })
+    }
+    /// How many updates of `window` have been scored.
+    pub async fn scored_in(&self, window: u64) -> Result<usize, ActorError> {
+        ractor::call_t!(self.actor()?, EvaluatorMsg::Scored, 10_000, window).map_err(|e| {
+            ActorError::Call {
+                actor: "evaluator",
+                message: e.to_string(),
+            }
+        })
+    }
+    /// Smoothed scores by uid.
+    pub async fn scores(&self) -> Result<Vec<ScoreEntry>, ActorError> {
+        ractor::call_t!(self.actor()?, EvaluatorMsg::Scores, 10_000).map_err(|e| {
+            ActorError::Call {
+                actor: "evaluator",
+                message: e.to_string(),
+            }
+        })
+    }
+}

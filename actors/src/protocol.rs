@@ -1,0 +1,103 @@
+//! What nodes say on the gossip topic, inside a hotkey-signed envelope.
+//!
+//! Messages are small: they name content ids; the bytes travel by request-response and are
+//! verified against the id. Encoding is bincode 2 (standard config) with a decode limit.
+
+use apiary_storage::ContentId;
+use serde::{Deserialize, Serialize};
+
+/// A miner's update for a window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateAnnouncement {
+    /// Subnet.
+    pub netuid: u16,
+    /// Window the update is for.
+    pub window: u64,
+    /// The miner's uid (must match the signing hotkey on chain).
+    pub uid: u16,
+    /// Model the update was computed from.
+    pub base_model: ContentId,
+    /// Content id of the update blob (safetensors).
+    pub update: ContentId,
+    /// Size of the blob in bytes.
+    pub size: u64,
+    /// The miner's training loss on its pages.
+    pub loss: f32,
+}
+
+/// The lead validator's record of a closed window: which updates went into the next model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRecord {
+    /// Subnet.
+    pub netuid: u16,
+    /// The closed window.
+    pub window: u64,
+    /// Model the window's updates were computed from.
+    pub base_model: ContentId,
+    /// Accepted updates, sorted by uid: `(uid, update id)`.
+    pub accepted: Vec<(u16, ContentId)>,
+    /// Content id of the resulting model checkpoint.
+    pub model: ContentId,
+    /// Each evaluated uid's score this window.
+    pub scores: Vec<(u16, f32)>,
+}
+
+/// A gossip payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GossipMsg {
+    /// A miner announces its update for a window.
+    Update(UpdateAnnouncement),
+    /// The lead validator announces a closed window's record.
+    Record(WindowRecord),
+}
+
+/// Decode failure.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed gossip payload: {0}")]
+pub struct DecodeError(pub String);
+
+impl GossipMsg {
+    /// Encodes with bincode.
+    pub fn encode(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).unwrap_or_default()
+    }
+    /// Decodes at most `limit` bytes, rejecting trailing bytes.
+    pub fn decode(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
+        if bytes.len() > limit {
+            return Err(DecodeError(format!("{} bytes > limit {limit}", bytes.len())));
+        }
+        let (msg, used): (GossipMsg, usize) = bincode::serde::decode_from_slice(
+            bytes,
+            bincode::config::standard().with_limit::<{ 1 << 20 }>(),
+        )
+        .map_err(|e| DecodeError(e.to_string()))?;
+        if used != bytes.len() {
+            return Err(DecodeError("trailing bytes".into()));
+        }
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_garbage() {
+        let m = GossipMsg::Record(WindowRecord {
+            netuid: 1,
+            window: 9,
+            base_model: ContentId::of(b"a"),
+            accepted: vec![(1, ContentId::of(b"u"))],
+            model: ContentId::of(b"b"),
+            scores: vec![(1, 0.9)],
+        });
+        let b = m.encode();
+        assert_eq!(GossipMsg::decode(&b, 4096).expect("decode"), m);
+        assert!(GossipMsg::decode(&[0xff, 0xff, 0xff], 4096).is_err());
+        assert!(GossipMsg::decode(&b, 4).is_err());
+        let mut t = b.clone();
+        t.push(0);
+        assert!(GossipMsg::decode(&t, 4096).is_err());
+    }
+}

@@ -1,0 +1,572 @@
+//! Trainer: owns the node's model; applies window records; on miners, trains each window.
+//!
+//! Every node runs one. The model is a checkpoint blob in the store (its content id is the
+//! model hash) plus, per applied window, a record in the `windows` column; on start the trainer
+//! resumes from the latest one (or the deterministic genesis model).
+//!
+//! Applying a [`WindowRecord`]: if it builds on our model, fetch the accepted update blobs that
+//! we lack from peers, aggregate them in uid order off the runtime and check that the result
+//! hashes to the record's model id; otherwise (we missed windows, or our result differs) fetch
+//! the record's checkpoint by id and adopt it: a late joiner catches up in one verified download.
+//!
+//! Training (miners): when window `w` starts and the model for `w` is in (or half the window has
+//! passed), compute the update on this uid's pages for `w` in `spawn_blocking`, store it, and
+//! announce it on gossip.
+
+use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
+use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
+use crate::{join_err, ActorError};
+use apiary_config::Role;
+use apiary_model::{Params, Update};
+use apiary_net::PeerId;
+use apiary_storage::{u64_key, Column, ContentId};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// What the trainer persists per applied window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppliedWindow {
+    /// The window.
+    pub window: u64,
+    /// Model before.
+    pub base_model: ContentId,
+    /// Model after (checkpoint blob id).
+    pub model: ContentId,
+    /// Accepted updates `(uid, id)`.
+    pub accepted: Vec<(u16, ContentId)>,
+    /// Held-out loss of `model`.
+    pub held_out_loss: f32,
+    /// True when the checkpoint was downloaded instead of aggregated.
+    pub caught_up: bool,
+}
+
+/// The trainer's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainerStatus {
+    /// Current model id.
+    pub model: ContentId,
+    /// Window whose record produced it (None: genesis).
+    pub model_window: Option<u64>,
+    /// Last training loss.
+    pub last_loss: Option<f32>,
+    /// Held-out loss of the current model.
+    pub held_out_loss: f32,
+}
+
+/// A snapshot of the model for evaluation.
+#[derive(Clone)]
+pub struct ModelSnapshot {
+    /// Parameters.
+    pub params: Arc<Params>,
+    /// Their id.
+    pub id: ContentId,
+    /// Window whose record produced them.
+    pub window: Option<u64>,
+}
+
+/// Messages of the trainer.
+pub enum TrainerMsg {
+    /// A window started.
+    WindowStarted(u64),
+    /// A block was seen (re-checks whether training may start).
+    Tick,
+    /// A window record to apply, with the peer it came from.
+    ApplyRecord(Box<WindowRecord>, Option<PeerId>),
+    /// Result of applying a record (off-runtime work finished).
+    RecordApplied(Box<Result<Applied, String>>),
+    /// Result of training (off-runtime work finished).
+    UpdateComputed(Box<Result<Computed, String>>),
+    /// Query: status.
+    Status(RpcReplyPort<TrainerStatus>),
+    /// Query: the current model.
+    Snapshot(RpcReplyPort<ModelSnapshot>),
+    /// Fault injection for supervision tests: panic inside the actor.
+    Panic,
+}
+
+impl std::fmt::Debug for TrainerMsg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self {
+            TrainerMsg::WindowStarted(_) => "WindowStarted",
+            TrainerMsg::Tick => "Tick",
+            TrainerMsg::ApplyRecord(..) => "ApplyRecord",
+            TrainerMsg::RecordApplied(_) => "RecordApplied",
+            TrainerMsg::UpdateComputed(_) => "UpdateComputed",
+            TrainerMsg::Status(_) => "Status",
+            TrainerMsg::Snapshot(_) => "Snapshot",
+            TrainerMsg::Panic => "Panic",
+        };
+        f.write_str(s)
+    }
+}
+
+/// A record applied off the runtime.
+pub struct Applied {
+    record: WindowRecord,
+    params: Arc<Params>,
+    held_out_loss: f32,
+    caught_up: bool,
+}
+
+/// An update computed off the runtime.
+pub struct Computed {
+    window: u64,
+    base: ContentId,
+    bytes: Vec<u8>,
+    loss: f32,
+}
+
+/// The actor.
+pub struct Trainer;
+
+/// Its state.
+pub struct TrainerState {
+    ctx: Arc<NodeContext>,
+    params: Arc<Params>,
+    model_id: ContentId,
+    model_window: Option<u64>,
+    held_out_loss: f32,
+    last_loss: Option<f32>,
+    want_train: Option<u64>,
+    last_trained: Option<u64>,
+    training: bool,
+    applying: bool,
+    pending: BTreeMap<u64, (WindowRecord, Option<PeerId>)>,
+}
+
+impl Actor for Trainer {
+    type Msg = TrainerMsg;
+    type State = TrainerState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let ctx2 = Arc::clone(&ctx);
+        let (params, model_id, model_window, held_out_loss) =
+            tokio::task::spawn_blocking(move || load_model(&ctx2))
+                .await
+                .map_err(join_err)??;
+        ctx.update_status(|s| {
+            s.model_hash = Some(model_id.to_hex());
+            s.model_window = model_window;
+            s.held_out_loss = Some(held_out_loss);
+        });
+        tracing::info!(model = %model_id.short(), ?model_window, held_out_loss, "trainer ready");
+        forward_events(&ctx, myself, |ev| match ev {
+            NodeEvent::WindowStarted { window, .. } => Some(TrainerMsg::WindowStarted(window)),
+            NodeEvent::Block(_) => Some(TrainerMsg::Tick),
+            _ => None,
+        });
+        let window = ctx.window();
+        Ok(TrainerState {
+            ctx,
+            params: Arc::new(params),
+            model_id,
+            model_window,
+            held_out_loss,
+            last_loss: None,
+            want_train: Some(window),
+            last_trained: None,
+            training: false,
+            applying: false,
+            pending: BTreeMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        st: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TrainerMsg::WindowStarted(w) => {
+                st.want_train = Some(w);
+                maybe_train(&myself, st);
+            }
+            TrainerMsg::Tick => maybe_train(&myself, st),
+            TrainerMsg::ApplyRecord(rec, from) => {
+                if st.model_window.is_some_and(|mw| rec.window <= mw) {
+                    return Ok(());
+                }
+                st.pending.insert(rec.window, (*rec, from));
+                maybe_apply(&myself, st);
+            }
+            TrainerMsg::RecordApplied(res) => {
+                st.applying = false;
+                match *res {
+                    Ok(a) => on_applied(st, a),
+                    Err(e) => {
+                        Metrics::inc(&st.ctx.metrics.records_rejected);
+                        tracing::warn!(error = %e, "could not apply a window record");
+                    }
+                }
+                maybe_apply(&myself, st);
+                maybe_train(&myself, st);
+            }
+            TrainerMsg::UpdateComputed(res) => {
+                st.training = false;
+                match *res {
+                    Ok(c) => publish_update(st, c).await,
+                    Err(e) => tracing::error!(error = %e, "training failed"),
+                }
+            }
+            TrainerMsg::Status(reply) => {
+                let _ = reply.send(TrainerStatus {
+                    model: st.model_id,
+                    model_window: st.model_window,
+                    last_loss: st.last_loss,
+                    held_out_loss: st.held_out_loss,
+                });
+            }
+            TrainerMsg::Snapshot(reply) => {
+                let _ = reply.send(ModelSnapshot {
+                    params: Arc::clone(&st.params),
+                    id: st.model_id,
+                    window: st.model_window,
+                });
+            }
+            TrainerMsg::Panic => panic!("trainer fault injected by request"),
+        }
+        Ok(())
+    }
+}
+
+fn held_out(ctx: &NodeContext) -> Vec<Vec<u32>> {
+    ctx.dataset.held_out(ctx.cfg.train.held_out_pages)
+}
+
+type Loaded = (Params, ContentId, Option<u64>, f32);
+
+fn load_model(ctx: &NodeContext) -> Result<Loaded, ActorProcessingErr> {
+    let cfg = &ctx.cfg.model;
+    if let Some((_, rec)) = ctx.store.last::<AppliedWindow>(Column::Windows)? {
+        match ctx.store.get_blob(rec.model) {
+            Ok(Some(bytes)) => {
+                let p = Params::from_bytes(cfg, &bytes)?;
+                return Ok((p, rec.model, Some(rec.window), rec.held_out_loss));
+            }
+            Ok(None) => tracing::warn!(window = rec.window, "checkpoint missing; starting from genesis"),
+            Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting from genesis"),
+        }
+    }
+    let p = Params::init(cfg)?;
+    let id = ctx.store.put_blob(&p.to_bytes()?)?;
+    let loss = apiary_model::eval_loss(cfg, &p, &held_out(ctx))?;
+    Ok((p, id, None, loss))
+}
+
+fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
+    let ctx = &st.ctx;
+    if ctx.cfg.node.role != Role::Miner || st.training || st.applying {
+        return;
+    }
+    let Some(w) = st.want_train else { return };
+    if st.last_trained.is_some_and(|t| t >= w) {
+        return;
+    }
+    let Some(uid) = ctx.uid() else { return };
+    // Train on the model for `w` (the record of `w-1` applied; genesis is the model for window
+    // 0); past half the window, train on what we have rather than miss the window.
+    let bpw = ctx.cfg.chain.blocks_per_window;
+    let half_gone = bpw > 1 && ctx.status().block >= w * bpw + bpw / 2;
+    let ready = half_gone
+        || match st.model_window {
+            None => w == 0,
+            Some(mw) => mw + 1 >= w,
+        };
+    if !ready {
+        return;
+    }
+    st.training = true;
+    st.last_trained = Some(w);
+    let ctx2 = Arc::clone(ctx);
+    let params = Arc::clone(&st.params);
+    let base = st.model_id;
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let res = tokio::task::spawn_blocking(move || -> Result<Computed, String> {
+            let c = &ctx2.cfg;
+            let (update, loss) = if c.train.lazy {
+                (
+                    Update::random_like(&c.model, w ^ u64::from(uid) << 32, 0.01)
+                        .map_err(|e| e.to_string())?,
+                    f32::NAN,
+                )
+            } else {
+                let idx = apiary_model::assign_pages(
+                    uid,
+                    w,
+                    c.train.data_seed,
+                    ctx2.dataset.train_pages(),
+                    c.train.pages_per_window,
+                );
+                let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx2.dataset.page(*i)).collect();
+                apiary_model::compute_update(&c.model, &c.train, &params, &pages)
+                    .map_err(|e| e.to_string())?
+            };
+            Ok(Computed {
+                window: w,
+                base,
+                bytes: update.to_bytes().map_err(|e| e.to_string())?,
+                loss,
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(join_err(e)));
+        let _ = me.cast(TrainerMsg::UpdateComputed(Box::new(res)));
+    });
+}
+
+async fn publish_update(st: &mut TrainerState, c: Computed) {
+    let ctx = &st.ctx;
+    let Some(uid) = ctx.uid() else { return };
+    let id = match ctx.store.put_blob(&c.bytes) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!(error = %e, "could not store our update");
+            return;
+        }
+    };
+    if c.loss.is_finite() {
+        st.last_loss = Some(c.loss);
+        ctx.update_status(|s| s.last_loss = Some(c.loss));
+    }
+    let ann = UpdateAnnouncement {
+        netuid: ctx.cfg.chain.netuid,
+        window: c.window,
+        uid,
+        base_model: c.base,
+        update: id,
+        size: c.bytes.len() as u64,
+        loss: c.loss,
+    };
+    let _ = ctx.store.put(
+        Column::Announcements,
+        &apiary_storage::window_uid_key(c.window, uid),
+        &ann,
+    );
+    let payload = GossipMsg::Update(ann).encode();
+    // The mesh may still be forming right after start: retry briefly.
+    let mut attempt = 0;
+    loop {
+        match ctx.net.publish(payload.clone()).await {
+            Ok(()) => break,
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "publish failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, window = c.window, "could not announce our update");
+                return;
+            }
+        }
+    }
+    Metrics::inc(&ctx.metrics.updates_published);
+    tracing::info!(window = c.window, update = %id.short(), loss = c.loss, "update published");
+    ctx.emit(NodeEvent::UpdatePublished {
+        window: c.window,
+        update: id,
+        loss: c.loss,
+    });
+}
+
+fn maybe_apply(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
+    if st.applying {
+        return;
+    }
+    // Drop records we are past.
+    if let Some(mw) = st.model_window {
+        st.pending.retain(|w, _| *w > mw);
+    }
+    let Some((_, (rec, from))) = st.pending.pop_first() else {
+        return;
+    };
+    // A newer record supersedes older pending ones only via catch-up; apply in order.
+    st.applying = true;
+    let ctx = Arc::clone(&st.ctx);
+    let params = Arc::clone(&st.params);
+    let model_id = st.model_id;
+    let me = myself.clone();
+    tokio::spawn(async move {
+        let res = apply_record(&ctx, params, model_id, rec, from).await;
+        let _ = me.cast(TrainerMsg::RecordApplied(Box::new(res)));
+    });
+}
+
+/// Reads a blob from the store or fetches it from peers (trying `from` first); the net layer
+/// verifies the bytes against `id`. With `keep`, fetched bytes are stored; otherwise the caller
+/// stores them once it has validated their content.
+pub(crate) async fn fetch_blob(
+    ctx: &Arc<NodeContext>,
+    id: ContentId,
+    from: Option<PeerId>,
+    keep: bool,
+) -> Result<Vec<u8>, String> {
+    if let Ok(Some(b)) = ctx.store.get_blob(id) {
+        return Ok(b);
+    }
+    let providers: Vec<PeerId> = from.into_iter().collect();
+    match ctx.net.fetch_blob_any(id.0, &providers).await {
+        Ok((bytes, _peer)) => {
+            if keep {
+                ctx.store
+                    .put_blob_verified(id, &bytes)
+                    .map_err(|e| e.to_string())?;
+            }
+            Metrics::inc(&ctx.metrics.blobs_fetched);
+            Ok(bytes)
+        }
+        Err(e) => {
+            Metrics::inc(&ctx.metrics.blob_fetch_failed);
+            Err(format!("could not fetch blob {}: {e}", id.short()))
+        }
+    }
+}
+
+async fn apply_record(
+    ctx: &Arc<NodeContext>,
+    base: Arc<Params>,
+    base_id: ContentId,
+    rec: WindowRecord,
+    from: Option<PeerId>,
+) -> Result<Applied, String> {
+    // The validator that made the record (and any node that already has it) loads it directly.
+    let have_model = ctx.store.has_blob(rec.model).unwrap_or(false);
+    if rec.base_model == base_id && !have_model {
+        let mut blobs = Vec::with_capacity(rec.accepted.len());
+        for (_, id) in &rec.accepted {
+            blobs.push(fetch_blob(ctx, *id, from, true).await?);
+        }
+        let ctx2 = Arc::clone(ctx);
+        let rec2 = rec.clone();
+        let res = tokio::task::spawn_blocking(move || -> Result<Option<Applied>, String> {
+            let c = &ctx2.cfg;
+            let updates = blobs
+                .iter()
+                .map(|b| Update::from_bytes(&c.model, b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let next = apiary_model::aggregate(&base, &updates, c.train.outer_lr)
+                .map_err(|e| e.to_string())?;
+            let bytes = next.to_bytes().map_err(|e| e.to_string())?;
+            if ContentId::of(&bytes) != rec2.model {
+                return Ok(None);
+            }
+            ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
+            let loss = apiary_model::eval_loss(&c.model, &next, &held_out(&ctx2))
+                .map_err(|e| e.to_string())?;
+            Ok(Some(Applied {
+                record: rec2,
+                params: Arc::new(next),
+                held_out_loss: loss,
+                caught_up: false,
+            }))
+        })
+        .await
+        .map_err(join_err)??;
+        if let Some(a) = res {
+            Metrics::inc(&ctx.metrics.records_applied);
+            return Ok(a);
+        }
+        tracing::warn!(window = rec.window, "our aggregate differs from the record; downloading the checkpoint");
+    }
+    // Catch up: download the checkpoint by id.
+    let bytes = fetch_blob(ctx, rec.model, from, false).await?;
+    let ctx2 = Arc::clone(ctx);
+    let applied = tokio::task::spawn_blocking(move || -> Result<Applied, String> {
+        let c = &ctx2.cfg;
+        let p = Params::from_bytes(&c.model, &bytes).map_err(|e| e.to_string())?;
+        ctx2.store
+            .put_blob_verified(rec.model, &bytes)
+            .map_err(|e| e.to_string())?;
+        let loss =
+            apiary_model::eval_loss(&c.model, &p, &held_out(&ctx2)).map_err(|e| e.to_string())?;
+        Ok(Applied {
+            record: rec,
+            params: Arc::new(p),
+            held_out_loss: loss,
+            caught_up: !have_model,
+        })
+    })
+    .await
+    .map_err(join_err)??;
+    if applied.caught_up {
+        Metrics::inc(&ctx.metrics.catchups);
+    } else {
+        Metrics::inc(&ctx.metrics.records_applied);
+    }
+    Ok(applied)
+}
+
+fn on_applied(st: &mut TrainerState, a: Applied) {
+    let ctx = &st.ctx;
+    let rec = &a.record;
+    let entry = AppliedWindow {
+        window: rec.window,
+        base_model: rec.base_model,
+        model: rec.model,
+        accepted: rec.accepted.clone(),
+        held_out_loss: a.held_out_loss,
+        caught_up: a.caught_up,
+    };
+    if let Err(e) = ctx.store.put(Column::Windows, &u64_key(rec.window), &entry) {
+        tracing::error!(error = %e, "could not persist the applied window");
+    }
+    st.params = a.params;
+    st.model_id = rec.model;
+    st.model_window = Some(rec.window);
+    st.held_out_loss = a.held_out_loss;
+    ctx.update_status(|s| {
+        s.model_hash = Some(rec.model.to_hex());
+        s.model_window = Some(rec.window);
+        s.held_out_loss = Some(a.held_out_loss);
+    });
+    tracing::info!(window = rec.window, model = %rec.model.short(), accepted = rec.accepted.len(), held_out_loss = a.held_out_loss, caught_up = a.caught_up, "model advanced");
+    ctx.emit(NodeEvent::ModelAdvanced {
+        window: rec.window,
+        model: rec.model,
+        held_out_loss: a.held_out_loss,
+        caught_up: a.caught_up,
+    });
+}
+
+/// Typed front of the trainer.
+#[derive(Clone)]
+pub struct TrainerHandle(pub Arc<NodeContext>);
+
+impl TrainerHandle {
+    fn actor(&self) -> Result<ActorRef<TrainerMsg>, ActorError> {
+        slot_get(&self.0.actors.trainer).ok_or(ActorError::NotRunning("trainer"))
+    }
+    fn call_err(e: impl std::fmt::Display) -> ActorError {
+        ActorError::Call {
+            actor: "trainer",
+            message: e.to_string(),
+        }
+    }
+    /// The trainer's status.
+    pub async fn status(&self) -> Result<TrainerStatus, ActorError> {
+        ractor::call_t!(self.actor()?, TrainerMsg::Status, 10_000).map_err(Self::call_err)
+    }
+    /// The current model.
+    pub async fn snapshot(&self) -> Result<ModelSnapshot, ActorError> {
+        ractor::call_t!(self.actor()?, TrainerMsg::Snapshot, 10_000).map_err(Self::call_err)
+    }
+    /// Hands over a window record to apply.
+    pub fn apply_record(&self, rec: WindowRecord, from: Option<PeerId>) -> Result<(), ActorError> {
+        self.actor()?
+            .cast(TrainerMsg::ApplyRecord(Box::new(rec), from))
+            .map_err(Self::call_err)
+    }
+    /// Fault injection: makes the trainer panic (the supervisor restarts it).
+    pub fn inject_panic(&self) -> Result<(), ActorError> {
+        self.actor()?.cast(TrainerMsg::Panic).map_err(Self::call_err)
+    }
+}

@@ -1,0 +1,519 @@
+//! # apiary-config
+//!
+//! Everything a node needs to know before it starts, in one validated [`NodeConfig`].
+//!
+//! Load order: built-in defaults → TOML file (`apiary --config FILE`) → CLI flags (applied by the
+//! daemon). Every section is `#[serde(default)]` so a file only names what it changes, and
+//! `deny_unknown_fields` so a typo is an error rather than a silently ignored setting.
+//! [`NodeConfig::validate`] checks cross-field rules and returns a [`ConfigError`] whose message
+//! names the offending key and what to do about it.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A configuration problem. The message names the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}; check the path passed to --config")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown/mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said (includes line and column).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another.
+    #[error("invalid config value `{key}`: {message}")]
+    Invalid {
+        /// Dotted key, e.g. `model.n_heads`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// What a node does in the subnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Trains on its assigned pages and publishes updates.
+    #[default]
+    Miner,
+    /// Scores miners' updates, publishes the window record and sets weights.
+    Validator,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Role::Miner => f.write_str("miner"),
+            Role::Validator => f.write_str("validator"),
+        }
+    }
+}
+
+/// Which chain backend the chain watcher talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainBackend {
+    /// The embedded local chain (state in RocksDB, blocks on a timer).
+    #[default]
+    Local,
+}
+
+/// The whole node configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Identity and role.
+    pub node: NodeSection,
+    /// Chain backend and timing.
+    pub chain: ChainConfig,
+    /// libp2p networking.
+    pub net: NetConfig,
+    /// Model architecture.
+    pub model: ModelConfig,
+    /// Training data and update rule.
+    pub train: TrainConfig,
+    /// Validator scoring and weights.
+    pub validator: ValidatorConfig,
+    /// Supervision of the node's actors.
+    pub supervisor: SupervisorConfig,
+}
+
+/// `[node]`: who this node is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Human-readable name used in logs.
+    pub name: String,
+    /// Miner or validator.
+    pub role: Role,
+    /// Where the node keeps its store, keys and admin socket.
+    pub data_dir: PathBuf,
+    /// Hex 32-byte seed for the sr25519 hotkey. If unset, a key is generated on first start
+    /// and kept in `<data_dir>/hotkey` (mode 0600).
+    pub hotkey_seed: Option<String>,
+    /// Admin socket path; defaults to `<data_dir>/admin.sock`.
+    pub admin_socket: Option<PathBuf>,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: "apiary".into(),
+            role: Role::Miner,
+            data_dir: PathBuf::from("./apiary-data"),
+            hotkey_seed: None,
+            admin_socket: None,
+        }
+    }
+}
+
+/// `[chain]`: the chain clock and subnet.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChainConfig {
+    /// Backend; `local` is the embedded chain.
+    pub backend: ChainBackend,
+    /// Subnet id.
+    pub netuid: u16,
+    /// Blocks per training window (`window = block / blocks_per_window`).
+    pub blocks_per_window: u64,
+    /// Embedded chain: milliseconds between blocks.
+    pub block_time_ms: u64,
+    /// Embedded chain: directory of its RocksDB (defaults to `<data_dir>/chain`).
+    pub local_path: Option<PathBuf>,
+    /// Refresh the metagraph every this many blocks.
+    pub metagraph_refresh_blocks: u64,
+    /// Register this node's hotkey on start if it is not registered (embedded chain only).
+    pub auto_register: bool,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        Self {
+            backend: ChainBackend::Local,
+            netuid: 1,
+            blocks_per_window: 4,
+            block_time_ms: 500,
+            local_path: None,
+            metagraph_refresh_blocks: 1,
+            auto_register: true,
+        }
+    }
+}
+
+/// `[net]`: libp2p settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// Listen multiaddr; port 0 picks a free port.
+    pub listen: String,
+    /// Multiaddrs (with `/p2p/<peer id>`) dialed at start.
+    pub bootstrap: Vec<String>,
+    /// Largest gossip message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest blob served or fetched, in bytes.
+    pub max_blob_bytes: usize,
+    /// Gossipsub heartbeat in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Timeout of one blob request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Hex 32-byte seed of the libp2p ed25519 key; generated and kept in
+    /// `<data_dir>/p2p_key` if unset.
+    pub p2p_key_seed: Option<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            bootstrap: Vec::new(),
+            max_message_bytes: 64 * 1024,
+            max_blob_bytes: 256 * 1024 * 1024,
+            heartbeat_ms: 500,
+            request_timeout_ms: 30_000,
+            p2p_key_seed: None,
+        }
+    }
+}
+
+/// `[model]`: a LLaMA-style decoder. Defaults are tiny so it trains on a 2-core CPU.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Vocabulary size (256 for byte-level tokens).
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Number of decoder layers.
+    pub n_layers: usize,
+    /// Attention heads; must divide `d_model`, head dim must be even (rotary).
+    pub n_heads: usize,
+    /// SwiGLU inner size.
+    pub d_ff: usize,
+    /// Tokens per page (sequence length).
+    pub seq_len: usize,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub norm_eps: f64,
+    /// Seed of the deterministic initial parameters shared by the whole subnet.
+    pub init_seed: u64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 256,
+            d_model: 64,
+            n_layers: 2,
+            n_heads: 4,
+            d_ff: 172,
+            seq_len: 64,
+            rope_theta: 10_000.0,
+            norm_eps: 1e-5,
+            init_seed: 42,
+        }
+    }
+}
+
+/// `[train]`: data and the per-window update rule.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// A text file or a directory of `.txt` files, read as bytes.
+    pub data: PathBuf,
+    /// Pages a miner trains on per window.
+    pub pages_per_window: usize,
+    /// Pages per local step (micro-batch); `pages_per_window` is split into batches of this size.
+    pub batch_pages: usize,
+    /// Local optimizer steps per window; the update is `params_before - params_after`.
+    pub local_steps: usize,
+    /// Inner AdamW learning rate.
+    pub learning_rate: f64,
+    /// Outer learning rate applied to the mean of accepted updates.
+    pub outer_lr: f64,
+    /// Seed mixed into page assignment.
+    pub data_seed: u64,
+    /// Fraction of pages (at the end of the data) held out for evaluation.
+    pub held_out_fraction: f64,
+    /// Held-out pages used to report loss.
+    pub held_out_pages: usize,
+    /// Adversary simulation for devnets and tests: publish random noise of the right shape
+    /// instead of training (a "lazy" miner that validators must catch).
+    pub lazy: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: PathBuf::from("data/tinyshakespeare.txt"),
+            pages_per_window: 8,
+            batch_pages: 8,
+            local_steps: 4,
+            learning_rate: 3e-3,
+            outer_lr: 1.0,
+            data_seed: 7,
+            held_out_fraction: 0.05,
+            held_out_pages: 16,
+            lazy: false,
+        }
+    }
+}
+
+/// `[validator]`: scoring and weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidatorConfig {
+    /// EMA factor for scores: `ema = alpha * new + (1 - alpha) * ema`.
+    pub ema_alpha: f64,
+    /// Updates whose cosine score is below this are not aggregated.
+    pub min_score: f64,
+    /// Submit weights every this many windows.
+    pub weights_every_windows: u64,
+    /// Weights version key sent with `set_weights`.
+    pub version_key: u64,
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> Self {
+        Self {
+            ema_alpha: 0.3,
+            min_score: 0.1,
+            weights_every_windows: 1,
+            version_key: 0,
+        }
+    }
+}
+
+/// `[supervisor]`: restart budget for the node's actors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// Restarts allowed within `restart_window_secs`; one more stops the node.
+    pub max_restarts: u32,
+    /// Length of the restart budget window in seconds.
+    pub restart_window_secs: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 3,
+            restart_window_secs: 60,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Parses TOML text (no validation).
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads, parses and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg = Self::from_toml_str(&text, path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The admin socket path.
+    pub fn admin_socket_path(&self) -> PathBuf {
+        self.node
+            .admin_socket
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("admin.sock"))
+    }
+
+    /// Directory of the embedded chain's database.
+    pub fn local_chain_path(&self) -> PathBuf {
+        self.chain
+            .local_path
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("chain"))
+    }
+
+    /// Checks every rule that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        let m = &self.model;
+        if m.vocab_size == 0 || m.vocab_size > 1 << 20 {
+            return bad("model.vocab_size", "must be between 1 and 1048576 (256 for bytes)");
+        }
+        if m.vocab_size < 256 {
+            return bad("model.vocab_size", "byte-level tokens need at least 256");
+        }
+        if m.d_model == 0 || m.n_heads == 0 || !m.d_model.is_multiple_of(m.n_heads) {
+            return bad(
+                "model.n_heads",
+                format!("must be > 0 and divide model.d_model ({})", m.d_model),
+            );
+        }
+        if !(m.d_model / m.n_heads).is_multiple_of(2) {
+            return bad(
+                "model.n_heads",
+                "head dimension d_model / n_heads must be even for rotary embeddings",
+            );
+        }
+        if m.n_layers == 0 || m.n_layers > 256 {
+            return bad("model.n_layers", "must be between 1 and 256");
+        }
+        if m.d_ff == 0 {
+            return bad("model.d_ff", "must be > 0");
+        }
+        if m.seq_len < 2 || m.seq_len > 1 << 16 {
+            return bad("model.seq_len", "must be between 2 and 65536");
+        }
+        if !(m.rope_theta.is_finite() && m.rope_theta > 0.0) {
+            return bad("model.rope_theta", "must be a positive number");
+        }
+        let t = &self.train;
+        if t.pages_per_window == 0 {
+            return bad("train.pages_per_window", "must be at least 1");
+        }
+        if t.batch_pages == 0 {
+            return bad("train.batch_pages", "must be at least 1");
+        }
+        if t.local_steps == 0 {
+            return bad("train.local_steps", "must be at least 1");
+        }
+        if !(t.learning_rate.is_finite() && t.learning_rate > 0.0 && t.learning_rate < 10.0) {
+            return bad("train.learning_rate", "must be in (0, 10)");
+        }
+        if !(t.outer_lr.is_finite() && t.outer_lr > 0.0 && t.outer_lr <= 10.0) {
+            return bad("train.outer_lr", "must be in (0, 10]");
+        }
+        if !(t.held_out_fraction > 0.0 && t.held_out_fraction < 0.5) {
+            return bad("train.held_out_fraction", "must be in (0, 0.5)");
+        }
+        if t.held_out_pages == 0 {
+            return bad("train.held_out_pages", "must be at least 1");
+        }
+        if self.chain.blocks_per_window == 0 {
+            return bad("chain.blocks_per_window", "must be at least 1");
+        }
+        if self.chain.block_time_ms < 10 {
+            return bad("chain.block_time_ms", "must be at least 10 ms");
+        }
+        if self.chain.metagraph_refresh_blocks == 0 {
+            return bad("chain.metagraph_refresh_blocks", "must be at least 1");
+        }
+        let v = &self.validator;
+        if !(v.ema_alpha > 0.0 && v.ema_alpha <= 1.0) {
+            return bad("validator.ema_alpha", "must be in (0, 1]");
+        }
+        if !(-1.0..=1.0).contains(&v.min_score) {
+            return bad("validator.min_score", "a cosine threshold, must be in [-1, 1]");
+        }
+        if v.weights_every_windows == 0 {
+            return bad("validator.weights_every_windows", "must be at least 1");
+        }
+        let n = &self.net;
+        if !n.listen.starts_with('/') {
+            return bad(
+                "net.listen",
+                format!("`{}` is not a multiaddr; use e.g. /ip4/127.0.0.1/tcp/0", n.listen),
+            );
+        }
+        if let Some(b) = n.bootstrap.iter().find(|b| !b.starts_with('/')) {
+            return bad(
+                "net.bootstrap",
+                format!("`{b}` is not a multiaddr; use /ip4/IP/tcp/PORT/p2p/PEER_ID"),
+            );
+        }
+        if n.max_message_bytes < 1024 || n.max_message_bytes > 16 * 1024 * 1024 {
+            return bad("net.max_message_bytes", "must be between 1 KiB and 16 MiB");
+        }
+        if n.max_blob_bytes < 1024 {
+            return bad("net.max_blob_bytes", "must be at least 1 KiB");
+        }
+        if n.heartbeat_ms < 10 {
+            return bad("net.heartbeat_ms", "must be at least 10 ms");
+        }
+        if n.request_timeout_ms < 100 {
+            return bad("net.request_timeout_ms", "must be at least 100 ms");
+        }
+        for (key, seed) in [
+            ("node.hotkey_seed", &self.node.hotkey_seed),
+            ("net.p2p_key_seed", &n.p2p_key_seed),
+        ] {
+            if let Some(s) = seed {
+                if hex::decode(s).map(|b| b.len() != 32).unwrap_or(true) {
+                    return bad(key, "must be 64 hex characters (a 32-byte seed)");
+                }
+            }
+        }
+        if self.supervisor.restart_window_secs == 0 {
+            return bad("supervisor.restart_window_secs", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        NodeConfig::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn examples_parse_and_validate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                NodeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                n += 1;
+            }
+        }
+        assert!(n >= 2, "expected example configs in {}", dir.display());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = NodeConfig::from_toml_str("[model]\nd_modle = 3\n", Path::new("x.toml"))
+            .expect_err("typo must fail");
+        assert!(err.to_string().contains("d_modle"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let mut c = NodeConfig::default();
+        c.model.n_heads = 3;
+        let err = c.validate().expect_err("3 does not divide 64");
+        assert!(err.to_string().contains("model.n_heads"), "{err}");
+        let mut c = NodeConfig::default();
+        c.node.hotkey_seed = Some("zz".into());
+        assert!(c.validate().is_err());
+        let mut c = NodeConfig::default();
+        c.net.listen = "127.0.0.1:4000".into();
+        assert!(c.validate().expect_err("not multiaddr").to_string().contains("net.listen"));
+    }
+}

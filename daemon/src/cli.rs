@@ -1,0 +1,195 @@
+//! The `apiary` command line.
+
+use crate::devnet::{self, DevnetOpts};
+use crate::node::{ChainSource, Node};
+use anyhow::{Context, Result};
+use apiary_config::{NodeConfig, Role};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// apiary: incentivized, decentralized training of neural networks, peer to peer.
+#[derive(Debug, Parser)]
+#[command(name = "apiary", version, about)]
+pub struct Cli {
+    /// Log filter (e.g. `info`, `apiary=debug`); also RUST_LOG.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run one node until Ctrl-C.
+    Run(RunArgs),
+    /// Run a whole local swarm on the embedded chain and print one line per window.
+    Devnet(DevnetArgs),
+    /// Ask a running node over its admin socket.
+    Admin(AdminArgs),
+    /// Check a config file and print it with defaults filled in.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+}
+
+/// `apiary run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TOML config file (see config/examples).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Overrides node.data_dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Overrides node.role.
+    #[arg(long, value_enum)]
+    pub role: Option<RoleArg>,
+    /// Overrides net.listen.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Adds bootstrap multiaddrs.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Overrides train.data.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+}
+
+/// A role on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RoleArg {
+    /// Miner.
+    Miner,
+    /// Validator.
+    Validator,
+}
+
+/// `apiary devnet`.
+#[derive(Debug, Args)]
+pub struct DevnetArgs {
+    /// Honest miners.
+    #[arg(long, default_value_t = 3)]
+    pub miners: usize,
+    /// Lazy miners that publish noise (validators should give them nothing).
+    #[arg(long, default_value_t = 0)]
+    pub lazy: usize,
+    /// Validators.
+    #[arg(long, default_value_t = 1)]
+    pub validators: usize,
+    /// Windows to run.
+    #[arg(long, default_value_t = 20)]
+    pub windows: u64,
+    /// Milliseconds per block.
+    #[arg(long, default_value_t = 500)]
+    pub block_ms: u64,
+    /// Blocks per window.
+    #[arg(long, default_value_t = 4)]
+    pub blocks_per_window: u64,
+    /// Data dir for the nodes (default: a new temp dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Training text (file or directory).
+    #[arg(long, default_value = "data/tinyshakespeare.txt")]
+    pub data: PathBuf,
+    /// Base node config (model, training, validator settings) for every node.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `apiary admin`.
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// status | peers | scores | windows | weights | metrics
+    pub command: String,
+    /// The admin socket (default `<data-dir>/admin.sock`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// The node's data dir.
+    #[arg(long, default_value = "./apiary-data")]
+    pub data_dir: PathBuf,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run(a) => run_node(a).await,
+        Cmd::Devnet(a) => {
+            let base = match &a.config {
+                Some(p) => Some(NodeConfig::load(p)?),
+                None => None,
+            };
+            let opts = DevnetOpts {
+                miners: a.miners,
+                lazy: a.lazy,
+                validators: a.validators,
+                windows: a.windows,
+                block_ms: a.block_ms,
+                blocks_per_window: a.blocks_per_window,
+                dir: a.dir,
+                data: a.data,
+                json: a.json,
+                base,
+            };
+            let mut out = std::io::stdout();
+            devnet::run(opts, &mut out).await.map(|_| ())
+        }
+        Cmd::Admin(a) => {
+            let socket = a.socket.unwrap_or_else(|| a.data_dir.join("admin.sock"));
+            let reply =
+                crate::admin::request(&socket, &serde_json::json!({"cmd": a.command})).await?;
+            if a.json {
+                println!("{reply}");
+            } else if reply["ok"].as_bool() == Some(true) {
+                print!("{}", crate::admin::render_table(&reply["result"]));
+            } else {
+                anyhow::bail!("{}", reply["error"].as_str().unwrap_or("admin request failed"));
+            }
+            Ok(())
+        }
+        Cmd::CheckConfig { file } => {
+            let cfg = NodeConfig::load(&file)?;
+            println!("{}", toml::to_string_pretty(&cfg).context("rendering config")?);
+            Ok(())
+        }
+    }
+}
+
+async fn run_node(a: RunArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(p) => NodeConfig::load(p)?,
+        None => NodeConfig::default(),
+    };
+    if let Some(d) = a.data_dir {
+        cfg.node.data_dir = d;
+    }
+    if let Some(r) = a.role {
+        cfg.node.role = match r {
+            RoleArg::Miner => Role::Miner,
+            RoleArg::Validator => Role::Validator,
+        };
+    }
+    if let Some(l) = a.listen {
+        cfg.net.listen = l;
+    }
+    cfg.net.bootstrap.extend(a.bootstrap);
+    if let Some(d) = a.data {
+        cfg.train.data = d;
+    }
+    cfg.validate()?;
+    let mut node = Node::spawn(cfg, ChainSource::FromConfig).await?;
+    let res = tokio::select! {
+        r = node.wait() => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    node.shutdown().await;
+    res
+}

@@ -1,0 +1,305 @@
+//! `apiary devnet`: a whole local swarm in one process on the embedded chain.
+//!
+//! Starts an embedded chain, `validators + miners` nodes each with its own data dir, keys,
+//! libp2p socket on 127.0.0.1 and admin socket, lets them find each other through their
+//! on-chain peer records, runs `windows` windows and prints one line per window (held-out loss,
+//! each miner's score, smoothed score and on-chain weight, bytes exchanged), or one JSON object
+//! per line with `--json`. It fails if the loss did not go down.
+
+use crate::node::{ChainSource, Node};
+use anyhow::{bail, Context, Result};
+use apiary_actors::NodeEvent;
+use apiary_chain::local::{LocalChain, SubnetParams};
+use apiary_chain::ChainClient;
+use apiary_config::{NodeConfig, Role};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Devnet settings.
+#[derive(Debug, Clone)]
+pub struct DevnetOpts {
+    /// Honest miners.
+    pub miners: usize,
+    /// Lazy miners (publish noise).
+    pub lazy: usize,
+    /// Validators.
+    pub validators: usize,
+    /// Windows to run.
+    pub windows: u64,
+    /// Milliseconds per block.
+    pub block_ms: u64,
+    /// Blocks per window.
+    pub blocks_per_window: u64,
+    /// Where node data goes (a fresh temp dir if unset).
+    pub dir: Option<PathBuf>,
+    /// Training text.
+    pub data: PathBuf,
+    /// JSON lines instead of text.
+    pub json: bool,
+    /// Base config for every node (model and training settings), if given.
+    pub base: Option<NodeConfig>,
+}
+
+impl Default for DevnetOpts {
+    fn default() -> Self {
+        Self {
+            miners: 3,
+            lazy: 0,
+            validators: 1,
+            windows: 20,
+            block_ms: 500,
+            blocks_per_window: 4,
+            dir: None,
+            data: PathBuf::from("data/tinyshakespeare.txt"),
+            json: false,
+            base: None,
+        }
+    }
+}
+
+/// One miner in a window line.
+#[derive(Debug, Clone, Serialize)]
+pub struct MinerLine {
+    /// Node name.
+    pub name: String,
+    /// uid.
+    pub uid: u16,
+    /// This window's score.
+    pub score: f32,
+    /// Smoothed score.
+    pub ema: f64,
+    /// Weight on chain from the lead validator.
+    pub weight: u16,
+}
+
+/// One window line.
+#[derive(Debug, Clone, Serialize)]
+pub struct WindowLine {
+    /// Window.
+    pub window: u64,
+    /// Held-out loss of the model after this window.
+    pub held_out_loss: f32,
+    /// Updates aggregated.
+    pub accepted: usize,
+    /// Per miner.
+    pub miners: Vec<MinerLine>,
+    /// Blob bytes sent between nodes during the window.
+    pub bytes: u64,
+    /// Model hash (short).
+    pub model: String,
+}
+
+/// What the run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevnetSummary {
+    /// Held-out loss before the first window.
+    pub initial_loss: f32,
+    /// After the last.
+    pub final_loss: f32,
+    /// Windows reported.
+    pub windows: u64,
+    /// Data dir used.
+    pub dir: PathBuf,
+}
+
+fn devnet_seed(name: &str) -> String {
+    hex::encode(blake3::derive_key("apiary devnet key v1", name.as_bytes()))
+}
+
+/// Runs the devnet and writes lines to `out`.
+pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<DevnetSummary> {
+    if opts.validators == 0 || opts.miners + opts.lazy == 0 {
+        bail!("a devnet needs at least one validator and one miner");
+    }
+    let dir = match &opts.dir {
+        Some(d) => d.clone(),
+        None => {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            std::env::temp_dir().join(format!("apiary-devnet-{}-{t}", std::process::id()))
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if !opts.data.exists() {
+        bail!(
+            "training data {} not found; pass --data PATH (a text file or directory)",
+            opts.data.display()
+        );
+    }
+    let base = opts.base.clone().unwrap_or_default();
+    let netuid = base.chain.netuid;
+    let chain = LocalChain::open(&dir.join("chain"))?;
+    chain.create_subnet(netuid, SubnetParams::default())?;
+    let shared: Arc<dyn ChainClient> = chain.clone();
+
+    let mut specs = Vec::new();
+    for i in 0..opts.validators {
+        specs.push((format!("validator-{i}"), Role::Validator, false));
+    }
+    for i in 0..opts.miners {
+        specs.push((format!("miner-{}", i + 1), Role::Miner, false));
+    }
+    for i in 0..opts.lazy {
+        specs.push((format!("lazy-{}", i + 1), Role::Miner, true));
+    }
+    let mut nodes = Vec::new();
+    for (name, role, lazy) in &specs {
+        let mut cfg = base.clone();
+        cfg.node.name = name.clone();
+        cfg.node.role = *role;
+        cfg.node.data_dir = dir.join(name);
+        cfg.node.hotkey_seed = Some(devnet_seed(&format!("hotkey/{name}")));
+        cfg.net.p2p_key_seed = Some(devnet_seed(&format!("p2p/{name}")));
+        cfg.net.listen = "/ip4/127.0.0.1/tcp/0".into();
+        cfg.net.heartbeat_ms = cfg.net.heartbeat_ms.min(200);
+        cfg.chain.block_time_ms = opts.block_ms;
+        cfg.chain.blocks_per_window = opts.blocks_per_window;
+        cfg.train.data = opts.data.clone();
+        cfg.train.lazy = *lazy;
+        let node = Node::spawn(cfg, ChainSource::Shared(Arc::clone(&shared)))
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        nodes.push(node);
+    }
+    for (i, n) in nodes.iter().enumerate().take(opts.validators) {
+        let stake = 1_000_000 * (opts.validators - i) as u64;
+        chain.add_stake(netuid, &n.ctx().hotkey.id(), stake)?;
+    }
+    let lead = &nodes[0];
+    let lead_ctx = Arc::clone(lead.ctx());
+    let mut events = lead_ctx.events.subscribe();
+    let initial_loss = lead_ctx.status().held_out_loss.unwrap_or(f32::NAN);
+    if !opts.json {
+        writeln!(out, "apiary devnet: {} validator(s), {} miner(s), {} lazy; data dir {}", opts.validators, opts.miners, opts.lazy, dir.display())?;
+        for n in &nodes {
+            writeln!(out, "  {:<12} admin socket {}", n.ctx().name(), n.ctx().cfg.admin_socket_path().display())?;
+        }
+        writeln!(out, "start        held-out loss {initial_loss:.4}")?;
+    } else {
+        writeln!(out, "{}", serde_json::json!({"event": "start", "held_out_loss": initial_loss, "dir": dir}))?;
+    }
+    out.flush()?;
+
+    let producer = chain.spawn_producer(Duration::from_millis(opts.block_ms));
+    let names: BTreeMap<apiary_chain::keys::HotkeyId, String> = nodes
+        .iter()
+        .map(|n| (n.ctx().hotkey.id(), n.ctx().name().to_string()))
+        .collect();
+    let window_ms = opts.block_ms * opts.blocks_per_window;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(window_ms * (opts.windows + 5) * 3 + 60_000);
+    let mut closed: BTreeMap<u64, Vec<(u16, f32, f64)>> = BTreeMap::new();
+    let mut reported = 0u64;
+    let mut final_loss = initial_loss;
+    let mut last_bytes = 0u64;
+    let result: Result<()> = loop {
+        let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => break Err(anyhow::anyhow!("devnet timed out after {reported} windows")),
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) => break Err(anyhow::anyhow!("validator stopped")),
+            Ok(Ok(ev)) => ev,
+        };
+        match ev {
+            NodeEvent::WindowClosed { window, scores, .. } => {
+                closed.insert(window, scores);
+            }
+            NodeEvent::Fatal(e) => break Err(anyhow::anyhow!("validator failed: {e}")),
+            NodeEvent::ModelAdvanced {
+                window,
+                model,
+                held_out_loss,
+                ..
+            } => {
+                let scores = closed.remove(&window).unwrap_or_default();
+                let mg = lead_ctx.metagraph();
+                let lead_uid = lead_ctx.uid().unwrap_or(0);
+                let weights: BTreeMap<u16, u16> = shared
+                    .weights(netuid, lead_uid)
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                let mut miners = Vec::new();
+                for (uid, score, ema) in scores {
+                    let name = mg
+                        .as_ref()
+                        .and_then(|m| m.by_uid(uid))
+                        .and_then(|n| names.get(&n.hotkey).cloned())
+                        .unwrap_or_else(|| format!("uid{uid}"));
+                    miners.push(MinerLine {
+                        name,
+                        uid,
+                        score,
+                        ema,
+                        weight: weights.get(&uid).copied().unwrap_or(0),
+                    });
+                }
+                let total: u64 = nodes
+                    .iter()
+                    .map(|n| n.ctx().net.stats().snapshot().bytes_sent)
+                    .sum();
+                let line = WindowLine {
+                    window,
+                    held_out_loss,
+                    accepted: miners.iter().filter(|m| f64::from(m.score) >= base.validator.min_score).count(),
+                    miners,
+                    bytes: total - last_bytes.min(total),
+                    model: model.short(),
+                };
+                last_bytes = total;
+                final_loss = held_out_loss;
+                if opts.json {
+                    writeln!(out, "{}", serde_json::to_string(&line)?)?;
+                } else {
+                    let per: Vec<String> = line
+                        .miners
+                        .iter()
+                        .map(|m| format!("{} s={:+.3} ema={:.3} w={}", m.name, m.score, m.ema, m.weight))
+                        .collect();
+                    writeln!(
+                        out,
+                        "window {:<5} held-out loss {:.4}  accepted {}  bytes {:>9}  model {}  | {}",
+                        line.window,
+                        line.held_out_loss,
+                        line.accepted,
+                        line.bytes,
+                        line.model,
+                        per.join(" | ")
+                    )?;
+                }
+                out.flush()?;
+                reported += 1;
+                if reported >= opts.windows {
+                    break Ok(());
+                }
+            }
+            _ => {}
+        }
+    };
+    producer.abort();
+    for n in nodes {
+        n.shutdown().await;
+    }
+    result?;
+    let summary = DevnetSummary {
+        initial_loss,
+        final_loss,
+        windows: reported,
+        dir,
+    };
+    if opts.json {
+        writeln!(out, "{}", serde_json::json!({"event": "done", "initial_loss": initial_loss, "final_loss": final_loss, "windows": reported}))?;
+    } else {
+        writeln!(out, "done: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows")?;
+    }
+    if !(final_loss < initial_loss) {
+        bail!("held-out loss did not go down ({initial_loss:.4} -> {final_loss:.4})");
+    }
+    Ok(summary)
+}

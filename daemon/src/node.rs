@@ -1,0 +1,178 @@
+//! Node assembly: from a validated config to running actors, and back down.
+
+use crate::admin;
+use anyhow::{Context, Result};
+use apiary_actors::context::NodeContext;
+use apiary_actors::{spawn_supervisor, SupervisorHandle};
+use apiary_chain::local::{LocalChain, SubnetParams};
+use apiary_chain::{ChainClient, PeerRecord};
+use apiary_config::NodeConfig;
+use apiary_model::Dataset;
+use apiary_net::{BlobProvider, NetParams};
+use apiary_storage::{ContentId, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a node's chain comes from.
+#[derive(Clone)]
+pub enum ChainSource {
+    /// Open the backend named in the config (the embedded chain in `chain.local_path`,
+    /// producing blocks on `chain.block_time_ms`).
+    FromConfig,
+    /// Use a chain shared with other nodes in this process (devnet, tests).
+    Shared(Arc<dyn ChainClient>),
+}
+
+/// Serves blobs from the store to peers.
+struct StoreBlobs(Store);
+
+impl BlobProvider for StoreBlobs {
+    fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>> {
+        match self.0.get_blob(ContentId(*id)) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve a blob");
+                None
+            }
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    ctx: Arc<NodeContext>,
+    supervisor: Option<SupervisorHandle>,
+    admin: tokio::task::JoinHandle<()>,
+    producer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Assembles and starts a node.
+    pub async fn spawn(cfg: NodeConfig, chain: ChainSource) -> Result<Node> {
+        cfg.validate()?;
+        let span = tracing::info_span!("node", node = %cfg.node.name);
+        let _e = span.enter();
+        std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {
+            format!(
+                "cannot create data dir {}; set node.data_dir to a writable path",
+                cfg.node.data_dir.display()
+            )
+        })?;
+        let store = Store::open(&cfg.node.data_dir.join("db"))?;
+        let hotkey = crate::keys::load_hotkey(cfg.node.hotkey_seed.as_deref(), &cfg.node.data_dir)?;
+        let p2p = crate::keys::load_p2p_key(cfg.net.p2p_key_seed.as_deref(), &cfg.node.data_dir)?;
+        let (data_path, seq, frac) = (
+            cfg.train.data.clone(),
+            cfg.model.seq_len,
+            cfg.train.held_out_fraction,
+        );
+        let dataset = tokio::task::spawn_blocking(move || Dataset::load(&data_path, seq, frac))
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot load training data from {}; set train.data to a text file or directory",
+                    cfg.train.data.display()
+                )
+            })?;
+
+        let mut producer = None;
+        let chain: Arc<dyn ChainClient> = match chain {
+            ChainSource::Shared(c) => c,
+            ChainSource::FromConfig => {
+                let path = cfg.local_chain_path();
+                let local = LocalChain::open(&path).with_context(|| {
+                    format!("cannot open the embedded chain at {}", path.display())
+                })?;
+                local.create_subnet(cfg.chain.netuid, SubnetParams::default())?;
+                producer = Some(local.spawn_producer(Duration::from_millis(cfg.chain.block_time_ms)));
+                local
+            }
+        };
+
+        let listen = cfg
+            .net
+            .listen
+            .parse()
+            .with_context(|| format!("net.listen `{}` is not a multiaddr", cfg.net.listen))?;
+        let bootstrap = cfg
+            .net
+            .bootstrap
+            .iter()
+            .map(|b| b.parse().with_context(|| format!("net.bootstrap `{b}` is not a multiaddr")))
+            .collect::<Result<Vec<_>>>()?;
+        let (net, net_events) = apiary_net::spawn(
+            NetParams {
+                listen,
+                bootstrap,
+                keypair: p2p,
+                hotkey: hotkey.clone(),
+                netuid: cfg.chain.netuid,
+                max_message_bytes: cfg.net.max_message_bytes,
+                max_blob_bytes: cfg.net.max_blob_bytes,
+                heartbeat: Duration::from_millis(cfg.net.heartbeat_ms),
+                request_timeout: Duration::from_millis(cfg.net.request_timeout_ms),
+                event_buffer: 1024,
+            },
+            Arc::new(StoreBlobs(store.clone())),
+        )
+        .await
+        .context("cannot start libp2p; check net.listen")?;
+
+        let netuid = cfg.chain.netuid;
+        if cfg.chain.auto_register {
+            let uid = chain.register(netuid, &hotkey).await?;
+            tracing::info!(uid, hotkey = %hotkey.id(), "registered");
+        }
+        let record = PeerRecord {
+            peer_id: net.local_peer_id().to_string(),
+            addrs: net.listen_addrs().await.iter().map(|a| a.to_string()).collect(),
+        };
+        if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
+            tracing::warn!(error = %e, "could not publish the peer record on chain; peers must use bootstrap addresses");
+        }
+
+        let admin_path = cfg.admin_socket_path();
+        let ctx = NodeContext::new(cfg, store, chain, net, net_events, hotkey, Arc::new(dataset));
+        let supervisor = spawn_supervisor(Arc::clone(&ctx))
+            .await
+            .map_err(anyhow::Error::msg)?;
+        let listener = admin::bind(&admin_path)?;
+        let admin = tokio::spawn(admin::serve(listener, Arc::clone(&ctx)));
+        tracing::info!(peer_id = %ctx.net.local_peer_id(), admin = %admin_path.display(), "node started");
+        Ok(Node {
+            ctx,
+            supervisor: Some(supervisor),
+            admin,
+            producer,
+        })
+    }
+
+    /// The shared context (status, store, handles).
+    pub fn ctx(&self) -> &Arc<NodeContext> {
+        &self.ctx
+    }
+
+    /// Waits until the node stops on its own; `Err` if it stopped on a fatal error.
+    pub async fn wait(&mut self) -> Result<()> {
+        if let Some(s) = self.supervisor.as_mut() {
+            s.wait().await.map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
+    /// Stops actors, networking and the admin socket; flushes the store.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.supervisor.take() {
+            s.shutdown().await;
+        }
+        self.ctx.net.shutdown().await;
+        self.admin.abort();
+        if let Some(p) = self.producer.take() {
+            p.abort();
+        }
+        let _ = std::fs::remove_file(self.ctx.cfg.admin_socket_path());
+        if let Err(e) = self.ctx.store.flush() {
+            tracing::warn!(error = %e, "store flush failed");
+        }
+    }
+}

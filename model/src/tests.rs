@@ -1,0 +1,475 @@
+use super::*;
+use apiary_config::{ModelConfig, TrainConfig};
+use safetensors::tensor::{Dtype, TensorView};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 256,
+        d_model: 32,
+        n_layers: 2,
+        n_heads: 2,
+        d_ff: 64,
+        seq_len: 32,
+        ..ModelConfig::default()
+    }
+}
+
+fn shakespeare() -> Vec<u8> {
+    static DATA: OnceLock<Vec<u8>> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/tinyshakespeare.txt"
+        );
+        std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    })
+    .clone()
+}
+
+fn dataset(seq_len: usize) -> Dataset {
+    Dataset::from_bytes(shakespeare(), seq_len, 0.05).expect("dataset")
+}
+
+fn pages(ds: &Dataset, uid: u16, n: usize) -> Vec<Vec<u32>> {
+    assign_pages(uid, 3, 7, ds.train_pages(), n)
+        .into_iter()
+        .map(|i| ds.page(i))
+        .collect()
+}
+
+fn train_cfg() -> TrainConfig {
+    TrainConfig {
+        pages_per_window: 8,
+        batch_pages: 8,
+        local_steps: 4,
+        learning_rate: 3e-3,
+        ..TrainConfig::default()
+    }
+}
+
+/// Safetensors bytes of `tensors` (name, shape, values) as given, for corrupt-input tests.
+fn raw_safetensors(tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+    let raw: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .zip(&raw)
+        .map(|((n, s, _), b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("view"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+fn update_parts(u: &Update) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    u.names()
+        .iter()
+        .zip(u.tensors())
+        .map(|(n, t)| {
+            (
+                n.clone(),
+                t.dims().to_vec(),
+                t.flatten_all()
+                    .expect("flatten")
+                    .to_vec1::<f32>()
+                    .expect("vec"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn init_is_deterministic_and_sensible() {
+    let cfg = tiny();
+    let a = Params::init(&cfg).expect("init");
+    let b = Params::init(&cfg).expect("init");
+    assert_eq!(a.hash(), b.hash());
+    assert_eq!(a.to_bytes().expect("bytes"), b.to_bytes().expect("bytes"));
+    let other = Params::init(&ModelConfig {
+        init_seed: 43,
+        ..tiny()
+    })
+    .expect("init");
+    assert_ne!(a.hash(), other.hash());
+
+    let mut sorted = a.names().to_vec();
+    sorted.sort();
+    assert_eq!(a.names(), sorted.as_slice());
+    assert_eq!(a.names().len(), 3 + 9 * cfg.n_layers);
+    assert!(a
+        .names()
+        .contains(&"model.layers.1.mlp.down_proj.weight".to_string()));
+    let (d, f, v) = (32, 64, 256);
+    assert_eq!(
+        a.num_params(),
+        2 * v * d + d + 2 * (4 * d * d + 3 * d * f + 2 * d)
+    );
+    for (name, t) in a.names().iter().zip(a.tensors()) {
+        let vals = t.flatten_all().expect("f").to_vec1::<f32>().expect("v");
+        if name.ends_with("norm.weight") {
+            assert!(vals.iter().all(|&x| x == 1.0), "{name}");
+        } else {
+            let n = vals.len() as f64;
+            let mean = vals.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+            let std = (vals
+                .iter()
+                .map(|&x| (f64::from(x) - mean).powi(2))
+                .sum::<f64>()
+                / n)
+                .sqrt();
+            assert!(mean.abs() < 0.003, "{name} mean {mean}");
+            assert!((std - 0.02).abs() < 0.002, "{name} std {std}");
+        }
+    }
+}
+
+#[test]
+fn params_bytes_roundtrip_is_bit_identical() {
+    let cfg = tiny();
+    let p = Params::init(&cfg).expect("init");
+    let bytes = p.to_bytes().expect("bytes");
+    assert_eq!(p.hash(), *blake3::hash(&bytes).as_bytes());
+    let q = Params::from_bytes(&cfg, &bytes).expect("decode");
+    assert_eq!(q.to_bytes().expect("bytes"), bytes);
+    assert_eq!(q.hash(), p.hash());
+    assert_eq!(q.names(), p.names());
+    // A checkpoint of another architecture is rejected.
+    let bigger = ModelConfig {
+        d_model: 64,
+        ..tiny()
+    };
+    assert!(matches!(
+        Params::from_bytes(&bigger, &bytes),
+        Err(ModelError::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn every_parameter_gets_a_nonzero_gradient() {
+    let cfg = tiny();
+    let ds = dataset(cfg.seq_len);
+    let p = Params::init(&cfg).expect("init");
+    let vars = model::make_vars(&p).expect("vars");
+    let tensors: Vec<_> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let w = model::Weights::new(&cfg, p.names(), &tensors).expect("weights");
+    let batch = pages(&ds, 0, 4);
+    let flat: Vec<u32> = batch.iter().flatten().copied().collect();
+    let tokens = candle_core::Tensor::from_vec(
+        flat,
+        (batch.len(), cfg.seq_len + 1),
+        &candle_core::Device::Cpu,
+    )
+    .expect("tokens");
+    let loss = model::forward_loss(&cfg, &w, &tokens).expect("loss");
+    let l = loss.to_scalar::<f32>().expect("scalar");
+    assert!((l - 256f32.ln()).abs() < 0.5, "initial loss {l}");
+    let grads = loss.backward().expect("backward");
+    for (name, var) in p.names().iter().zip(&vars) {
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let abs = g
+            .abs()
+            .expect("abs")
+            .sum_all()
+            .expect("sum")
+            .to_scalar::<f32>()
+            .expect("s");
+        assert!(abs.is_finite() && abs > 0.0, "{name}: |grad| = {abs}");
+    }
+}
+
+#[test]
+fn compute_update_reduces_loss_and_is_deterministic() {
+    let cfg = tiny();
+    let train = train_cfg();
+    let ds = dataset(cfg.seq_len);
+    let base = Params::init(&cfg).expect("init");
+    let my_pages = pages(&ds, 1, 8);
+    let before = eval_loss(&cfg, &base, &my_pages).expect("eval");
+    let (u, first) = compute_update(&cfg, &train, &base, &my_pages).expect("update");
+    assert!(
+        (first - before).abs() < 1e-4,
+        "first {first} vs eval {before}"
+    );
+    let after_params = aggregate(&base, std::slice::from_ref(&u), 1.0).expect("agg");
+    let after = eval_loss(&cfg, &after_params, &my_pages).expect("eval");
+    assert!(after < before - 0.05, "loss {before} -> {after}");
+    assert!(u.norm().expect("norm") > 0.0);
+
+    let (again, _) = compute_update(&cfg, &train, &base, &my_pages).expect("update");
+    let c = cosine(&u, &again).expect("cos");
+    assert!(c > 0.99, "recomputed cosine {c}");
+
+    let noise = Update::random_like(&cfg, 99, u.norm().expect("n") / 200.0).expect("noise");
+    let c = cosine(&u, &noise).expect("cos");
+    assert!(c.abs() < 0.1, "noise cosine {c}");
+
+    // Another miner's pages give a related but different update.
+    let (other, _) = compute_update(&cfg, &train, &base, &pages(&ds, 2, 8)).expect("update");
+    let c = cosine(&u, &other).expect("cos");
+    assert!(c < 0.99, "different pages cosine {c}");
+}
+
+#[test]
+fn update_bytes_roundtrip_and_rejections() {
+    let cfg = tiny();
+    let u = Update::random_like(&cfg, 5, 0.01).expect("noise");
+    let bytes = u.to_bytes().expect("bytes");
+    let back = Update::from_bytes(&cfg, &bytes).expect("decode");
+    assert_eq!(back.to_bytes().expect("bytes"), bytes);
+    assert!((cosine(&u, &back).expect("cos") - 1.0).abs() < 1e-6);
+    assert!((u.norm().expect("n") - back.norm().expect("n")).abs() < 1e-6);
+
+    // NaN
+    let mut parts = update_parts(&u);
+    parts[3].2[7] = f32::NAN;
+    let name = parts[3].0.clone();
+    match Update::from_bytes(&cfg, &raw_safetensors(&parts)) {
+        Err(ModelError::NonFinite { name: n }) => assert_eq!(n, name),
+        other => panic!("expected NonFinite, got {other:?}"),
+    }
+    // Infinity
+    let mut parts = update_parts(&u);
+    parts[0].2[0] = f32::INFINITY;
+    assert!(matches!(
+        Update::from_bytes(&cfg, &raw_safetensors(&parts)),
+        Err(ModelError::NonFinite { .. })
+    ));
+    // Wrong shape
+    let mut parts = update_parts(&u);
+    let (_, shape, vals) = &mut parts[1];
+    if shape.len() == 2 {
+        *shape = vec![shape[1], shape[0]];
+    } else {
+        vals.push(0.0);
+        shape[0] += 1;
+    }
+    assert!(matches!(
+        Update::from_bytes(&cfg, &raw_safetensors(&parts)),
+        Err(ModelError::ShapeMismatch { .. })
+    ));
+    // Missing tensor
+    let mut parts = update_parts(&u);
+    let removed = parts.remove(2).0;
+    match Update::from_bytes(&cfg, &raw_safetensors(&parts)) {
+        Err(ModelError::MissingTensor(n)) => assert_eq!(n, removed),
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+    // Unexpected tensor
+    let mut parts = update_parts(&u);
+    parts.push(("model.extra.weight".into(), vec![2], vec![0.0, 0.0]));
+    assert!(matches!(
+        Update::from_bytes(&cfg, &raw_safetensors(&parts)),
+        Err(ModelError::UnexpectedTensor(_))
+    ));
+    // Garbage and truncation
+    assert!(matches!(
+        Update::from_bytes(&cfg, b"definitely not safetensors"),
+        Err(ModelError::Decode(_))
+    ));
+    assert!(matches!(
+        Update::from_bytes(&cfg, &bytes[..bytes.len() - 1]),
+        Err(ModelError::Decode(_))
+    ));
+    assert!(Update::from_bytes(&cfg, &[]).is_err());
+}
+
+#[test]
+fn aggregate_rules() {
+    let cfg = tiny();
+    let base = Params::init(&cfg).expect("init");
+    let same = aggregate(&base, &[], 1.0).expect("agg");
+    assert_eq!(same.hash(), base.hash());
+
+    let a = Update::random_like(&cfg, 1, 0.001).expect("a");
+    let b = Update::random_like(&cfg, 2, 0.001).expect("b");
+    let huge = Update::random_like(&cfg, 3, 1.0).expect("huge");
+    let set = [a.clone(), b.clone(), huge];
+    let x = aggregate(&base, &set, 0.7).expect("agg");
+    let y = aggregate(&base, &set, 0.7).expect("agg");
+    assert_eq!(x.hash(), y.hash());
+    assert_ne!(x.hash(), base.hash());
+    // The huge update is clipped to the median norm: the step stays small.
+    let bv = base.vecs().expect("v");
+    let xv = x.vecs().expect("v");
+    let step: f64 = bv
+        .iter()
+        .flatten()
+        .zip(xv.iter().flatten())
+        .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let med = f64::from(a.norm().expect("n").max(b.norm().expect("n")));
+    assert!(step <= 0.7 * med * 1.001, "step {step} vs median {med}");
+
+    // Applying an update then its negation returns (nearly) to base.
+    let neg = Update::from_vecs(
+        &cfg,
+        a.tensors()
+            .iter()
+            .map(|t| {
+                t.flatten_all()
+                    .expect("f")
+                    .to_vec1::<f32>()
+                    .expect("v")
+                    .iter()
+                    .map(|x| -x)
+                    .collect()
+            })
+            .collect(),
+    )
+    .expect("neg");
+    let there = aggregate(&base, std::slice::from_ref(&a), 1.0).expect("agg");
+    let back = aggregate(&there, &[neg], 1.0).expect("agg");
+    let diff: f32 = base
+        .vecs()
+        .expect("v")
+        .iter()
+        .flatten()
+        .zip(back.vecs().expect("v").iter().flatten())
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f32::max);
+    assert!(diff < 1e-6, "{diff}");
+
+    // Updates of another architecture are rejected.
+    let other = Update::random_like(&ModelConfig { d_ff: 32, ..tiny() }, 1, 0.1).expect("other");
+    assert!(matches!(
+        aggregate(&base, &[other], 1.0),
+        Err(ModelError::ShapeMismatch { .. })
+    ));
+}
+
+#[test]
+fn assign_pages_is_deterministic_and_in_range() {
+    let a = assign_pages(3, 10, 7, 1000, 8);
+    assert_eq!(a, assign_pages(3, 10, 7, 1000, 8));
+    assert_eq!(a.len(), 8);
+    assert!(a.iter().all(|&i| i < 1000));
+    let mut d = a.clone();
+    d.sort();
+    d.dedup();
+    assert_eq!(d.len(), 8, "distinct when n <= num_pages");
+    assert_ne!(a, assign_pages(4, 10, 7, 1000, 8));
+    assert_ne!(a, assign_pages(3, 11, 7, 1000, 8));
+    assert_ne!(a, assign_pages(3, 10, 8, 1000, 8));
+    // More pages than exist: every page once before repeats.
+    let b = assign_pages(1, 1, 1, 5, 12);
+    assert_eq!(b.len(), 12);
+    let mut first: Vec<_> = b[..5].to_vec();
+    first.sort();
+    assert_eq!(first, vec![0, 1, 2, 3, 4]);
+    assert!(assign_pages(1, 1, 1, 0, 4).is_empty());
+    assert!(assign_pages(1, 1, 1, 1, 3).iter().all(|&i| i == 0));
+}
+
+#[test]
+fn dataset_pages_and_held_out_are_disjoint() {
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let ds = Dataset::from_bytes(bytes.clone(), 9, 0.1).expect("ds");
+    // 1000 / 10 = 100 pages, 10 held out.
+    assert_eq!(ds.train_pages(), 90);
+    assert_eq!(ds.held_out_pages(), 10);
+    assert_eq!(ds.page(0).len(), 10);
+    assert_eq!(ds.page(1)[0], u32::from(bytes[10]));
+    assert_eq!(ds.page(90), ds.page(0), "index wraps within training pages");
+    let held = ds.held_out(100);
+    assert_eq!(held.len(), 10);
+    assert_eq!(held[0][0], u32::from(bytes[900]));
+    assert_eq!(ds.held_out(3), held[..3].to_vec());
+    // Disjoint by position: training pages cover bytes [0, 900), held-out [900, 1000).
+    let train_bytes: usize = (0..ds.train_pages()).map(|i| ds.page(i).len()).sum();
+    assert_eq!(train_bytes, 900);
+    assert_eq!(ds.hash(), *blake3::hash(&bytes).as_bytes());
+
+    let shakes = dataset(32);
+    assert_eq!(
+        shakes.train_pages() + shakes.held_out_pages(),
+        shakespeare().len() / 33
+    );
+    assert!(shakes.held_out_pages() >= 16);
+
+    assert!(matches!(
+        Dataset::from_bytes(Vec::new(), 32, 0.05),
+        Err(ModelError::Data(_))
+    ));
+    let err = Dataset::from_bytes(vec![1; 40], 32, 0.05).expect_err("too small");
+    assert!(err.to_string().contains("too small"), "{err}");
+}
+
+#[test]
+fn dataset_load_file_and_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let a: Vec<u8> = vec![b'a'; 300];
+    let b: Vec<u8> = vec![b'b'; 300];
+    std::fs::write(dir.path().join("b.txt"), &b).expect("w");
+    std::fs::write(dir.path().join("a.txt"), &a).expect("w");
+    std::fs::write(dir.path().join("ignored.bin"), [0u8; 50]).expect("w");
+    let ds = Dataset::load(dir.path(), 9, 0.1).expect("load dir");
+    let mut all = a.clone();
+    all.extend(&b);
+    assert_eq!(ds.hash(), *blake3::hash(&all).as_bytes());
+    assert_eq!(ds.train_pages() + ds.held_out_pages(), 60);
+
+    let file = Dataset::load(&dir.path().join("a.txt"), 9, 0.1).expect("load file");
+    assert_eq!(file.hash(), *blake3::hash(&a).as_bytes());
+
+    let empty = tempfile::tempdir().expect("tmp");
+    let err = Dataset::load(empty.path(), 9, 0.1).expect_err("no txt");
+    assert!(err.to_string().contains(".txt"), "{err}");
+    let err = Dataset::load(&dir.path().join("missing.txt"), 9, 0.1).expect_err("missing");
+    assert!(err.to_string().contains("missing.txt"), "{err}");
+}
+
+#[test]
+fn bad_pages_are_rejected() {
+    let cfg = tiny();
+    let p = Params::init(&cfg).expect("init");
+    assert!(matches!(eval_loss(&cfg, &p, &[]), Err(ModelError::Data(_))));
+    assert!(eval_loss(&cfg, &p, &[vec![1; 34]]).is_err(), "too long");
+    assert!(
+        eval_loss(&cfg, &p, &[vec![1; 33], vec![1; 20]]).is_err(),
+        "ragged"
+    );
+    assert!(
+        eval_loss(&cfg, &p, &[vec![300; 33]]).is_err(),
+        "out of vocab"
+    );
+    assert!(compute_update(&cfg, &train_cfg(), &p, &[]).is_err());
+    assert!(Params::init(&ModelConfig {
+        n_heads: 3,
+        ..tiny()
+    })
+    .is_err());
+}
+
+#[test]
+fn time_default_compute_update() {
+    let cfg = ModelConfig::default();
+    let train = TrainConfig::default();
+    let ds = dataset(cfg.seq_len);
+    let t0 = Instant::now();
+    let base = Params::init(&cfg).expect("init");
+    let init_time = t0.elapsed();
+    let my_pages = pages(&ds, 0, train.pages_per_window);
+    let t0 = Instant::now();
+    let (u, loss) = compute_update(&cfg, &train, &base, &my_pages).expect("update");
+    let dt = t0.elapsed();
+    eprintln!(
+        "default config: {} params, init {:?}, compute_update ({} steps x {} pages) {:?}, \
+         first loss {loss:.3}, |update| {:.4}",
+        base.num_params(),
+        init_time,
+        train.local_steps,
+        train.batch_pages,
+        dt,
+        u.norm().expect("norm")
+    );
+}

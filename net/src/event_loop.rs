@@ -1,0 +1,739 @@
+//! The task that owns the swarm: it executes [`Command`]s from handles and turns swarm events
+//! into [`NetEvent`]s.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use libp2p::{
+    core::transport::ListenerId,
+    gossipsub::{self, IdentTopic, MessageAcceptance, PublishError, TopicHash},
+    identify, kad,
+    multiaddr::Protocol,
+    noise, ping,
+    request_response::{self, OutboundRequestId, ResponseChannel},
+    swarm::{dial_opts::DialOpts, ConnectionId, DialError, SwarmEvent},
+    tcp, yamux, Multiaddr, PeerId, Swarm,
+};
+use serde_bytes::ByteBuf;
+use tokio::{
+    sync::{
+        mpsc::{self, error::TrySendError},
+        oneshot,
+    },
+    task::JoinSet,
+};
+use tracing::{debug, info, trace, warn, Instrument};
+
+use crate::{
+    behaviour::{max_transmit_size, ApiaryBehaviour, ApiaryBehaviourEvent},
+    envelope::ENVELOPE_OVERHEAD,
+    stats::bump,
+    BlobProvider, BlobRequest, BlobResponse, NetError, NetEvent, NetHandle, NetParams, NetStats,
+    SignedEnvelope,
+};
+
+/// How long [`spawn`] waits for the listener to report its address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections with no protocol activity are closed after this long.
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// Capacity of the command channel from handles to the loop.
+const COMMAND_BUFFER: usize = 256;
+
+/// A request from a [`NetHandle`] to the event loop.
+pub(crate) enum Command {
+    /// Report the current listen addresses.
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    /// Dial an address and report when the connection is up or failed.
+    Dial {
+        /// Where to dial.
+        addr: Multiaddr,
+        /// Outcome of the dial.
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Remember an address of a peer (kad and swarm) and dial it if not connected.
+    AddPeerAddress {
+        /// The peer.
+        peer: PeerId,
+        /// One of its addresses.
+        addr: Multiaddr,
+        /// Whether the address was accepted and a dial, if needed, started.
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Report the connected peers.
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    /// Report how many peers are subscribed to our topic.
+    GossipPeers(oneshot::Sender<usize>),
+    /// Publish bytes on the topic as they are.
+    Publish {
+        /// The gossip message data.
+        data: Vec<u8>,
+        /// Outcome of the publish.
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Ask a peer for a blob; the reply carries the raw response (the handle verifies it).
+    FetchBlob {
+        /// The peer asked.
+        peer: PeerId,
+        /// The blob id.
+        id: [u8; 32],
+        /// The peer's response or the transport failure.
+        reply: oneshot::Sender<Result<BlobResponse, NetError>>,
+    },
+    /// Stop the loop; the reply is sent once the swarm is dropped.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The outcome of a blob lookup on the blocking pool.
+struct Lookup {
+    channel: ResponseChannel<BlobResponse>,
+    id: [u8; 32],
+    peer: PeerId,
+    blob: Option<Vec<u8>>,
+}
+
+struct PendingDial {
+    addr: Multiaddr,
+    reply: oneshot::Sender<Result<(), NetError>>,
+}
+
+struct PendingFetch {
+    peer: PeerId,
+    reply: oneshot::Sender<Result<BlobResponse, NetError>>,
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<ApiaryBehaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetEvent>,
+    stats: Arc<NetStats>,
+    provider: Arc<dyn BlobProvider>,
+    topic: TopicHash,
+    listener: ListenerId,
+    max_message_bytes: usize,
+    max_blob_bytes: usize,
+    pending_dials: HashMap<ConnectionId, PendingDial>,
+    pending_fetches: HashMap<OutboundRequestId, PendingFetch>,
+    lookups: JoinSet<Lookup>,
+}
+
+/// Builds the swarm, listens, dials the bootstrap peers and spawns the loop.
+pub(crate) async fn spawn(
+    params: NetParams,
+    provider: Arc<dyn BlobProvider>,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    params.validate()?;
+    let local_peer_id = params.keypair.public().to_peer_id();
+    let behaviour = ApiaryBehaviour::new(&params.keypair, &params)?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(params.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Setup(format!("tcp/noise/yamux transport: {e}")))?
+        .with_behaviour(|_| behaviour)
+        .map_err(|e: Infallible| -> NetError { match e {} })?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+
+    let topic = IdentTopic::new(params.topic());
+    swarm
+        .behaviour_mut()
+        .gossipsub
+        .subscribe(&topic)
+        .map_err(|e| NetError::Setup(format!("subscribing to {}: {e}", params.topic())))?;
+
+    let listener = swarm
+        .listen_on(params.listen.clone())
+        .map_err(|e| NetError::Listen {
+            addr: params.listen.clone(),
+            reason: e.to_string(),
+        })?;
+
+    let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_BUFFER);
+    let (ev_tx, ev_rx) = mpsc::channel(params.event_buffer);
+    let stats = Arc::new(NetStats::default());
+
+    let mut event_loop = EventLoop {
+        swarm,
+        commands: cmd_rx,
+        events: ev_tx,
+        stats: stats.clone(),
+        provider,
+        topic: topic.hash(),
+        listener,
+        max_message_bytes: params.max_message_bytes,
+        max_blob_bytes: params.max_blob_bytes,
+        pending_dials: HashMap::new(),
+        pending_fetches: HashMap::new(),
+        lookups: JoinSet::new(),
+    };
+    event_loop.wait_listening(&params.listen).await?;
+    for addr in &params.bootstrap {
+        event_loop.dial_bootstrap(addr.clone());
+    }
+
+    info!(
+        peer = %local_peer_id,
+        hotkey = %params.hotkey.id(),
+        topic = %params.topic(),
+        "apiary network started"
+    );
+    let span = tracing::info_span!("apiary-net", peer = %local_peer_id);
+    tokio::spawn(event_loop.run().instrument(span));
+
+    let handle = NetHandle::new(
+        cmd_tx,
+        local_peer_id,
+        params.hotkey,
+        stats,
+        params.max_message_bytes,
+        params.request_timeout,
+    );
+    Ok((handle, ev_rx))
+}
+
+impl EventLoop {
+    /// Drives the swarm until our listener reports its first address.
+    async fn wait_listening(&mut self, addr: &Multiaddr) -> Result<(), NetError> {
+        let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => {
+                    return Err(NetError::Listen {
+                        addr: addr.clone(),
+                        reason: format!("no listen address reported within {LISTEN_TIMEOUT:?}"),
+                    });
+                }
+                event = self.swarm.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { listener_id, address }
+                        if listener_id == self.listener =>
+                    {
+                        info!(%address, "listening");
+                        return Ok(());
+                    }
+                    SwarmEvent::ListenerClosed { listener_id, reason, .. }
+                        if listener_id == self.listener =>
+                    {
+                        return Err(NetError::Listen {
+                            addr: addr.clone(),
+                            reason: match reason {
+                                Ok(()) => "listener closed".into(),
+                                Err(e) => e.to_string(),
+                            },
+                        });
+                    }
+                    SwarmEvent::ListenerError { listener_id, error }
+                        if listener_id == self.listener =>
+                    {
+                        return Err(NetError::Listen {
+                            addr: addr.clone(),
+                            reason: error.to_string(),
+                        });
+                    }
+                    other => self.on_swarm_event(other),
+                },
+            }
+        }
+    }
+
+    fn dial_bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+            let mut bare = addr.clone();
+            bare.pop();
+            self.swarm.behaviour_mut().kad.add_address(&peer, bare);
+        }
+        match self.swarm.dial(addr.clone()) {
+            Ok(()) => debug!(%addr, "dialing bootstrap peer"),
+            Err(error) => warn!(%addr, %error, "could not dial bootstrap peer"),
+        }
+    }
+
+    async fn run(mut self) {
+        let shutdown_reply = loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(reply)) => break Some(reply),
+                    Some(command) => self.on_command(command),
+                    None => {
+                        debug!("every network handle was dropped");
+                        break None;
+                    }
+                },
+                Some(done) = self.lookups.join_next(), if !self.lookups.is_empty() => {
+                    match done {
+                        Ok(lookup) => self.on_lookup(lookup),
+                        Err(error) => warn!(%error, "blob provider task failed; the request goes unanswered"),
+                    }
+                }
+            }
+        };
+
+        info!("apiary network shutting down");
+        self.swarm.remove_listener(self.listener);
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.lookups.abort_all();
+        // Dropping the swarm closes every connection; pending replies see `Shutdown`.
+        drop(self);
+        if let Some(reply) = shutdown_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+            Command::Dial { addr, reply } => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let connection_id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        debug!(%addr, "dialing");
+                        self.pending_dials
+                            .insert(connection_id, PendingDial { addr, reply });
+                    }
+                    Err(error) => {
+                        warn!(%addr, %error, "dial failed");
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr,
+                            reason: error.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::AddPeerAddress { peer, addr, reply } => {
+                let _ = reply.send(self.add_peer_address(peer, addr));
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::GossipPeers(reply) => {
+                let topic = &self.topic;
+                let n = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&topic))
+                    .count();
+                let _ = reply.send(n);
+            }
+            Command::Publish { data, reply } => {
+                let _ = reply.send(self.publish(data));
+            }
+            Command::FetchBlob { peer, id, reply } => {
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .blobs
+                    .send_request(&peer, BlobRequest { id });
+                debug!(%peer, id = %hex::encode(id), "requesting blob");
+                self.pending_fetches
+                    .insert(request_id, PendingFetch { peer, reply });
+            }
+            Command::Shutdown(reply) => {
+                // Handled in `run`; answer anyway so a caller never hangs.
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn add_peer_address(&mut self, peer: PeerId, mut addr: Multiaddr) -> Result<(), NetError> {
+        if let Some(Protocol::P2p(owner)) = addr.iter().last() {
+            if owner != peer {
+                return Err(NetError::Config(format!(
+                    "address {addr} belongs to peer {owner}, not {peer}"
+                )));
+            }
+            addr.pop();
+        }
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .add_address(&peer, addr.clone());
+        self.swarm.add_peer_address(peer, addr.clone());
+        if self.swarm.is_connected(&peer) {
+            return Ok(());
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(vec![addr.clone()])
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                debug!(%peer, %addr, "dialing peer");
+                Ok(())
+            }
+            // Already connected or being dialed: nothing to do.
+            Err(DialError::DialPeerConditionFalse(_)) => Ok(()),
+            Err(error) => {
+                warn!(%peer, %addr, %error, "dial failed");
+                Err(NetError::Dial {
+                    addr,
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+
+    fn publish(&mut self, data: Vec<u8>) -> Result<(), NetError> {
+        let size = data.len();
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), data)
+        {
+            Ok(message_id) => {
+                bump(&self.stats.gossip_published, 1);
+                trace!(%message_id, size, "published gossip");
+                Ok(())
+            }
+            Err(PublishError::NoPeersSubscribedToTopic) => Err(NetError::NoPeers),
+            Err(PublishError::Duplicate) => Err(NetError::Duplicate),
+            Err(PublishError::MessageTooLarge) => Err(NetError::Oversize {
+                size,
+                limit: max_transmit_size(self.max_message_bytes),
+            }),
+            Err(PublishError::AllQueuesFull(n)) => Err(NetError::Publish(format!(
+                "the send queues to all {n} peers are full (network congested)"
+            ))),
+            Err(error) => Err(NetError::Publish(error.to_string())),
+        }
+    }
+
+    /// Sends an event to the application without ever waiting; counts what is dropped.
+    fn emit(&mut self, event: NetEvent) {
+        match self.events.try_send(event) {
+            Ok(()) => {}
+            Err(TrySendError::Full(event)) => {
+                let n = bump(&self.stats.events_dropped, 1);
+                if n.is_power_of_two() {
+                    warn!(
+                        dropped_total = n,
+                        ?event,
+                        "event channel full; the application is too slow, dropping events"
+                    );
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                let n = bump(&self.stats.events_dropped, 1);
+                if n.is_power_of_two() {
+                    debug!(
+                        dropped_total = n,
+                        "event receiver dropped; discarding events"
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<ApiaryBehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Gossipsub(ev)) => self.on_gossipsub(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Blobs(ev)) => self.on_blobs(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Identify(ev)) => self.on_identify(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Kad(ev)) => on_kad(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ping(ev)) => on_ping(ev),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if let Some(pending) = self.pending_dials.remove(&connection_id) {
+                    let _ = pending.reply.send(Ok(()));
+                }
+                if num_established.get() == 1 {
+                    info!(peer = %peer_id, "peer connected");
+                    self.emit(NetEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                debug!(peer = %peer_id, ?cause, "connection closed");
+                if num_established == 0 {
+                    info!(peer = %peer_id, "peer disconnected");
+                    self.emit(NetEvent::PeerDisconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let pending = self.pending_dials.remove(&connection_id);
+                let addrs = failed_addresses(&error, pending.as_ref().map(|p| &p.addr));
+                let peer = peer_id
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "unknown".into());
+                if matches!(error, DialError::DialPeerConditionFalse(_)) {
+                    debug!(%peer, "dial skipped: already connected or dialing");
+                } else {
+                    warn!(%peer, addrs = %addrs, %error, "dial failed");
+                }
+                if let Some(pending) = pending {
+                    let _ = pending.reply.send(Err(NetError::Dial {
+                        addr: pending.addr,
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                peer_id,
+                ..
+            } => {
+                debug!(?peer_id, addr = %send_back_addr, %error, "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                info!(%address, "listen address expired")
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                warn!(?addresses, ?reason, "listener closed");
+            }
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            other => trace!(?other, "swarm event"),
+        }
+    }
+
+    fn on_gossipsub(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let from = message.source.unwrap_or(propagation_source);
+                let verdict = if message.topic == self.topic {
+                    self.check_gossip(&message.data, &from)
+                } else {
+                    debug!(peer = %from, topic = %message.topic, "gossip on an unexpected topic");
+                    None
+                };
+                let acceptance = if verdict.is_some() {
+                    MessageAcceptance::Accept
+                } else {
+                    MessageAcceptance::Reject
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if let Some(env) = verdict {
+                    bump(&self.stats.gossip_received, 1);
+                    trace!(peer = %from, hotkey = %env.hotkey, size = env.payload.len(), "gossip accepted");
+                    self.emit(NetEvent::Gossip {
+                        from,
+                        hotkey: env.hotkey,
+                        payload: env.payload,
+                    });
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                debug!(peer = %peer_id, %topic, "peer subscribed");
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                debug!(peer = %peer_id, %topic, "peer unsubscribed");
+            }
+            gossipsub::Event::GossipsubNotSupported { peer_id } => {
+                debug!(peer = %peer_id, "peer does not speak gossipsub");
+            }
+            gossipsub::Event::SlowPeer {
+                peer_id,
+                failed_messages,
+            } => {
+                warn!(peer = %peer_id, ?failed_messages, "peer is too slow to receive gossip");
+            }
+            #[allow(unreachable_patterns)]
+            other => trace!(?other, "gossipsub event"),
+        }
+    }
+
+    /// Size check, envelope decoding and hotkey signature check; counts every failure.
+    fn check_gossip(&self, data: &[u8], from: &PeerId) -> Option<SignedEnvelope> {
+        let limit = self.max_message_bytes.saturating_add(ENVELOPE_OVERHEAD);
+        if data.len() > limit {
+            bump(&self.stats.oversize, 1);
+            warn!(peer = %from, size = data.len(), limit, "rejecting oversize gossip");
+            return None;
+        }
+        let env = match SignedEnvelope::decode(data, self.max_message_bytes) {
+            Ok(env) => env,
+            Err(NetError::Oversize { size, limit }) => {
+                bump(&self.stats.oversize, 1);
+                warn!(peer = %from, size, limit, "rejecting oversize gossip payload");
+                return None;
+            }
+            Err(error) => {
+                bump(&self.stats.malformed, 1);
+                warn!(peer = %from, %error, "rejecting malformed gossip");
+                return None;
+            }
+        };
+        if let Err(error) = env.verify() {
+            bump(&self.stats.bad_signature, 1);
+            warn!(peer = %from, hotkey = %env.hotkey, %error, "rejecting gossip with a bad hotkey signature");
+            return None;
+        }
+        Some(env)
+    }
+
+    fn on_blobs(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let provider = self.provider.clone();
+                    let id = request.id;
+                    trace!(%peer, id = %hex::encode(id), "blob requested");
+                    self.lookups.spawn_blocking(move || Lookup {
+                        blob: provider.get_blob(&id),
+                        channel,
+                        id,
+                        peer,
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pending) = self.pending_fetches.remove(&request_id) {
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "blob request failed");
+                if let Some(pending) = self.pending_fetches.remove(&request_id) {
+                    let err = match error {
+                        request_response::OutboundFailure::Timeout => {
+                            NetError::Timeout(format!("blob request to {}", pending.peer))
+                        }
+                        other => NetError::RequestFailed {
+                            peer: pending.peer,
+                            reason: other.to_string(),
+                        },
+                    };
+                    let _ = pending.reply.send(Err(err));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "serving a blob failed");
+            }
+            request_response::Event::ResponseSent { peer, .. } => {
+                trace!(%peer, "blob response sent");
+            }
+        }
+    }
+
+    fn on_lookup(&mut self, lookup: Lookup) {
+        let Lookup {
+            channel,
+            id,
+            peer,
+            blob,
+        } = lookup;
+        let response = match blob {
+            None => {
+                bump(&self.stats.blob_requests_not_found, 1);
+                debug!(%peer, id = %hex::encode(id), "requested blob not found");
+                BlobResponse::NotFound
+            }
+            Some(bytes) if bytes.len() > self.max_blob_bytes => {
+                warn!(
+                    %peer,
+                    id = %hex::encode(id),
+                    size = bytes.len(),
+                    limit = self.max_blob_bytes,
+                    "requested blob exceeds max_blob_bytes; not serving it"
+                );
+                BlobResponse::TooLarge {
+                    size: bytes.len() as u64,
+                }
+            }
+            Some(bytes) => {
+                bump(&self.stats.blobs_served, 1);
+                bump(&self.stats.bytes_sent, bytes.len() as u64);
+                BlobResponse::Found(ByteBuf::from(bytes))
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .blobs
+            .send_response(channel, response)
+            .is_err()
+        {
+            debug!(%peer, "requester went away before the blob response was sent");
+        }
+    }
+
+    fn on_identify(&mut self, event: identify::Event) {
+        match event {
+            identify::Event::Received { peer_id, info, .. } => {
+                debug!(peer = %peer_id, agent = %info.agent_version, addrs = ?info.listen_addrs, "identified peer");
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                for addr in info.listen_addrs {
+                    kad.add_address(&peer_id, addr);
+                }
+            }
+            identify::Event::Error { peer_id, error, .. } => {
+                debug!(peer = %peer_id, %error, "identify failed");
+            }
+            other => trace!(?other, "identify event"),
+        }
+    }
+}
+
+fn on_kad(event: kad::Event) {
+    match event {
+        kad::Event::RoutingUpdated { peer, .. } => trace!(%peer, "kad routing updated"),
+        other => trace!(?other, "kad event"),
+    }
+}
+
+fn on_ping(event: ping::Event) {
+    if let Err(error) = &event.result {
+        debug!(peer = %event.peer, %error, "ping failed");
+    }
+}
+
+/// The addresses a failed dial tried, for logs.
+fn failed_addresses(error: &DialError, requested: Option<&Multiaddr>) -> String {
+    let addrs: Vec<String> = match error {
+        DialError::Transport(errors) => errors.iter().map(|(a, _)| a.to_string()).collect(),
+        DialError::LocalPeerId { address } | DialError::WrongPeerId { address, .. } => {
+            vec![address.to_string()]
+        }
+        _ => requested.map(|a| vec![a.to_string()]).unwrap_or_default(),
+    };
+    if addrs.is_empty() {
+        "none".into()
+    } else {
+        addrs.join(",")
+    }
+}

@@ -1,0 +1,174 @@
+//! # apiary-net
+//!
+//! The peer-to-peer layer of an apiary node: signed gossip announcements and content-addressed
+//! blob transfer over libp2p (TCP + noise + yamux).
+//!
+//! ## Design
+//!
+//! Shaped after rust-libp2p's file-sharing example and lighthouse's network service:
+//!
+//! * **One owner of the swarm.** [`spawn`] builds a [`libp2p::Swarm`], starts listening, dials
+//!   the bootstrap peers and moves the swarm into a plain tokio task, the *event loop*. Nothing
+//!   else touches the swarm, so there are no locks around it.
+//! * **Commands in.** [`NetHandle`] is a cheap clone around a bounded mpsc sender. Each call
+//!   sends a command carrying a oneshot reply channel and awaits the answer; when the loop has
+//!   stopped, calls fail with [`NetError::Shutdown`] (or return empty answers).
+//! * **Events out, never blocking.** Inbound events go to the application over a bounded mpsc
+//!   with `try_send`: if the application is slow and the channel is full, the event is dropped
+//!   and counted in [`NetStats::events_dropped`]. The swarm is never blocked by a consumer.
+//! * **Blocking work off the loop.** Inbound blob requests are answered from the
+//!   [`BlobProvider`] on tokio's blocking pool; fetched blobs are hashed by the caller, not by the
+//!   loop.
+//!
+//! ## Behaviours
+//!
+//! * **gossipsub** on the topic `apiary/{netuid}/announce/v1`. libp2p-signed messages
+//!   (ed25519 peer key), message id = blake3 of the data, and *application validation*: each
+//!   message is size-checked, decoded as a [`SignedEnvelope`] and its sr25519 hotkey signature
+//!   verified before it is reported `Accept` (and forwarded) or `Reject` (and dropped). Only
+//!   accepted messages become [`NetEvent::Gossip`]. The transport limit is four times
+//!   `max_message_bytes` so oversize messages reach the application check and are counted.
+//!   Mesh parameters suit small swarms (D_lo 1, D 3, D_hi 6) and publishing floods to every
+//!   subscribed peer.
+//! * **request-response** (`/apiary/blob/1`, CBOR): [`BlobRequest`] by blake3 id,
+//!   [`BlobResponse`] with the bytes. The requester verifies `blake3(bytes) == id`.
+//! * **identify** (`/apiary/id/1`) feeds the listen addresses peers report into **kad**
+//!   (in-memory store, server mode), which the swarm uses to find addresses when dialing.
+//! * **ping** keeps an eye on liveness.
+
+mod behaviour;
+mod envelope;
+mod error;
+mod event_loop;
+mod handle;
+mod stats;
+
+use std::{sync::Arc, time::Duration};
+
+use apiary_chain::keys::{Hotkey, HotkeyId};
+use tokio::sync::mpsc;
+
+pub use behaviour::{BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use envelope::{SignedEnvelope, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES};
+pub use error::NetError;
+pub use handle::NetHandle;
+pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
+pub use stats::{NetStats, NetStatsSnapshot};
+
+/// Everything [`spawn`] needs.
+#[derive(Clone, Debug)]
+pub struct NetParams {
+    /// Address to listen on, e.g. `/ip4/127.0.0.1/tcp/0` (port 0 picks a free port).
+    pub listen: Multiaddr,
+    /// Addresses dialed at start; they may end in `/p2p/<peer id>`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The libp2p (ed25519) identity of the node.
+    pub keypair: Keypair,
+    /// The sr25519 hotkey that signs every gossip envelope.
+    pub hotkey: Hotkey,
+    /// Subnet id; selects the gossip topic.
+    pub netuid: u16,
+    /// Largest accepted envelope payload in bytes.
+    pub max_message_bytes: usize,
+    /// Largest blob served or fetched in bytes.
+    pub max_blob_bytes: usize,
+    /// Gossipsub heartbeat interval.
+    pub heartbeat: Duration,
+    /// Timeout of a blob request (and of a dial awaited through [`NetHandle::dial`]).
+    pub request_timeout: Duration,
+    /// Capacity of the event channel returned by [`spawn`].
+    pub event_buffer: usize,
+}
+
+impl NetParams {
+    /// Parameters with sensible defaults: no bootstrap peers, 64 KiB messages, 256 MiB blobs,
+    /// 1 s heartbeat, 30 s request timeout, 1024 buffered events.
+    pub fn new(listen: Multiaddr, keypair: Keypair, hotkey: Hotkey, netuid: u16) -> Self {
+        Self {
+            listen,
+            bootstrap: Vec::new(),
+            keypair,
+            hotkey,
+            netuid,
+            max_message_bytes: 64 << 10,
+            max_blob_bytes: 256 << 20,
+            heartbeat: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            event_buffer: 1024,
+        }
+    }
+
+    /// The gossip topic of this subnet.
+    pub fn topic(&self) -> String {
+        topic_name(self.netuid)
+    }
+
+    fn validate(&self) -> Result<(), NetError> {
+        if self.max_message_bytes == 0 {
+            return Err(NetError::Config("max_message_bytes must be > 0".into()));
+        }
+        if self.max_message_bytes > MAX_ENVELOPE_BYTES {
+            return Err(NetError::Config(format!(
+                "max_message_bytes {} exceeds the {MAX_ENVELOPE_BYTES}-byte maximum",
+                self.max_message_bytes
+            )));
+        }
+        if self.max_blob_bytes == 0 {
+            return Err(NetError::Config("max_blob_bytes must be > 0".into()));
+        }
+        if self.heartbeat.is_zero() {
+            return Err(NetError::Config("heartbeat must be > 0".into()));
+        }
+        if self.request_timeout.is_zero() {
+            return Err(NetError::Config("request_timeout must be > 0".into()));
+        }
+        if self.event_buffer == 0 {
+            return Err(NetError::Config("event_buffer must be > 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The gossip topic of a subnet: `apiary/{netuid}/announce/v1`.
+pub fn topic_name(netuid: u16) -> String {
+    format!("apiary/{netuid}/announce/v1")
+}
+
+/// Serves blob bytes by blake3 id to peers (implemented by the node over its RocksDB store).
+///
+/// Called on tokio's blocking pool, so it may do disk I/O.
+pub trait BlobProvider: Send + Sync + 'static {
+    /// The bytes whose blake3 hash is `id`, if this node has them.
+    fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>>;
+}
+
+/// What the network tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetEvent {
+    /// A gossip envelope that passed the size, decoding and hotkey-signature checks.
+    Gossip {
+        /// The libp2p peer that published it (the gossipsub-signed source; the forwarding peer
+        /// if the message carried none).
+        from: PeerId,
+        /// The hotkey that signed the envelope.
+        hotkey: HotkeyId,
+        /// The envelope's payload.
+        payload: Vec<u8>,
+    },
+    /// The first connection to a peer was established.
+    PeerConnected(PeerId),
+    /// The last connection to a peer was closed.
+    PeerDisconnected(PeerId),
+}
+
+/// Starts the network: builds the swarm, listens on `params.listen`, dials the bootstrap
+/// addresses and spawns the event loop.
+///
+/// Returns once the listener is up, so [`NetHandle::listen_addrs`] reports the real port.
+/// Must be called inside a tokio runtime.
+pub async fn spawn(
+    params: NetParams,
+    blobs: Arc<dyn BlobProvider>,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    event_loop::spawn(params, blobs).await
+}

@@ -1,0 +1,89 @@
+//! Counters of what the network layer did, shared between the event loop and the handles.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Live counters. Updated with relaxed atomics; read them through [`NetStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Gossip messages this node published successfully.
+    pub gossip_published: AtomicU64,
+    /// Gossip messages received that passed the size, decoding and signature checks.
+    pub gossip_received: AtomicU64,
+    /// Gossip envelopes whose hotkey signature did not verify.
+    pub bad_signature: AtomicU64,
+    /// Gossip messages larger than `max_message_bytes` (plus envelope overhead).
+    pub oversize: AtomicU64,
+    /// Gossip messages that were not a well-formed envelope.
+    pub malformed: AtomicU64,
+    /// Events dropped because the application's event channel was full or closed.
+    pub events_dropped: AtomicU64,
+    /// Blob requests answered with the blob's bytes.
+    pub blobs_served: AtomicU64,
+    /// Blob requests for ids the local provider did not have.
+    pub blob_requests_not_found: AtomicU64,
+    /// Blobs fetched from peers whose blake3 hash matched the requested id.
+    pub blobs_fetched: AtomicU64,
+    /// Blobs fetched from peers whose bytes did not hash to the requested id.
+    pub bad_blob_hash: AtomicU64,
+    /// Blob payload bytes sent to peers.
+    pub bytes_sent: AtomicU64,
+    /// Blob payload bytes received from peers (verified or not).
+    pub bytes_received: AtomicU64,
+}
+
+/// A point-in-time copy of [`NetStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetStatsSnapshot {
+    /// See [`NetStats::gossip_published`].
+    pub gossip_published: u64,
+    /// See [`NetStats::gossip_received`].
+    pub gossip_received: u64,
+    /// See [`NetStats::bad_signature`].
+    pub bad_signature: u64,
+    /// See [`NetStats::oversize`].
+    pub oversize: u64,
+    /// See [`NetStats::malformed`].
+    pub malformed: u64,
+    /// See [`NetStats::events_dropped`].
+    pub events_dropped: u64,
+    /// See [`NetStats::blobs_served`].
+    pub blobs_served: u64,
+    /// See [`NetStats::blob_requests_not_found`].
+    pub blob_requests_not_found: u64,
+    /// See [`NetStats::blobs_fetched`].
+    pub blobs_fetched: u64,
+    /// See [`NetStats::bad_blob_hash`].
+    pub bad_blob_hash: u64,
+    /// See [`NetStats::bytes_sent`].
+    pub bytes_sent: u64,
+    /// See [`NetStats::bytes_received`].
+    pub bytes_received: u64,
+}
+
+/// Adds `n` to a counter and returns the new value.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) -> u64 {
+    counter.fetch_add(n, Ordering::Relaxed).wrapping_add(n)
+}
+
+impl NetStats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> NetStatsSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NetStatsSnapshot {
+            gossip_published: r(&self.gossip_published),
+            gossip_received: r(&self.gossip_received),
+            bad_signature: r(&self.bad_signature),
+            oversize: r(&self.oversize),
+            malformed: r(&self.malformed),
+            events_dropped: r(&self.events_dropped),
+            blobs_served: r(&self.blobs_served),
+            blob_requests_not_found: r(&self.blob_requests_not_found),
+            blobs_fetched: r(&self.blobs_fetched),
+            bad_blob_hash: r(&self.bad_blob_hash),
+            bytes_sent: r(&self.bytes_sent),
+            bytes_received: r(&self.bytes_received),
+        }
+    }
+}

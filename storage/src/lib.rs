@@ -1,0 +1,419 @@
+//! # apiary-storage
+//!
+//! The node's durable state in one RocksDB database.
+//!
+//! * **Blobs** (model updates, checkpoints) are content-addressed: the key is the blake3 hash of
+//!   the bytes ([`ContentId`]). A blob is verified against its id when it is written from the
+//!   network ([`Store::put_blob_verified`]) and again every time it is read ([`Store::get_blob`]),
+//!   so a corrupted disk or a lying peer can never feed bad bytes to the trainer.
+//! * **Records** (window records, announcements, scores, weight submissions, the node's view of
+//!   the chain, the embedded chain's own state) are small JSON values in their own column family,
+//!   one per [`Column`], like lighthouse's `DBColumn`.
+//!
+//! The API is synchronous: RocksDB calls block, so async callers run large reads and writes in
+//! `spawn_blocking`. [`Store`] is a cheap clone (an `Arc` around the database).
+
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB failed (disk full, permissions, another process holding the lock).
+    #[error("rocksdb error at {path}: {source}; is another apiary using this data dir?")]
+    Db {
+        /// Database path.
+        path: PathBuf,
+        /// The RocksDB error.
+        source: rocksdb::Error,
+    },
+    /// Bytes offered for an id do not hash to it.
+    #[error("blob bytes hash to {actual}, not to the announced id {expected}")]
+    HashMismatch {
+        /// The id the bytes were supposed to have.
+        expected: ContentId,
+        /// What they hash to.
+        actual: ContentId,
+    },
+    /// A stored blob no longer matches its id (disk corruption).
+    #[error("stored blob {0} is corrupt (hash mismatch on read); delete the data dir's db to resync")]
+    Corrupt(ContentId),
+    /// A record could not be (de)serialized.
+    #[error("record codec error in column {column}: {message}")]
+    Codec {
+        /// The column.
+        column: &'static str,
+        /// The serde error.
+        message: String,
+    },
+}
+
+/// Result alias.
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A blake3 content id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ContentId(pub [u8; 32]);
+
+impl ContentId {
+    /// The id of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        ContentId(*blake3::hash(bytes).as_bytes())
+    }
+    /// Lower-case hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    /// Parses 64 hex characters.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let v = hex::decode(s).ok()?;
+        let arr: [u8; 32] = v.try_into().ok()?;
+        Some(ContentId(arr))
+    }
+    /// First 8 hex characters, for logs.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
+    }
+}
+
+impl std::fmt::Display for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl std::fmt::Debug for ContentId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ContentId({})", self.short())
+    }
+}
+
+impl Serialize for ContentId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_hex())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ContentId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            ContentId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad content id hex"))
+        } else {
+            Ok(ContentId(<[u8; 32]>::deserialize(d)?))
+        }
+    }
+}
+
+/// Column families.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Column {
+    /// blake3 id → bytes.
+    Blobs,
+    /// window (u64 BE) → the window record the node applied (model hash, accepted updates, loss).
+    Windows,
+    /// (window, uid) → a received update announcement.
+    Announcements,
+    /// uid → the validator's smoothed score.
+    Scores,
+    /// submission id → a weight submission (block, outcome).
+    Weights,
+    /// The node's view of the chain (last block, last metagraph).
+    ChainView,
+    /// Miscellaneous node metadata (keys, counters).
+    Meta,
+    /// Embedded chain: block number (u64 BE) → block.
+    LocalBlocks,
+    /// Embedded chain: state (registrations, weights, commitments).
+    LocalState,
+}
+
+impl Column {
+    /// Every column, in creation order.
+    pub const ALL: [Column; 9] = [
+        Column::Blobs,
+        Column::Windows,
+        Column::Announcements,
+        Column::Scores,
+        Column::Weights,
+        Column::ChainView,
+        Column::Meta,
+        Column::LocalBlocks,
+        Column::LocalState,
+    ];
+
+    /// RocksDB column family name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Blobs => "blobs",
+            Column::Windows => "windows",
+            Column::Announcements => "announcements",
+            Column::Scores => "scores",
+            Column::Weights => "weights",
+            Column::ChainView => "chain_view",
+            Column::Meta => "meta",
+            Column::LocalBlocks => "local_blocks",
+            Column::LocalState => "local_state",
+        }
+    }
+}
+
+/// The node's RocksDB store. Cloning shares the database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.path.display())
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_open_files(256);
+        let cfs = Column::ALL.iter().map(|c| {
+            let mut o = Options::default();
+            if *c == Column::Blobs {
+                // Large values go to blob files: cheaper compaction for multi-MB updates.
+                o.set_enable_blob_files(true);
+                o.set_min_blob_size(16 * 1024);
+            }
+            ColumnFamilyDescriptor::new(c.name(), o)
+        });
+        let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(|source| StoreError::Db {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Store {
+            db: Arc::new(db),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn cf(&self, c: Column) -> &rocksdb::ColumnFamily {
+        match self.db.cf_handle(c.name()) {
+            Some(cf) => cf,
+            // Every column is created in `open`; a missing handle is a programming error.
+            None => unreachable!("column family {} created at open", c.name()),
+        }
+    }
+
+    fn db_err(&self, source: rocksdb::Error) -> StoreError {
+        StoreError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Stores bytes under their own hash and returns it.
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<ContentId> {
+        let id = ContentId::of(bytes);
+        self.db
+            .put_cf(self.cf(Column::Blobs), id.0, bytes)
+            .map_err(|e| self.db_err(e))?;
+        Ok(id)
+    }
+
+    /// Stores bytes received for `expected`, refusing them unless they hash to it.
+    pub fn put_blob_verified(&self, expected: ContentId, bytes: &[u8]) -> Result<()> {
+        let actual = ContentId::of(bytes);
+        if actual != expected {
+            return Err(StoreError::HashMismatch { expected, actual });
+        }
+        self.db
+            .put_cf(self.cf(Column::Blobs), expected.0, bytes)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Reads a blob, verifying it against its id.
+    pub fn get_blob(&self, id: ContentId) -> Result<Option<Vec<u8>>> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf(Column::Blobs), id.0)
+            .map_err(|e| self.db_err(e))?
+        else {
+            return Ok(None);
+        };
+        if ContentId::of(&bytes) != id {
+            return Err(StoreError::Corrupt(id));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// Whether a blob is present (no verification).
+    pub fn has_blob(&self, id: ContentId) -> Result<bool> {
+        Ok(self
+            .db
+            .get_pinned_cf(self.cf(Column::Blobs), id.0)
+            .map_err(|e| self.db_err(e))?
+            .is_some())
+    }
+
+    /// Number of blobs stored.
+    pub fn blob_count(&self) -> Result<usize> {
+        Ok(self.keys(Column::Blobs)?.len())
+    }
+
+    /// Writes a JSON record.
+    pub fn put<T: Serialize>(&self, col: Column, key: &[u8], value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Codec {
+            column: col.name(),
+            message: e.to_string(),
+        })?;
+        self.db
+            .put_cf(self.cf(col), key, bytes)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// Reads a JSON record.
+    pub fn get<T: DeserializeOwned>(&self, col: Column, key: &[u8]) -> Result<Option<T>> {
+        let Some(bytes) = self
+            .db
+            .get_cf(self.cf(col), key)
+            .map_err(|e| self.db_err(e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Codec {
+                column: col.name(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Deletes a record or blob.
+    pub fn delete(&self, col: Column, key: &[u8]) -> Result<()> {
+        self.db
+            .delete_cf(self.cf(col), key)
+            .map_err(|e| self.db_err(e))
+    }
+
+    /// All records of a column in key order.
+    pub fn scan<T: DeserializeOwned>(&self, col: Column) -> Result<Vec<(Vec<u8>, T)>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(|e| self.db_err(e))?;
+            let value = serde_json::from_slice(&v).map_err(|e| StoreError::Codec {
+                column: col.name(),
+                message: e.to_string(),
+            })?;
+            out.push((k.to_vec(), value));
+        }
+        Ok(out)
+    }
+
+    /// The last record of a column in key order (e.g. the latest window).
+    pub fn last<T: DeserializeOwned>(&self, col: Column) -> Result<Option<(Vec<u8>, T)>> {
+        let mut it = self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::End);
+        match it.next() {
+            None => Ok(None),
+            Some(item) => {
+                let (k, v) = item.map_err(|e| self.db_err(e))?;
+                let value = serde_json::from_slice(&v).map_err(|e| StoreError::Codec {
+                    column: col.name(),
+                    message: e.to_string(),
+                })?;
+                Ok(Some((k.to_vec(), value)))
+            }
+        }
+    }
+
+    /// Keys of a column.
+    pub fn keys(&self, col: Column) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::Start) {
+            let (k, _) = item.map_err(|e| self.db_err(e))?;
+            out.push(k.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Flushes memtables and the WAL to disk.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
+        for c in Column::ALL {
+            self.db.flush_cf(self.cf(c)).map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Big-endian key for a u64 (so iteration order is numeric order).
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+/// Key for (window, uid).
+pub fn window_uid_key(window: u64, uid: u16) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..8].copy_from_slice(&window.to_be_bytes());
+    k[8..].copy_from_slice(&uid.to_be_bytes());
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_are_verified_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let id;
+        {
+            let s = Store::open(dir.path()).expect("open");
+            id = s.put_blob(b"hello world").expect("put");
+            assert_eq!(id, ContentId::of(b"hello world"));
+            let err = s
+                .put_blob_verified(id, b"hello w0rld")
+                .expect_err("mismatch must fail");
+            assert!(matches!(err, StoreError::HashMismatch { .. }));
+            s.put(Column::Scores, &7u16.to_be_bytes(), &0.5f64).expect("put");
+        }
+        let s = Store::open(dir.path()).expect("reopen");
+        assert_eq!(s.get_blob(id).expect("get").as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(s.get::<f64>(Column::Scores, &7u16.to_be_bytes()).expect("get"), Some(0.5));
+        assert_eq!(s.blob_count().expect("count"), 1);
+        assert!(s.get_blob(ContentId::of(b"nope")).expect("get").is_none());
+    }
+
+    #[test]
+    fn corrupt_blob_is_detected_on_read() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(dir.path()).expect("open");
+        let id = ContentId::of(b"abc");
+        // Write bytes under the wrong key, bypassing verification, as disk corruption would.
+        s.db.put_cf(s.cf(Column::Blobs), id.0, b"abd").expect("raw put");
+        assert!(matches!(s.get_blob(id), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn last_and_scan_follow_key_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(dir.path()).expect("open");
+        for w in [3u64, 1, 2, 300] {
+            s.put(Column::Windows, &u64_key(w), &w).expect("put");
+        }
+        let all: Vec<(Vec<u8>, u64)> = s.scan(Column::Windows).expect("scan");
+        assert_eq!(all.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1, 2, 3, 300]);
+        assert_eq!(s.last::<u64>(Column::Windows).expect("last").map(|x| x.1), Some(300));
+    }
+}

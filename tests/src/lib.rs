@@ -1,0 +1,175 @@
+//! # apiary-tests: whole swarms in one process
+//!
+//! [`TestNet`] starts real nodes — each with its own data dir, RocksDB, keys, libp2p socket on
+//! 127.0.0.1 port 0 and admin socket — on one shared embedded chain whose blocks the test
+//! advances by hand, so every step is driven and awaited rather than slept through.
+//! [`wait_until`] polls a condition with a deadline; it is the only way tests wait.
+
+use apiary_chain::local::{LocalChain, SubnetParams};
+use apiary_chain::ChainClient;
+use apiary_config::{NodeConfig, Role};
+use apiary_daemon::{ChainSource, Node};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The corpus shipped with the repository.
+pub fn corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt")
+}
+
+/// Installs a test log subscriber once (RUST_LOG controls it).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A tiny, fast node config for tests: data and sockets inside `dir`, key derived from `name`.
+pub fn test_config(dir: &Path, name: &str, role: Role) -> NodeConfig {
+    let mut c = NodeConfig::default();
+    c.node.name = name.to_string();
+    c.node.role = role;
+    c.node.data_dir = dir.join(name);
+    c.node.hotkey_seed = Some(hex::encode(blake3_seed(&format!("hotkey/{name}"))));
+    c.net.p2p_key_seed = Some(hex::encode(blake3_seed(&format!("p2p/{name}"))));
+    c.net.listen = "/ip4/127.0.0.1/tcp/0".into();
+    c.net.heartbeat_ms = 100;
+    c.net.request_timeout_ms = 10_000;
+    c.chain.blocks_per_window = 2;
+    c.chain.block_time_ms = 100;
+    c.model.d_model = 32;
+    c.model.n_layers = 2;
+    c.model.n_heads = 2;
+    c.model.d_ff = 64;
+    c.model.seq_len = 32;
+    c.train.data = corpus();
+    c.train.pages_per_window = 4;
+    c.train.batch_pages = 4;
+    c.train.local_steps = 3;
+    c.train.learning_rate = 5e-3;
+    c.train.held_out_pages = 8;
+    c
+}
+
+fn blake3_seed(label: &str) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    let d = apiary_storage::ContentId::of(format!("apiary test seed {label}").as_bytes());
+    h.copy_from_slice(&d.0);
+    h
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A swarm on one shared embedded chain.
+pub struct TestNet {
+    /// Temp dir holding every node's data.
+    pub dir: tempfile::TempDir,
+    /// The shared chain.
+    pub chain: Arc<LocalChain>,
+    /// Running nodes, in start order.
+    pub nodes: Vec<Node>,
+}
+
+impl TestNet {
+    /// A chain with subnet 1 and no nodes.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let chain = LocalChain::open(&dir.path().join("chain")).expect("chain");
+        chain
+            .create_subnet(1, SubnetParams::default())
+            .expect("subnet");
+        TestNet {
+            dir,
+            chain,
+            nodes: Vec::new(),
+        }
+    }
+
+    /// Starts a node with `cfg` on the shared chain; validators get stake (and a permit).
+    pub async fn spawn(&mut self, cfg: NodeConfig) -> usize {
+        let role = cfg.node.role;
+        let chain: Arc<dyn ChainClient> = self.chain.clone();
+        let node = Node::spawn(cfg, ChainSource::Shared(chain))
+            .await
+            .expect("node starts");
+        if role == Role::Validator {
+            self.chain
+                .add_stake(1, &node.ctx().hotkey.id(), 1_000_000)
+                .expect("stake");
+        }
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Produces one block.
+    pub fn block(&self) -> u64 {
+        self.chain.produce_block().expect("block").number
+    }
+
+    /// Produces blocks until the head is `n`.
+    pub fn advance_to(&self, n: u64) {
+        while self.chain.head().number < n {
+            self.block();
+        }
+    }
+
+    /// Waits until every node is connected to every other node.
+    pub async fn wait_connected(&self, timeout: Duration) {
+        let n = self.nodes.len();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for node in &self.nodes {
+                let _ = apiary_actors::chain_watcher::ChainWatcherHandle(node.ctx().clone()).refresh();
+            }
+            let mut ok = true;
+            for node in &self.nodes {
+                if node.ctx().net.connected_peers().await.len() + 1 < n {
+                    ok = false;
+                }
+                if node.ctx().net.gossip_peers().await + 1 < n {
+                    ok = false;
+                }
+            }
+            if ok {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "swarm did not connect");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops every node.
+    pub async fn shutdown(self) {
+        for n in self.nodes {
+            n.shutdown().await;
+        }
+    }
+}
+
+impl Default for TestNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
