@@ -1,7 +1,7 @@
 //! What a node's actors share: resources, the event bus, status, counters and actor slots.
 
-use crate::{evaluator::EvaluatorMsg, gossip::GossipMsgIn, trainer::TrainerMsg};
 use crate::{chain_watcher::ChainWatcherMsg, weights::WeightSetterMsg};
+use crate::{evaluator::EvaluatorMsg, gossip::GossipMsgIn, trainer::TrainerMsg};
 use apiary_chain::keys::Hotkey;
 use apiary_chain::{BlockInfo, ChainClient, Metagraph};
 use apiary_config::NodeConfig;
@@ -243,7 +243,10 @@ impl NodeContext {
 
     /// Reads the status.
     pub fn status(&self) -> NodeStatus {
-        self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Updates the status.

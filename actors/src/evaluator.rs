@@ -165,7 +165,11 @@ impl Actor for Evaluator {
                     || st.windows.get(&ann.window).is_some_and(|w| w.closing)
                 {
                     Metrics::inc(&st.ctx.metrics.gossip_stale);
-                    tracing::info!(uid = ann.uid, window = ann.window, "update arrived after its window closed");
+                    tracing::info!(
+                        uid = ann.uid,
+                        window = ann.window,
+                        "update arrived after its window closed"
+                    );
                     return Ok(());
                 }
                 let we = st.windows.entry(ann.window).or_default();
@@ -215,7 +219,9 @@ impl Actor for Evaluator {
                 // Close the previous window even if no update arrived for it.
                 if w > 0 && !st.last_closed.is_some_and(|c| c >= w - 1) {
                     let prev = w - 1;
-                    if !to_close.contains(&prev) && !st.windows.get(&prev).is_some_and(|v| v.closing) {
+                    if !to_close.contains(&prev)
+                        && !st.windows.get(&prev).is_some_and(|v| v.closing)
+                    {
                         to_close.push(prev);
                     }
                 }
@@ -226,7 +232,8 @@ impl Actor for Evaluator {
                         finalize(&myself, st, cw);
                     } else {
                         let c = &st.ctx.cfg.chain;
-                        let grace = Duration::from_millis(c.block_time_ms * c.blocks_per_window / 2);
+                        let grace =
+                            Duration::from_millis(c.block_time_ms * c.blocks_per_window / 2);
                         myself.send_after(grace, move || EvaluatorMsg::ForceClose(cw));
                     }
                 }
@@ -364,13 +371,21 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
     let c = &ctx.cfg;
     for (a, _) in &we.deferred {
         Metrics::inc(&ctx.metrics.updates_wrong_base);
-        tracing::warn!(uid = a.uid, window, "update computed on another base model; scored 0");
+        tracing::warn!(
+            uid = a.uid,
+            window,
+            "update computed on another base model; scored 0"
+        );
     }
     let Some(mg) = ctx.metagraph() else { return };
     let me = ctx.hotkey.id();
     let alpha = c.validator.ema_alpha;
     let mut report = Vec::new();
-    for n in mg.neurons.iter().filter(|n| !n.validator_permit && n.hotkey != me) {
+    for n in mg
+        .neurons
+        .iter()
+        .filter(|n| !n.validator_permit && n.hotkey != me)
+    {
         let s = match we.results.get(&n.uid) {
             Some(Outcome::Scored { score, .. }) => *score,
             _ => 0.0,
@@ -393,9 +408,7 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         .results
         .iter()
         .filter_map(|(uid, o)| match o {
-            Outcome::Scored { score, update, id }
-                if f64::from(*score) >= c.validator.min_score =>
-            {
+            Outcome::Scored { score, update, id } if f64::from(*score) >= c.validator.min_score => {
                 Some((*uid, *id, Arc::clone(update)))
             }
             _ => None,
@@ -479,11 +492,9 @@ impl EvaluatorHandle {
     }
     /// Smoothed scores by uid.
     pub async fn scores(&self) -> Result<Vec<ScoreEntry>, ActorError> {
-        ractor::call_t!(self.actor()?, EvaluatorMsg::Scores, 10_000).map_err(|e| {
-            ActorError::Call {
-                actor: "evaluator",
-                message: e.to_string(),
-            }
+        ractor::call_t!(self.actor()?, EvaluatorMsg::Scores, 10_000).map_err(|e| ActorError::Call {
+            actor: "evaluator",
+            message: e.to_string(),
         })
     }
 }

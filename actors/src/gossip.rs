@@ -28,6 +28,8 @@ pub struct GossipPeer;
 /// Its state.
 pub struct GossipState {
     ctx: Arc<NodeContext>,
+    /// Block at which an unknown hotkey last made us re-read the metagraph.
+    refreshed_at: Option<u64>,
 }
 
 impl Actor for GossipPeer {
@@ -51,7 +53,10 @@ impl Actor for GossipPeer {
                 }
             }
         });
-        Ok(GossipState { ctx })
+        Ok(GossipState {
+            ctx,
+            refreshed_at: None,
+        })
     }
 
     async fn handle(
@@ -65,7 +70,25 @@ impl Actor for GossipPeer {
                 from,
                 hotkey,
                 payload,
-            }) => on_gossip(&st.ctx, from, hotkey, &payload),
+            }) => {
+                // A hotkey that registered after our last metagraph read: re-read once per block.
+                let known = st
+                    .ctx
+                    .metagraph()
+                    .is_some_and(|m| m.by_hotkey(&hotkey).is_some());
+                let block = st.ctx.status().block;
+                if !known && st.refreshed_at != Some(block) {
+                    st.refreshed_at = Some(block);
+                    if let Ok(mg) = st.ctx.chain.metagraph(st.ctx.cfg.chain.netuid).await {
+                        let uid = mg.by_hotkey(&st.ctx.hotkey.id()).map(|n| n.uid);
+                        st.ctx.update_status(|s| {
+                            s.metagraph = Some(Arc::new(mg));
+                            s.uid = uid;
+                        });
+                    }
+                }
+                on_gossip(&st.ctx, from, hotkey, &payload)
+            }
             GossipMsgIn::Net(NetEvent::PeerConnected(p)) => {
                 tracing::debug!(peer = %p, "peer connected");
             }
@@ -117,7 +140,10 @@ fn on_gossip(
                 return;
             }
             let key = window_uid_key(ann.window, ann.uid);
-            match ctx.store.get::<crate::protocol::UpdateAnnouncement>(Column::Announcements, &key) {
+            match ctx
+                .store
+                .get::<crate::protocol::UpdateAnnouncement>(Column::Announcements, &key)
+            {
                 Ok(Some(_)) => return, // first announcement per (window, uid) wins
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "announcement lookup failed"),

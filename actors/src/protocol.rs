@@ -64,7 +64,10 @@ impl GossipMsg {
     /// Decodes at most `limit` bytes, rejecting trailing bytes.
     pub fn decode(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
         if bytes.len() > limit {
-            return Err(DecodeError(format!("{} bytes > limit {limit}", bytes.len())));
+            return Err(DecodeError(format!(
+                "{} bytes > limit {limit}",
+                bytes.len()
+            )));
         }
         let (msg, used): (GossipMsg, usize) = bincode::serde::decode_from_slice(
             bytes,

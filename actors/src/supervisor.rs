@@ -123,7 +123,11 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut kinds = vec![ChildKind::Trainer, ChildKind::ChainWatcher, ChildKind::Gossip];
+        let mut kinds = vec![
+            ChildKind::Trainer,
+            ChildKind::ChainWatcher,
+            ChildKind::Gossip,
+        ];
         if ctx.cfg.node.role == Role::Validator {
             kinds.push(ChildKind::Evaluator);
             kinds.push(ChildKind::WeightSetter);
@@ -181,7 +185,11 @@ impl Actor for NodeSupervisor {
         let window = Duration::from_secs(sup.restart_window_secs);
         loop {
             let now = Instant::now();
-            while st.restarts.front().is_some_and(|t| now.duration_since(*t) > window) {
+            while st
+                .restarts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
                 st.restarts.pop_front();
             }
             if st.restarts.len() >= sup.max_restarts as usize {
@@ -249,7 +257,7 @@ impl Actor for NodeSupervisor {
 /// A running supervisor.
 pub struct SupervisorHandle {
     actor: ActorRef<SupervisorMsg>,
-    join: tokio::task::JoinHandle<()>,
+    join: Option<tokio::task::JoinHandle<()>>,
     ctx: Arc<NodeContext>,
 }
 
@@ -258,19 +266,27 @@ pub async fn spawn_supervisor(ctx: Arc<NodeContext>) -> Result<SupervisorHandle,
     let (actor, join) = Actor::spawn(None, NodeSupervisor, Arc::clone(&ctx))
         .await
         .map_err(|e| format!("could not start the node's actors: {e}"))?;
-    Ok(SupervisorHandle { actor, join, ctx })
+    Ok(SupervisorHandle {
+        actor,
+        join: Some(join),
+        ctx,
+    })
 }
 
 impl SupervisorHandle {
     /// Asks every actor to stop and waits for the supervisor to finish.
     pub async fn shutdown(self) {
         let _ = self.actor.cast(SupervisorMsg::Shutdown);
-        let _ = self.join.await;
+        if let Some(j) = self.join {
+            let _ = j.await;
+        }
     }
 
     /// Waits until the supervisor stops; `Err` with the reason if the node failed.
     pub async fn wait(&mut self) -> Result<(), String> {
-        let _ = (&mut self.join).await;
+        if let Some(j) = self.join.take() {
+            let _ = j.await;
+        }
         match self.ctx.status().fatal {
             Some(f) => Err(f),
             None => Ok(()),
@@ -279,6 +295,6 @@ impl SupervisorHandle {
 
     /// Whether the supervisor has stopped.
     pub fn is_finished(&self) -> bool {
-        self.join.is_finished()
+        self.join.as_ref().is_none_or(|j| j.is_finished())
     }
 }

@@ -215,6 +215,8 @@ impl Actor for Trainer {
                     Ok(c) => publish_update(st, c).await,
                     Err(e) => tracing::error!(error = %e, "training failed"),
                 }
+                // A window may have started while we trained.
+                maybe_train(&myself, st);
             }
             TrainerMsg::Status(reply) => {
                 let _ = reply.send(TrainerStatus {
@@ -251,7 +253,10 @@ fn load_model(ctx: &NodeContext) -> Result<Loaded, ActorProcessingErr> {
                 let p = Params::from_bytes(cfg, &bytes)?;
                 return Ok((p, rec.model, Some(rec.window), rec.held_out_loss));
             }
-            Ok(None) => tracing::warn!(window = rec.window, "checkpoint missing; starting from genesis"),
+            Ok(None) => tracing::warn!(
+                window = rec.window,
+                "checkpoint missing; starting from genesis"
+            ),
             Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting from genesis"),
         }
     }
@@ -475,7 +480,10 @@ async fn apply_record(
             Metrics::inc(&ctx.metrics.records_applied);
             return Ok(a);
         }
-        tracing::warn!(window = rec.window, "our aggregate differs from the record; downloading the checkpoint");
+        tracing::warn!(
+            window = rec.window,
+            "our aggregate differs from the record; downloading the checkpoint"
+        );
     }
     // Catch up: download the checkpoint by id.
     let bytes = fetch_blob(ctx, rec.model, from, false).await?;
@@ -567,6 +575,8 @@ impl TrainerHandle {
     }
     /// Fault injection: makes the trainer panic (the supervisor restarts it).
     pub fn inject_panic(&self) -> Result<(), ActorError> {
-        self.actor()?.cast(TrainerMsg::Panic).map_err(Self::call_err)
+        self.actor()?
+            .cast(TrainerMsg::Panic)
+            .map_err(Self::call_err)
     }
 }

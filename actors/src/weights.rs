@@ -151,7 +151,8 @@ pub struct WeightSetterHandle(pub Arc<NodeContext>);
 impl WeightSetterHandle {
     /// The last submission.
     pub async fn last(&self) -> Result<Option<WeightSubmission>, ActorError> {
-        let a = slot_get(&self.0.actors.weight_setter).ok_or(ActorError::NotRunning("weight setter"))?;
+        let a = slot_get(&self.0.actors.weight_setter)
+            .ok_or(ActorError::NotRunning("weight setter"))?;
         ractor::call_t!(a, WeightSetterMsg::Last, 10_000).map_err(|e| ActorError::Call {
             actor: "weight setter",
             message: e.to_string(),

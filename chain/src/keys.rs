@@ -32,7 +32,9 @@ pub enum KeyError {
 }
 
 /// A 32-byte sr25519 public key: the identity of a hotkey on chain and on gossip.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct HotkeyId(pub [u8; 32]);
 
 impl HotkeyId {
@@ -183,7 +185,10 @@ mod tests {
         let mut pk = [0u8; 32];
         pk.copy_from_slice(&alice);
         let id = HotkeyId(pk);
-        assert_eq!(id.ss58(), "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY");
+        assert_eq!(
+            id.ss58(),
+            "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY"
+        );
         assert_eq!(HotkeyId::from_ss58(&id.ss58()).expect("parse"), id);
         assert!(HotkeyId::from_ss58("5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQZ").is_err());
     }

@@ -116,7 +116,9 @@ pub struct TxReceipt {
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// The hotkey has no uid on the subnet.
-    #[error("hotkey {0} is not registered on subnet {1}; register it first (`apiary chain register`)")]
+    #[error(
+        "hotkey {0} is not registered on subnet {1}; register it first (`apiary chain register`)"
+    )]
     NotRegistered(HotkeyId, u16),
     /// The subnet does not exist.
     #[error("subnet {0} does not exist on this chain; check chain.netuid")]
@@ -170,7 +172,12 @@ pub trait ChainClient: Send + Sync + 'static {
     /// Registers `hotkey` on the subnet (burned registration); returns its uid. Idempotent.
     async fn register(&self, netuid: u16, hotkey: &Hotkey) -> Result<u16>;
     /// Publishes a commitment for `hotkey` (apiary puts its [`PeerRecord`] there).
-    async fn set_commitment(&self, netuid: u16, hotkey: &Hotkey, data: Vec<u8>) -> Result<TxReceipt>;
+    async fn set_commitment(
+        &self,
+        netuid: u16,
+        hotkey: &Hotkey,
+        data: Vec<u8>,
+    ) -> Result<TxReceipt>;
     /// Submits weights. `uids` and `weights` have equal length.
     async fn set_weights(
         &self,

@@ -14,9 +14,7 @@
 //! limited in size.
 
 use crate::keys::{Hotkey, HotkeyId};
-use crate::{
-    BlockInfo, ChainClient, ChainError, Metagraph, Neuron, PeerRecord, Result, TxReceipt,
-};
+use crate::{BlockInfo, ChainClient, ChainError, Metagraph, Neuron, PeerRecord, Result, TxReceipt};
 use apiary_storage::{u64_key, Column, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -260,7 +258,8 @@ impl LocalChain {
             neurons: Vec::new(),
             weights: BTreeMap::new(),
         };
-        self.store.put(Column::LocalState, &subnet_key(netuid), &subnet)?;
+        self.store
+            .put(Column::LocalState, &subnet_key(netuid), &subnet)?;
         st.subnets.insert(netuid, subnet);
         Ok(())
     }
@@ -274,7 +273,8 @@ impl LocalChain {
             .ok_or(ChainError::UnknownSubnet(netuid))?;
         subnet.params = params;
         let snapshot = subnet.clone();
-        self.store.put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
+        self.store
+            .put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
         Ok(())
     }
 
@@ -292,7 +292,8 @@ impl LocalChain {
             .ok_or(ChainError::NotRegistered(*hotkey, netuid))?;
         n.stake = n.stake.saturating_add(amount);
         let snapshot = subnet.clone();
-        self.store.put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
+        self.store
+            .put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
         Ok(())
     }
 
@@ -393,7 +394,8 @@ impl LocalChain {
         let tx = ext.hash();
         st.pending.push(tx);
         let nonces: Vec<(HotkeyId, u64)> = st.nonces.iter().map(|(k, v)| (*k, *v)).collect();
-        self.store.put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
+        self.store
+            .put(Column::LocalState, &subnet_key(netuid), &snapshot)?;
         self.store.put(Column::LocalState, NONCES_KEY, &nonces)?;
         Ok(TxReceipt {
             block,
@@ -498,7 +500,9 @@ fn apply(subnet: &mut Subnet, signer: &HotkeyId, call: &Call, block: u64) -> Res
             let mut seen = std::collections::BTreeSet::new();
             for u in uids {
                 if *u as usize >= n_uids {
-                    return Err(ChainError::InvalidWeights(format!("uid {u} does not exist")));
+                    return Err(ChainError::InvalidWeights(format!(
+                        "uid {u} does not exist"
+                    )));
                 }
                 if !seen.insert(*u) {
                     return Err(ChainError::InvalidWeights(format!("uid {u} listed twice")));
@@ -506,9 +510,10 @@ fn apply(subnet: &mut Subnet, signer: &HotkeyId, call: &Call, block: u64) -> Res
             }
             n.last_update = block;
             let uid = n.uid;
-            subnet
-                .weights
-                .insert(uid, uids.iter().copied().zip(weights.iter().copied()).collect());
+            subnet.weights.insert(
+                uid,
+                uids.iter().copied().zip(weights.iter().copied()).collect(),
+            );
             Ok(uid)
         }
     }
@@ -543,7 +548,12 @@ impl ChainClient for LocalChain {
             .ok_or(ChainError::NotRegistered(hotkey.id(), netuid))
     }
 
-    async fn set_commitment(&self, netuid: u16, hotkey: &Hotkey, data: Vec<u8>) -> Result<TxReceipt> {
+    async fn set_commitment(
+        &self,
+        netuid: u16,
+        hotkey: &Hotkey,
+        data: Vec<u8>,
+    ) -> Result<TxReceipt> {
         self.sign_and_submit(hotkey, Call::SetCommitment { netuid, data })
     }
 
@@ -595,12 +605,18 @@ mod tests {
             assert_eq!(chain.register(1, &m).await.expect("reg"), 1);
             assert_eq!(chain.register(1, &m).await.expect("idempotent"), 1);
             // No stake, no permit.
-            let err = chain.set_weights(1, &v, &[1], &[65535], 0).await.expect_err("no permit");
+            let err = chain
+                .set_weights(1, &v, &[1], &[65535], 0)
+                .await
+                .expect_err("no permit");
             assert!(matches!(err, ChainError::NoValidatorPermit(..)), "{err}");
             chain.add_stake(1, &v.id(), 1000).expect("stake");
             chain.produce_block().expect("block");
             assert_eq!(blocks.recv().await.expect("block").number, 1);
-            chain.set_weights(1, &v, &[1], &[65535], 0).await.expect("weights");
+            chain
+                .set_weights(1, &v, &[1], &[65535], 0)
+                .await
+                .expect("weights");
             chain
                 .set_subnet_params(
                     1,
@@ -611,21 +627,33 @@ mod tests {
                 )
                 .expect("sudo");
             chain.produce_block().expect("block");
-            let err = chain.set_weights(1, &v, &[1], &[1], 0).await.expect_err("rate limit");
-            assert!(matches!(err, ChainError::RateLimited { blocks_left: 4, .. }), "{err}");
+            let err = chain
+                .set_weights(1, &v, &[1], &[1], 0)
+                .await
+                .expect_err("rate limit");
+            assert!(
+                matches!(err, ChainError::RateLimited { blocks_left: 4, .. }),
+                "{err}"
+            );
             let err = chain.set_weights(1, &v, &[9], &[1], 0).await;
             assert!(err.is_err());
             let rec = PeerRecord {
                 peer_id: "12D3Koo".into(),
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
             };
-            chain.set_commitment(1, &m, rec.encode()).await.expect("commit");
+            chain
+                .set_commitment(1, &m, rec.encode())
+                .await
+                .expect("commit");
             let big = vec![0u8; 4000];
             assert!(chain.set_commitment(1, &m, big).await.is_err());
             // A forged extrinsic (signed by m, claiming v) is rejected.
             let mut ext = Extrinsic::sign(&m, chain.nonce(&v.id()), Call::Register { netuid: 1 });
             ext.signer = v.id();
-            assert!(matches!(chain.submit(ext), Err(ChainError::BadTransaction(_))));
+            assert!(matches!(
+                chain.submit(ext),
+                Err(ChainError::BadTransaction(_))
+            ));
             chain.produce_block().expect("block");
         }
         let chain = LocalChain::open(dir.path()).expect("reopen");
@@ -634,7 +662,15 @@ mod tests {
         assert_eq!(mg.neurons.len(), 2);
         assert!(mg.by_uid(0).expect("v").validator_permit);
         assert!(!mg.by_uid(1).expect("m").validator_permit);
-        assert_eq!(mg.by_uid(1).expect("m").peer.as_ref().expect("peer").peer_id, "12D3Koo");
+        assert_eq!(
+            mg.by_uid(1)
+                .expect("m")
+                .peer
+                .as_ref()
+                .expect("peer")
+                .peer_id,
+            "12D3Koo"
+        );
         assert_eq!(mg.lead_validator().expect("lead").uid, 0);
         assert_eq!(chain.weights(1, 0).await.expect("w"), vec![(1, 65535)]);
     }

@@ -361,7 +361,10 @@ impl NodeConfig {
         }
         let m = &self.model;
         if m.vocab_size == 0 || m.vocab_size > 1 << 20 {
-            return bad("model.vocab_size", "must be between 1 and 1048576 (256 for bytes)");
+            return bad(
+                "model.vocab_size",
+                "must be between 1 and 1048576 (256 for bytes)",
+            );
         }
         if m.vocab_size < 256 {
             return bad("model.vocab_size", "byte-level tokens need at least 256");
@@ -426,7 +429,10 @@ impl NodeConfig {
             return bad("validator.ema_alpha", "must be in (0, 1]");
         }
         if !(-1.0..=1.0).contains(&v.min_score) {
-            return bad("validator.min_score", "a cosine threshold, must be in [-1, 1]");
+            return bad(
+                "validator.min_score",
+                "a cosine threshold, must be in [-1, 1]",
+            );
         }
         if v.weights_every_windows == 0 {
             return bad("validator.weights_every_windows", "must be at least 1");
@@ -435,7 +441,10 @@ impl NodeConfig {
         if !n.listen.starts_with('/') {
             return bad(
                 "net.listen",
-                format!("`{}` is not a multiaddr; use e.g. /ip4/127.0.0.1/tcp/0", n.listen),
+                format!(
+                    "`{}` is not a multiaddr; use e.g. /ip4/127.0.0.1/tcp/0",
+                    n.listen
+                ),
             );
         }
         if let Some(b) = n.bootstrap.iter().find(|b| !b.starts_with('/')) {
@@ -514,6 +523,10 @@ mod tests {
         assert!(c.validate().is_err());
         let mut c = NodeConfig::default();
         c.net.listen = "127.0.0.1:4000".into();
-        assert!(c.validate().expect_err("not multiaddr").to_string().contains("net.listen"));
+        assert!(c
+            .validate()
+            .expect_err("not multiaddr")
+            .to_string()
+            .contains("net.listen"));
     }
 }

@@ -151,13 +151,19 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else if reply["ok"].as_bool() == Some(true) {
                 print!("{}", crate::admin::render_table(&reply["result"]));
             } else {
-                anyhow::bail!("{}", reply["error"].as_str().unwrap_or("admin request failed"));
+                anyhow::bail!(
+                    "{}",
+                    reply["error"].as_str().unwrap_or("admin request failed")
+                );
             }
             Ok(())
         }
         Cmd::CheckConfig { file } => {
             let cfg = NodeConfig::load(&file)?;
-            println!("{}", toml::to_string_pretty(&cfg).context("rendering config")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&cfg).context("rendering config")?
+            );
             Ok(())
         }
     }

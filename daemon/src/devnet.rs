@@ -176,13 +176,29 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     let mut events = lead_ctx.events.subscribe();
     let initial_loss = lead_ctx.status().held_out_loss.unwrap_or(f32::NAN);
     if !opts.json {
-        writeln!(out, "apiary devnet: {} validator(s), {} miner(s), {} lazy; data dir {}", opts.validators, opts.miners, opts.lazy, dir.display())?;
+        writeln!(
+            out,
+            "apiary devnet: {} validator(s), {} miner(s), {} lazy; data dir {}",
+            opts.validators,
+            opts.miners,
+            opts.lazy,
+            dir.display()
+        )?;
         for n in &nodes {
-            writeln!(out, "  {:<12} admin socket {}", n.ctx().name(), n.ctx().cfg.admin_socket_path().display())?;
+            writeln!(
+                out,
+                "  {:<12} admin socket {}",
+                n.ctx().name(),
+                n.ctx().cfg.admin_socket_path().display()
+            )?;
         }
         writeln!(out, "start        held-out loss {initial_loss:.4}")?;
     } else {
-        writeln!(out, "{}", serde_json::json!({"event": "start", "held_out_loss": initial_loss, "dir": dir}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": "start", "held_out_loss": initial_loss, "dir": dir})
+        )?;
     }
     out.flush()?;
 
@@ -247,7 +263,10 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
                 let line = WindowLine {
                     window,
                     held_out_loss,
-                    accepted: miners.iter().filter(|m| f64::from(m.score) >= base.validator.min_score).count(),
+                    accepted: miners
+                        .iter()
+                        .filter(|m| f64::from(m.score) >= base.validator.min_score)
+                        .count(),
                     miners,
                     bytes: total - last_bytes.min(total),
                     model: model.short(),
@@ -260,7 +279,12 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
                     let per: Vec<String> = line
                         .miners
                         .iter()
-                        .map(|m| format!("{} s={:+.3} ema={:.3} w={}", m.name, m.score, m.ema, m.weight))
+                        .map(|m| {
+                            format!(
+                                "{} s={:+.3} ema={:.3} w={}",
+                                m.name, m.score, m.ema, m.weight
+                            )
+                        })
                         .collect();
                     writeln!(
                         out,
@@ -294,9 +318,16 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         dir,
     };
     if opts.json {
-        writeln!(out, "{}", serde_json::json!({"event": "done", "initial_loss": initial_loss, "final_loss": final_loss, "windows": reported}))?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({"event": "done", "initial_loss": initial_loss, "final_loss": final_loss, "windows": reported})
+        )?;
     } else {
-        writeln!(out, "done: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows")?;
+        writeln!(
+            out,
+            "done: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows"
+        )?;
     }
     if !(final_loss < initial_loss) {
         bail!("held-out loss did not go down ({initial_loss:.4} -> {final_loss:.4})");

@@ -11,8 +11,12 @@ fn read_or_create_seed(path: &Path) -> Result<[u8; 32]> {
     if path.exists() {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading key file {}", path.display()))?;
-        let bytes = hex::decode(text.trim())
-            .with_context(|| format!("key file {} is not hex; delete it to create a new key", path.display()))?;
+        let bytes = hex::decode(text.trim()).with_context(|| {
+            format!(
+                "key file {} is not hex; delete it to create a new key",
+                path.display()
+            )
+        })?;
         let Ok(seed) = <[u8; 32]>::try_from(bytes.as_slice()) else {
             bail!("key file {} must hold 32 bytes of hex", path.display());
         };

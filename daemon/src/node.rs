@@ -84,7 +84,8 @@ impl Node {
                     format!("cannot open the embedded chain at {}", path.display())
                 })?;
                 local.create_subnet(cfg.chain.netuid, SubnetParams::default())?;
-                producer = Some(local.spawn_producer(Duration::from_millis(cfg.chain.block_time_ms)));
+                producer =
+                    Some(local.spawn_producer(Duration::from_millis(cfg.chain.block_time_ms)));
                 local
             }
         };
@@ -98,7 +99,10 @@ impl Node {
             .net
             .bootstrap
             .iter()
-            .map(|b| b.parse().with_context(|| format!("net.bootstrap `{b}` is not a multiaddr")))
+            .map(|b| {
+                b.parse()
+                    .with_context(|| format!("net.bootstrap `{b}` is not a multiaddr"))
+            })
             .collect::<Result<Vec<_>>>()?;
         let (net, net_events) = apiary_net::spawn(
             NetParams {
@@ -125,14 +129,27 @@ impl Node {
         }
         let record = PeerRecord {
             peer_id: net.local_peer_id().to_string(),
-            addrs: net.listen_addrs().await.iter().map(|a| a.to_string()).collect(),
+            addrs: net
+                .listen_addrs()
+                .await
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         };
         if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
             tracing::warn!(error = %e, "could not publish the peer record on chain; peers must use bootstrap addresses");
         }
 
         let admin_path = cfg.admin_socket_path();
-        let ctx = NodeContext::new(cfg, store, chain, net, net_events, hotkey, Arc::new(dataset));
+        let ctx = NodeContext::new(
+            cfg,
+            store,
+            chain,
+            net,
+            net_events,
+            hotkey,
+            Arc::new(dataset),
+        );
         let supervisor = spawn_supervisor(Arc::clone(&ctx))
             .await
             .map_err(anyhow::Error::msg)?;

@@ -38,7 +38,9 @@ pub enum StoreError {
         actual: ContentId,
     },
     /// A stored blob no longer matches its id (disk corruption).
-    #[error("stored blob {0} is corrupt (hash mismatch on read); delete the data dir's db to resync")]
+    #[error(
+        "stored blob {0} is corrupt (hash mismatch on read); delete the data dir's db to resync"
+    )]
     Corrupt(ContentId),
     /// A record could not be (de)serialized.
     #[error("record codec error in column {column}: {message}")]
@@ -310,7 +312,10 @@ impl Store {
     /// All records of a column in key order.
     pub fn scan<T: DeserializeOwned>(&self, col: Column) -> Result<Vec<(Vec<u8>, T)>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(col), rocksdb::IteratorMode::Start)
+        {
             let (k, v) = item.map_err(|e| self.db_err(e))?;
             let value = serde_json::from_slice(&v).map_err(|e| StoreError::Codec {
                 column: col.name(),
@@ -323,7 +328,9 @@ impl Store {
 
     /// The last record of a column in key order (e.g. the latest window).
     pub fn last<T: DeserializeOwned>(&self, col: Column) -> Result<Option<(Vec<u8>, T)>> {
-        let mut it = self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::End);
+        let mut it = self
+            .db
+            .iterator_cf(self.cf(col), rocksdb::IteratorMode::End);
         match it.next() {
             None => Ok(None),
             Some(item) => {
@@ -340,7 +347,10 @@ impl Store {
     /// Keys of a column.
     pub fn keys(&self, col: Column) -> Result<Vec<Vec<u8>>> {
         let mut out = Vec::new();
-        for item in self.db.iterator_cf(self.cf(col), rocksdb::IteratorMode::Start) {
+        for item in self
+            .db
+            .iterator_cf(self.cf(col), rocksdb::IteratorMode::Start)
+        {
             let (k, _) = item.map_err(|e| self.db_err(e))?;
             out.push(k.to_vec());
         }
@@ -386,11 +396,19 @@ mod tests {
                 .put_blob_verified(id, b"hello w0rld")
                 .expect_err("mismatch must fail");
             assert!(matches!(err, StoreError::HashMismatch { .. }));
-            s.put(Column::Scores, &7u16.to_be_bytes(), &0.5f64).expect("put");
+            s.put(Column::Scores, &7u16.to_be_bytes(), &0.5f64)
+                .expect("put");
         }
         let s = Store::open(dir.path()).expect("reopen");
-        assert_eq!(s.get_blob(id).expect("get").as_deref(), Some(&b"hello world"[..]));
-        assert_eq!(s.get::<f64>(Column::Scores, &7u16.to_be_bytes()).expect("get"), Some(0.5));
+        assert_eq!(
+            s.get_blob(id).expect("get").as_deref(),
+            Some(&b"hello world"[..])
+        );
+        assert_eq!(
+            s.get::<f64>(Column::Scores, &7u16.to_be_bytes())
+                .expect("get"),
+            Some(0.5)
+        );
         assert_eq!(s.blob_count().expect("count"), 1);
         assert!(s.get_blob(ContentId::of(b"nope")).expect("get").is_none());
     }
@@ -401,7 +419,8 @@ mod tests {
         let s = Store::open(dir.path()).expect("open");
         let id = ContentId::of(b"abc");
         // Write bytes under the wrong key, bypassing verification, as disk corruption would.
-        s.db.put_cf(s.cf(Column::Blobs), id.0, b"abd").expect("raw put");
+        s.db.put_cf(s.cf(Column::Blobs), id.0, b"abd")
+            .expect("raw put");
         assert!(matches!(s.get_blob(id), Err(StoreError::Corrupt(_))));
     }
 
@@ -413,7 +432,13 @@ mod tests {
             s.put(Column::Windows, &u64_key(w), &w).expect("put");
         }
         let all: Vec<(Vec<u8>, u64)> = s.scan(Column::Windows).expect("scan");
-        assert_eq!(all.iter().map(|(_, v)| *v).collect::<Vec<_>>(), vec![1, 2, 3, 300]);
-        assert_eq!(s.last::<u64>(Column::Windows).expect("last").map(|x| x.1), Some(300));
+        assert_eq!(
+            all.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+            vec![1, 2, 3, 300]
+        );
+        assert_eq!(
+            s.last::<u64>(Column::Windows).expect("last").map(|x| x.1),
+            Some(300)
+        );
     }
 }

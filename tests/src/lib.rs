@@ -141,7 +141,8 @@ impl TestNet {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             for node in &self.nodes {
-                let _ = apiary_actors::chain_watcher::ChainWatcherHandle(node.ctx().clone()).refresh();
+                let _ =
+                    apiary_actors::chain_watcher::ChainWatcherHandle(node.ctx().clone()).refresh();
             }
             let mut ok = true;
             for node in &self.nodes {
@@ -155,7 +156,10 @@ impl TestNet {
             if ok {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "swarm did not connect");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "swarm did not connect"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

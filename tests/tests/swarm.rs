@@ -13,7 +13,10 @@ use std::time::Duration;
 const T: Duration = Duration::from_secs(60);
 
 fn model_hashes(net: &TestNet) -> Vec<Option<String>> {
-    net.nodes.iter().map(|n| n.ctx().status().model_hash).collect()
+    net.nodes
+        .iter()
+        .map(|n| n.ctx().status().model_hash)
+        .collect()
 }
 
 /// 3 honest miners, 1 lazy miner, 1 validator, 5 windows.
@@ -22,10 +25,15 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
     init_tracing();
     let mut net = TestNet::new();
     let dir = net.dir.path().to_path_buf();
-    let v = net.spawn(test_config(&dir, "validator", Role::Validator)).await;
+    let v = net
+        .spawn(test_config(&dir, "validator", Role::Validator))
+        .await;
     let mut honest = Vec::new();
     for i in 1..=3 {
-        honest.push(net.spawn(test_config(&dir, &format!("miner-{i}"), Role::Miner)).await);
+        honest.push(
+            net.spawn(test_config(&dir, &format!("miner-{i}"), Role::Miner))
+                .await,
+        );
     }
     let mut lazy_cfg = test_config(&dir, "lazy", Role::Miner);
     lazy_cfg.train.lazy = true;
@@ -60,9 +68,11 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
         }
         // Every miner's update for `w` reaches the validator and is scored.
         let eval = EvaluatorHandle(vctx.clone());
-        wait_until(T, &format!("validator scores 4 updates of window {w}"), || async {
-            eval.scored_in(w).await.unwrap_or(0) >= 4
-        })
+        wait_until(
+            T,
+            &format!("validator scores 4 updates of window {w}"),
+            || async { eval.scored_in(w).await.unwrap_or(0) >= 4 },
+        )
         .await;
     }
 
@@ -83,7 +93,10 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
         }
     }
     let fetched = vctx.metrics.blobs_fetched.load(Ordering::Relaxed);
-    assert!(fetched >= 4 * windows, "validator fetched only {fetched} blobs");
+    assert!(
+        fetched >= 4 * windows,
+        "validator fetched only {fetched} blobs"
+    );
     assert!(vctx.net.stats().snapshot().bytes_received > 0);
 
     let final_loss = vctx.status().held_out_loss.expect("loss");
@@ -95,7 +108,11 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
     // Weights on chain: every honest miner above the lazy one.
     let vuid = vctx.uid().expect("validator uid");
     wait_until(T, "weights on chain", || async {
-        !net.chain.weights(1, vuid).await.expect("weights").is_empty()
+        !net.chain
+            .weights(1, vuid)
+            .await
+            .expect("weights")
+            .is_empty()
     })
     .await;
     let weights = net.chain.weights(1, vuid).await.expect("weights");
@@ -166,7 +183,12 @@ async fn restart_keeps_blobs_scores_and_chain_state() {
     let chain: std::sync::Arc<dyn ChainClient> = net.chain.clone();
     let mut restarted = None;
     for _ in 0..200 {
-        match apiary_daemon::Node::spawn(vcfg.clone(), apiary_daemon::ChainSource::Shared(chain.clone())).await {
+        match apiary_daemon::Node::spawn(
+            vcfg.clone(),
+            apiary_daemon::ChainSource::Shared(chain.clone()),
+        )
+        .await
+        {
             Ok(n) => {
                 restarted = Some(n);
                 break;
@@ -180,12 +202,16 @@ async fn restart_keeps_blobs_scores_and_chain_state() {
     let node = restarted.expect("node restarts on its data dir");
     let ctx = node.ctx().clone();
     assert!(ctx.store.blob_count().expect("count") >= blobs_before);
-    wait_until(T, "trainer resumed", || async { ctx.status().model_hash.is_some() }).await;
-    assert_eq!(ctx.status().model_hash, model_before, "model resumed from the store");
-    let scores_after = EvaluatorHandle(ctx.clone())
-        .scores()
-        .await
-        .expect("scores");
+    wait_until(T, "trainer resumed", || async {
+        ctx.status().model_hash.is_some()
+    })
+    .await;
+    assert_eq!(
+        ctx.status().model_hash,
+        model_before,
+        "model resumed from the store"
+    );
+    let scores_after = EvaluatorHandle(ctx.clone()).scores().await.expect("scores");
     assert_eq!(scores_after, scores_before, "scores survive the restart");
     let block_after: apiary_chain::BlockInfo = ctx
         .store
@@ -218,7 +244,9 @@ async fn trainer_panics_are_supervised() {
     };
     status().await;
     for n in 1..=2u64 {
-        TrainerHandle(ctx.clone()).inject_panic().expect("trainer running");
+        TrainerHandle(ctx.clone())
+            .inject_panic()
+            .expect("trainer running");
         wait_until(T, "trainer restarted", || async {
             ctx.metrics.restarts.load(Ordering::Relaxed) == n
                 && TrainerHandle(ctx.clone()).status().await.is_ok()
@@ -228,14 +256,23 @@ async fn trainer_panics_are_supervised() {
         assert!(r["result"]["model_hash"].is_string());
     }
     // The third failure within the window exceeds the budget.
-    TrainerHandle(ctx.clone()).inject_panic().expect("trainer running");
+    TrainerHandle(ctx.clone())
+        .inject_panic()
+        .expect("trainer running");
     let mut node = net.nodes.remove(i);
-    let res = tokio::time::timeout(T, node.wait()).await.expect("node stops");
+    let res = tokio::time::timeout(T, node.wait())
+        .await
+        .expect("node stops");
     let err = res.expect_err("node must fail past the budget").to_string();
     assert!(err.contains("restart") && err.contains("trainer"), "{err}");
     // The admin socket still explains why.
     let r = status().await;
-    assert!(r["result"]["fatal"].as_str().is_some_and(|f| f.contains("budget")), "{r}");
+    assert!(
+        r["result"]["fatal"]
+            .as_str()
+            .is_some_and(|f| f.contains("budget")),
+        "{r}"
+    );
     node.shutdown().await;
     net.shutdown().await;
 }
