@@ -21,7 +21,7 @@ fn shakespeare() -> Vec<u8> {
     DATA.get_or_init(|| {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/data/tinyshakespeare.txt"
+            "/../data/tinyshakespeare.txt"
         );
         std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
     })
