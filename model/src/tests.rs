@@ -19,10 +19,7 @@ fn tiny() -> ModelConfig {
 fn shakespeare() -> Vec<u8> {
     static DATA: OnceLock<Vec<u8>> = OnceLock::new();
     DATA.get_or_init(|| {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../data/tinyshakespeare.txt"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
         std::fs::read(path).unwrap_or_else(|e| panic!("read {path}: {e}"))
     })
     .clone()

@@ -52,7 +52,7 @@ pub use behaviour::{BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL,
 pub use envelope::{SignedEnvelope, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES};
 pub use error::NetError;
 pub use handle::NetHandle;
-pub use libp2p::{identity::Keypair, Multiaddr, PeerId};
+pub use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
 pub use stats::{NetStats, NetStatsSnapshot};
 
 /// Everything [`spawn`] needs.

@@ -1,0 +1,291 @@
+//! Bad input is rejected, counted and logged, and nothing of it is stored.
+
+use apiary_actors::protocol::{GossipMsg, UpdateAnnouncement};
+use apiary_chain::keys::Hotkey;
+use apiary_chain::ChainClient;
+use apiary_config::{NodeConfig, Role};
+use apiary_net::{BlobProvider, NetParams, SignedEnvelope};
+use apiary_storage::{window_uid_key, Column, ContentId};
+use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Serves whatever bytes it was told to under whatever id (it can lie).
+#[derive(Default)]
+struct Rogue(Mutex<HashMap<[u8; 32], Vec<u8>>>);
+
+impl BlobProvider for Rogue {
+    fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>> {
+        self.0.lock().expect("lock").get(id).cloned()
+    }
+}
+
+/// Rebuilds a safetensors blob, changing one tensor with `f`.
+fn tamper(bytes: &[u8], f: impl Fn(&str, Vec<usize>, Vec<u8>) -> (Vec<usize>, Vec<u8>)) -> Vec<u8> {
+    let st = safetensors::SafeTensors::deserialize(bytes).expect("safetensors");
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, (name, view)) in st.tensors().into_iter().enumerate() {
+        let (shape, data) = if i == 0 {
+            f(&name, view.shape().to_vec(), view.data().to_vec())
+        } else {
+            (view.shape().to_vec(), view.data().to_vec())
+        };
+        owned.push((name, view.dtype(), shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).expect("view"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, None).expect("serialize")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_rejected_counted_and_not_stored() {
+    init_tracing();
+    let mut net = TestNet::new();
+    let dir = net.dir.path().to_path_buf();
+    let vcfg = test_config(&dir, "validator", Role::Validator);
+    let v = net.spawn(vcfg.clone()).await;
+    let vctx = net.nodes[v].ctx().clone();
+
+    // A registered rogue and an unregistered stranger, on a raw libp2p node.
+    let rogue_key = Hotkey::from_dev_label("rogue");
+    let stranger = Hotkey::from_dev_label("stranger");
+    let rogue_uid = net.chain.register(1, &rogue_key).await.expect("register");
+    let provider = Arc::new(Rogue::default());
+    let mut params = NetParams::new(
+        "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
+        apiary_net::Keypair::generate_ed25519(),
+        rogue_key.clone(),
+        1,
+    );
+    params.heartbeat = Duration::from_millis(100);
+    let (rogue, _events) = apiary_net::spawn(params, provider.clone())
+        .await
+        .expect("rogue net");
+    let vaddr = vctx.net.listen_addrs().await[0]
+        .clone()
+        .with(apiary_net::Protocol::P2p(vctx.net.local_peer_id()));
+    rogue.dial(vaddr).await.expect("dial validator");
+    wait_until(T, "gossip mesh with the validator", || async {
+        rogue.gossip_peers().await >= 1 && vctx.net.gossip_peers().await >= 1
+    })
+    .await;
+    net.block(); // the validator's metagraph learns the rogue
+    wait_until(T, "rogue in metagraph", || async {
+        vctx.metagraph()
+            .is_some_and(|m| m.by_uid(rogue_uid).is_some())
+    })
+    .await;
+    let model = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+    let window = vctx.window();
+    let ann = |update: ContentId, size: usize| UpdateAnnouncement {
+        netuid: 1,
+        window,
+        uid: rogue_uid,
+        base_model: model,
+        update,
+        size: size as u64,
+        loss: 1.0,
+    };
+    let m = &vctx.metrics;
+    let ns = || vctx.net.stats().snapshot();
+    // Retry publishing until the mesh accepts it (bounded).
+    async fn publish(rogue: &apiary_net::NetHandle, env: SignedEnvelope) {
+        for _ in 0..100 {
+            if rogue.publish_envelope(env.clone()).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("could not publish");
+    }
+
+    // (1) Bad signature: claims the rogue's hotkey, signed by the stranger.
+    let payload = GossipMsg::Update(ann(ContentId::of(b"x"), 1)).encode();
+    let mut env = SignedEnvelope::sign(&stranger, payload.clone());
+    env.hotkey = rogue_key.id();
+    publish(&rogue, env).await;
+    wait_until(T, "bad signature counted", || async {
+        ns().bad_signature >= 1
+    })
+    .await;
+
+    // (2) Unregistered hotkey, validly signed.
+    let mut a = ann(ContentId::of(b"y"), 1);
+    a.uid = 99;
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&stranger, GossipMsg::Update(a).encode()),
+    )
+    .await;
+    wait_until(T, "unregistered counted", || async {
+        m.gossip_unregistered.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(vctx
+        .store
+        .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(window, 99))
+        .expect("store")
+        .is_none());
+
+    // (3) Oversize message and (4) a malformed payload.
+    let big = vec![7u8; vcfg.net.max_message_bytes * 2];
+    for _ in 0..100 {
+        if rogue.publish_raw(big.clone()).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_until(T, "oversize counted", || async { ns().oversize >= 1 }).await;
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&rogue_key, b"not a gossip message".to_vec()),
+    )
+    .await;
+    wait_until(T, "malformed counted", || async {
+        m.gossip_malformed.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+
+    // (5) A blob whose bytes do not match its id.
+    let honest = apiary_model::Update::random_like(&vcfg.model, 1, 0.01)
+        .expect("update")
+        .to_bytes()
+        .expect("bytes");
+    let lie_id = ContentId::of(&honest);
+    provider
+        .0
+        .lock()
+        .expect("lock")
+        .insert(lie_id.0, b"something else entirely".to_vec());
+    publish(
+        &rogue,
+        SignedEnvelope::sign(
+            &rogue_key,
+            GossipMsg::Update(ann(lie_id, honest.len())).encode(),
+        ),
+    )
+    .await;
+    wait_until(T, "hash mismatch counted", || async {
+        ns().bad_blob_hash >= 1 && m.updates_bad.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert!(!vctx.store.has_blob(lie_id).expect("store"));
+
+    // (6) A delta with NaN, and (7) one with the wrong shapes, each for a fresh window slot.
+    let nan = tamper(&honest, |_, shape, mut data| {
+        data[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        (shape, data)
+    });
+    let wrong = tamper(&honest, |_, shape, data| {
+        let n: usize = shape.iter().product();
+        (vec![n], data)
+    });
+    let mut bad_ids = Vec::new();
+    for (i, bytes) in [nan, wrong].into_iter().enumerate() {
+        // Each rogue update needs its own (window, uid) slot: advance a window.
+        let bpw = vcfg.chain.blocks_per_window;
+        net.advance_to((vctx.window() + 1) * bpw);
+        wait_until(T, "validator in the new window", || async {
+            vctx.status()
+                .model_window
+                .is_some_and(|w| w + 1 >= vctx.window())
+        })
+        .await;
+        let base = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+        let id = ContentId::of(&bytes);
+        provider.0.lock().expect("lock").insert(id.0, bytes.clone());
+        let mut a = ann(id, bytes.len());
+        a.window = vctx.window();
+        a.base_model = base;
+        publish(
+            &rogue,
+            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a.clone()).encode()),
+        )
+        .await;
+        let want = 2 + i as u64;
+        wait_until(T, "bad delta counted", || async {
+            m.updates_bad.load(Ordering::Relaxed) >= want
+        })
+        .await;
+        assert!(!vctx.store.has_blob(id).expect("store"), "bad delta stored");
+        assert!(vctx
+            .store
+            .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(a.window, rogue_uid))
+            .expect("store")
+            .is_none());
+        bad_ids.push(id);
+    }
+    // Nothing bad reached the model: records after the bad updates accept nothing.
+    let bpw = vcfg.chain.blocks_per_window;
+    let before = vctx.status().model_hash.clone();
+    net.advance_to((vctx.window() + 1) * bpw);
+    let closing = vctx.window() - 1;
+    wait_until(T, "window closed", || async {
+        vctx.status().model_window == Some(closing)
+    })
+    .await;
+    assert_eq!(
+        vctx.status().model_hash,
+        before,
+        "model changed by bad updates"
+    );
+
+    // (8) A malformed admin request gets an error and the socket keeps serving.
+    {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let s = tokio::net::UnixStream::connect(vcfg.admin_socket_path())
+            .await
+            .expect("admin");
+        let (r, mut w) = s.into_split();
+        let mut r = BufReader::new(r);
+        w.write_all(b"this is not json\n{\"cmd\":\"status\"}\n")
+            .await
+            .expect("write");
+        let mut l1 = String::new();
+        r.read_line(&mut l1).await.expect("read");
+        let v1: serde_json::Value = serde_json::from_str(&l1).expect("json");
+        assert_eq!(v1["ok"], false);
+        assert!(v1["error"].as_str().expect("error").contains("malformed"));
+        let mut l2 = String::new();
+        r.read_line(&mut l2).await.expect("read");
+        let v2: serde_json::Value = serde_json::from_str(&l2).expect("json");
+        assert_eq!(v2["ok"], true, "{v2}");
+        let unknown = apiary_daemon::admin::request(
+            &vcfg.admin_socket_path(),
+            &serde_json::json!({"cmd": "frobnicate"}),
+        )
+        .await
+        .expect("admin");
+        assert_eq!(unknown["ok"], false);
+    }
+
+    // (9) An invalid config file is refused with the key named, and no node starts from it.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[model]\nd_model = 64\nn_heads = 3\n").expect("write");
+    let err = NodeConfig::load(&bad).expect_err("invalid");
+    assert!(err.to_string().contains("model.n_heads"), "{err}");
+    std::fs::write(&bad, "[modle]\nx = 1\n").expect("write");
+    assert!(NodeConfig::load(&bad).is_err());
+    let mut c = test_config(&dir, "broken", Role::Miner);
+    c.model.n_heads = 3;
+    let chain: Arc<dyn ChainClient> = net.chain.clone();
+    assert!(
+        apiary_daemon::Node::spawn(c, apiary_daemon::ChainSource::Shared(chain))
+            .await
+            .is_err()
+    );
+
+    rogue.shutdown().await;
+    net.shutdown().await;
+}
