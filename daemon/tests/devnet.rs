@@ -1,0 +1,65 @@
+//! `apiary devnet` runs to the end as a real process and reports a lower loss.
+
+use std::process::Command;
+
+#[test]
+fn devnet_short_run_lowers_the_loss() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/tinyshakespeare.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "devnet",
+            "--windows",
+            "4",
+            "--block-ms",
+            "150",
+            "--lazy",
+            "1",
+            "--json",
+            "--data",
+            data,
+            "--dir",
+        ])
+        .arg(dir.path().join("net"))
+        .output()
+        .expect("run apiary devnet");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "devnet failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let windows: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("window").is_some()).collect();
+    assert_eq!(windows.len(), 4, "{stdout}");
+    for w in &windows {
+        assert!(w["held_out_loss"].as_f64().is_some());
+        assert_eq!(w["miners"].as_array().expect("miners").len(), 4);
+    }
+    let done = lines.last().expect("summary");
+    assert_eq!(done["event"], "done");
+    let (a, b) = (
+        done["initial_loss"].as_f64().expect("initial"),
+        done["final_loss"].as_f64().expect("final"),
+    );
+    assert!(b < a, "loss did not drop: {a} -> {b}");
+}
+
+#[test]
+fn invalid_config_file_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("bad.toml");
+    std::fs::write(&f, "[net]\nlisten = \"127.0.0.1:4000\"\n").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("net.listen"), "{err}");
+}
