@@ -217,7 +217,7 @@ impl Actor for Evaluator {
                     .collect();
                 let mut to_close = open;
                 // Close the previous window even if no update arrived for it.
-                if w > 0 && !st.last_closed.is_some_and(|c| c >= w - 1) {
+                if w > 0 && st.last_closed.is_none_or(|c| c < w - 1) {
                     let prev = w - 1;
                     if !to_close.contains(&prev)
                         && !st.windows.get(&prev).is_some_and(|v| v.closing)

@@ -329,7 +329,7 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
             "done: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows"
         )?;
     }
-    if !(final_loss < initial_loss) {
+    if final_loss.partial_cmp(&initial_loss) != Some(std::cmp::Ordering::Less) {
         bail!("held-out loss did not go down ({initial_loss:.4} -> {final_loss:.4})");
     }
     Ok(summary)
