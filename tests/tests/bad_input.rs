@@ -189,24 +189,24 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     });
     let wrong = tamper(&honest, |_, shape, data| {
         let n: usize = shape.iter().product();
-        (vec![n], data)
+        (vec![n, 1], data)
     });
     let mut bad_ids = Vec::new();
     for (i, bytes) in [nan, wrong].into_iter().enumerate() {
         // Each rogue update needs its own (window, uid) slot: advance a window.
         let bpw = vcfg.chain.blocks_per_window;
-        net.advance_to((vctx.window() + 1) * bpw);
+        let target = net.chain.head().number / bpw + 1;
+        net.advance_to(target * bpw);
         wait_until(T, "validator in the new window", || async {
-            vctx.status()
-                .model_window
-                .is_some_and(|w| w + 1 >= vctx.window())
+            let s = vctx.status();
+            s.window == target && s.model_window == Some(target - 1)
         })
         .await;
         let base = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
         let id = ContentId::of(&bytes);
         provider.0.lock().expect("lock").insert(id.0, bytes.clone());
         let mut a = ann(id, bytes.len());
-        a.window = vctx.window();
+        a.window = target;
         a.base_model = base;
         publish(
             &rogue,
@@ -229,8 +229,9 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     // Nothing bad reached the model: records after the bad updates accept nothing.
     let bpw = vcfg.chain.blocks_per_window;
     let before = vctx.status().model_hash.clone();
-    net.advance_to((vctx.window() + 1) * bpw);
-    let closing = vctx.window() - 1;
+    let next = net.chain.head().number / bpw + 1;
+    net.advance_to(next * bpw);
+    let closing = next - 1;
     wait_until(T, "window closed", || async {
         vctx.status().model_window == Some(closing)
     })
