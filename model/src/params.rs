@@ -309,6 +309,19 @@ impl Params {
     pub(crate) fn vecs(&self) -> Result<Vec<Vec<f32>>> {
         self.inner.vecs()
     }
+
+    /// Flat values of every tensor, in the order of [`Params::names`].
+    pub fn to_vecs(&self) -> Result<Vec<Vec<f32>>> {
+        self.inner.vecs()
+    }
+
+    /// Builds parameters from flat per-tensor values in name order; rejects non-finite values
+    /// and lengths that do not match the model described by `cfg`.
+    pub fn from_vecs(cfg: &ModelConfig, data: Vec<Vec<f32>>) -> Result<Params> {
+        let specs = param_specs(cfg)?;
+        check_vecs(&specs, &data)?;
+        Params::from_named(Named::from_vecs(specs, data)?)
+    }
 }
 
 /// A model update: the pseudo-gradient `params_before - params_after` of a miner's local
@@ -327,16 +340,39 @@ impl std::fmt::Debug for Update {
     }
 }
 
-impl Update {
-    /// Builds an update from flat per-tensor values in [`param_specs`] order.
-    pub(crate) fn from_vecs(cfg: &ModelConfig, data: Vec<Vec<f32>>) -> Result<Update> {
-        for ((name, _), d) in param_specs(cfg)?.iter().zip(&data) {
-            if d.iter().any(|x| !x.is_finite()) {
-                return Err(ModelError::NonFinite { name: name.clone() });
-            }
+/// Checks that `data` has one vector per spec, of the spec's element count, all finite.
+fn check_vecs(specs: &[(String, Vec<usize>)], data: &[Vec<f32>]) -> Result<()> {
+    if specs.len() != data.len() {
+        return Err(ModelError::Decode(format!(
+            "expected {} tensors, got {}",
+            specs.len(),
+            data.len()
+        )));
+    }
+    for ((name, shape), d) in specs.iter().zip(data) {
+        let n: usize = shape.iter().product();
+        if d.len() != n {
+            return Err(ModelError::ShapeMismatch {
+                name: name.clone(),
+                expected: shape.clone(),
+                got: vec![d.len()],
+            });
         }
+        if d.iter().any(|x| !x.is_finite()) {
+            return Err(ModelError::NonFinite { name: name.clone() });
+        }
+    }
+    Ok(())
+}
+
+impl Update {
+    /// Builds an update from flat per-tensor values in name order (the order of
+    /// [`Update::names`]); rejects non-finite values.
+    pub fn from_vecs(cfg: &ModelConfig, data: Vec<Vec<f32>>) -> Result<Update> {
+        let specs = param_specs(cfg)?;
+        check_vecs(&specs, &data)?;
         Ok(Update {
-            inner: Named::from_vecs(param_specs(cfg)?, data)?,
+            inner: Named::from_vecs(specs, data)?,
         })
     }
 
@@ -351,6 +387,16 @@ impl Update {
         Ok(Update {
             inner: Named::from_bytes(cfg, bytes)?,
         })
+    }
+
+    /// Flat values of every tensor, in the order of [`Update::names`].
+    pub fn to_vecs(&self) -> Result<Vec<Vec<f32>>> {
+        self.inner.vecs()
+    }
+
+    /// Tensor shapes, in the order of [`Update::names`].
+    pub fn shapes(&self) -> Vec<Vec<usize>> {
+        self.inner.tensors.iter().map(|t| t.dims().to_vec()).collect()
     }
 
     /// L2 norm over all tensors.
