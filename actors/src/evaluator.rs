@@ -327,9 +327,9 @@ fn score_update(
     bytes: &[u8],
 ) -> Outcome {
     let c = &ctx.cfg;
-    let update = match Update::from_bytes(&c.model, bytes) {
+    let update = match crate::updates::decode(c, bytes) {
         Ok(u) => u,
-        Err(e) => return Outcome::Bad(format!("invalid update: {e}")),
+        Err(e) => return Outcome::Bad(e),
     };
     if let Err(e) = ctx.store.put_blob_verified(ann.update, bytes) {
         return Outcome::Bad(e.to_string());
@@ -342,7 +342,7 @@ fn score_update(
         c.train.pages_per_window,
     );
     let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx.dataset.page(*i)).collect();
-    let own = match apiary_model::compute_update(&c.model, &c.train, &base.params, &pages) {
+    let own = match crate::updates::compute(c, &base.params, &pages) {
         Ok((u, _)) => u,
         Err(e) => return Outcome::Bad(format!("recompute failed: {e}")),
     };
@@ -435,16 +435,21 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         let res = tokio::task::spawn_blocking(move || -> Result<WindowRecord, String> {
             let c = &ctx2.cfg;
             let updates: Vec<Update> = accepted.iter().map(|(_, _, u)| (**u).clone()).collect();
-            let next = apiary_model::aggregate(&base.params, &updates, c.train.outer_lr)
-                .map_err(|e| e.to_string())?;
+            let (next, outer) = crate::updates::outer_step(c, &base.params, &base.outer, &updates)?;
             let bytes = next.to_bytes().map_err(|e| e.to_string())?;
             let model = ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
+            let outer_bytes = outer.to_bytes(&c.model).map_err(|e| e.to_string())?;
+            let outer_state = ctx2
+                .store
+                .put_blob(&outer_bytes)
+                .map_err(|e| e.to_string())?;
             Ok(WindowRecord {
                 netuid: c.chain.netuid,
                 window,
                 base_model: base.id,
                 accepted: accepted.iter().map(|(u, id, _)| (*u, *id)).collect(),
                 model,
+                outer_state,
                 scores,
             })
         })

@@ -41,6 +41,7 @@ pub mod gossip;
 pub mod protocol;
 pub mod supervisor;
 pub mod trainer;
+pub mod updates;
 pub mod weights;
 
 pub use context::{Metrics, NodeContext, NodeEvent, NodeStatus};

@@ -38,6 +38,9 @@ pub struct WindowRecord {
     pub accepted: Vec<(u16, ContentId)>,
     /// Content id of the resulting model checkpoint.
     pub model: ContentId,
+    /// Content id of the outer optimizer state after this window (its momentum; an empty
+    /// state when momentum is off). Followers check it like `model`; late joiners fetch it.
+    pub outer_state: ContentId,
     /// Each evaluated uid's score this window.
     pub scores: Vec<(u16, f32)>,
 }
@@ -93,6 +96,7 @@ mod tests {
             base_model: ContentId::of(b"a"),
             accepted: vec![(1, ContentId::of(b"u"))],
             model: ContentId::of(b"b"),
+            outer_state: ContentId::of(b"c"),
             scores: vec![(1, 0.9)],
         });
         let b = m.encode();

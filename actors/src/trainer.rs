@@ -15,9 +15,10 @@
 
 use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
+use crate::updates;
 use crate::{join_err, ActorError};
 use apiary_config::Role;
-use apiary_model::{Params, Update};
+use apiary_model::{OuterState, Params};
 use apiary_net::PeerId;
 use apiary_storage::{u64_key, Column, ContentId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -34,6 +35,8 @@ pub struct AppliedWindow {
     pub base_model: ContentId,
     /// Model after (checkpoint blob id).
     pub model: ContentId,
+    /// Outer optimizer state after (blob id).
+    pub outer_state: ContentId,
     /// Accepted updates `(uid, id)`.
     pub accepted: Vec<(u16, ContentId)>,
     /// Held-out loss of `model`.
@@ -64,6 +67,10 @@ pub struct ModelSnapshot {
     pub id: ContentId,
     /// Window whose record produced them.
     pub window: Option<u64>,
+    /// The outer optimizer state that goes with them.
+    pub outer: Arc<OuterState>,
+    /// Its id.
+    pub outer_id: ContentId,
 }
 
 /// Messages of the trainer.
@@ -106,6 +113,7 @@ impl std::fmt::Debug for TrainerMsg {
 pub struct Applied {
     record: WindowRecord,
     params: Arc<Params>,
+    outer: Arc<OuterState>,
     held_out_loss: f32,
     caught_up: bool,
 }
@@ -126,6 +134,8 @@ pub struct TrainerState {
     ctx: Arc<NodeContext>,
     params: Arc<Params>,
     model_id: ContentId,
+    outer: Arc<OuterState>,
+    outer_id: ContentId,
     model_window: Option<u64>,
     held_out_loss: f32,
     last_loss: Option<f32>,
@@ -134,6 +144,9 @@ pub struct TrainerState {
     training: bool,
     applying: bool,
     pending: BTreeMap<u64, (WindowRecord, Option<PeerId>)>,
+    /// Wire encoder; holds the compression residual between windows (used by one training
+    /// task at a time).
+    encoder: Arc<std::sync::Mutex<updates::Encoder>>,
 }
 
 impl Actor for Trainer {
@@ -147,10 +160,16 @@ impl Actor for Trainer {
         ctx: Arc<NodeContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ctx2 = Arc::clone(&ctx);
-        let (params, model_id, model_window, held_out_loss) =
-            tokio::task::spawn_blocking(move || load_model(&ctx2))
-                .await
-                .map_err(join_err)??;
+        let Loaded {
+            params,
+            model_id,
+            outer,
+            outer_id,
+            model_window,
+            held_out_loss,
+        } = tokio::task::spawn_blocking(move || load_model(&ctx2))
+            .await
+            .map_err(join_err)??;
         ctx.update_status(|s| {
             s.model_hash = Some(model_id.to_hex());
             s.model_window = model_window;
@@ -163,10 +182,14 @@ impl Actor for Trainer {
             _ => None,
         });
         let window = ctx.window();
+        let encoder = updates::Encoder::new(&ctx.cfg).map_err(ActorProcessingErr::from)?;
         Ok(TrainerState {
+            encoder: Arc::new(std::sync::Mutex::new(encoder)),
             ctx,
             params: Arc::new(params),
             model_id,
+            outer: Arc::new(outer),
+            outer_id,
             model_window,
             held_out_loss,
             last_loss: None,
@@ -231,6 +254,8 @@ impl Actor for Trainer {
                     params: Arc::clone(&st.params),
                     id: st.model_id,
                     window: st.model_window,
+                    outer: Arc::clone(&st.outer),
+                    outer_id: st.outer_id,
                 });
             }
             TrainerMsg::Panic => panic!("trainer fault injected by request"),
@@ -243,27 +268,56 @@ fn held_out(ctx: &NodeContext) -> Vec<Vec<u32>> {
     ctx.dataset.held_out(ctx.cfg.train.held_out_pages)
 }
 
-type Loaded = (Params, ContentId, Option<u64>, f32);
+/// The model a trainer starts from.
+struct Loaded {
+    params: Params,
+    model_id: ContentId,
+    outer: OuterState,
+    outer_id: ContentId,
+    model_window: Option<u64>,
+    held_out_loss: f32,
+}
 
+/// Resumes from the latest applied window (model and outer state, both verified by id), or
+/// from the deterministic genesis model.
 fn load_model(ctx: &NodeContext) -> Result<Loaded, ActorProcessingErr> {
     let cfg = &ctx.cfg.model;
     if let Some((_, rec)) = ctx.store.last::<AppliedWindow>(Column::Windows)? {
-        match ctx.store.get_blob(rec.model) {
-            Ok(Some(bytes)) => {
-                let p = Params::from_bytes(cfg, &bytes)?;
-                return Ok((p, rec.model, Some(rec.window), rec.held_out_loss));
+        let model = ctx.store.get_blob(rec.model);
+        let outer = ctx.store.get_blob(rec.outer_state);
+        match (model, outer) {
+            (Ok(Some(m)), Ok(Some(o))) => {
+                return Ok(Loaded {
+                    params: Params::from_bytes(cfg, &m)?,
+                    model_id: rec.model,
+                    outer: OuterState::from_bytes(cfg, &o)?,
+                    outer_id: rec.outer_state,
+                    model_window: Some(rec.window),
+                    held_out_loss: rec.held_out_loss,
+                });
             }
-            Ok(None) => tracing::warn!(
+            (Ok(_), Ok(_)) => tracing::warn!(
                 window = rec.window,
-                "checkpoint missing; starting from genesis"
+                "checkpoint missing; starting from genesis (peers' records will catch us up)"
             ),
-            Err(e) => tracing::warn!(error = %e, "checkpoint unreadable; starting from genesis"),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "checkpoint unreadable; starting from genesis")
+            }
         }
     }
     let p = Params::init(cfg)?;
-    let id = ctx.store.put_blob(&p.to_bytes()?)?;
+    let model_id = ctx.store.put_blob(&p.to_bytes()?)?;
+    let outer = OuterState::new();
+    let outer_id = ctx.store.put_blob(&outer.to_bytes(cfg)?)?;
     let loss = apiary_model::eval_loss(cfg, &p, &held_out(ctx))?;
-    Ok((p, id, None, loss))
+    Ok(Loaded {
+        params: p,
+        model_id,
+        outer,
+        outer_id,
+        model_window: None,
+        held_out_loss: loss,
+    })
 }
 
 fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
@@ -293,13 +347,14 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
     let ctx2 = Arc::clone(ctx);
     let params = Arc::clone(&st.params);
     let base = st.model_id;
+    let encoder = Arc::clone(&st.encoder);
     let me = myself.clone();
     tokio::spawn(async move {
         let res = tokio::task::spawn_blocking(move || -> Result<Computed, String> {
             let c = &ctx2.cfg;
             let (update, loss) = if c.train.lazy {
                 (
-                    Update::random_like(&c.model, w ^ u64::from(uid) << 32, 0.01)
+                    apiary_model::Update::random_like(&c.model, w ^ u64::from(uid) << 32, 0.01)
                         .map_err(|e| e.to_string())?,
                     f32::NAN,
                 )
@@ -312,13 +367,16 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
                     c.train.pages_per_window,
                 );
                 let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx2.dataset.page(*i)).collect();
-                apiary_model::compute_update(&c.model, &c.train, &params, &pages)
-                    .map_err(|e| e.to_string())?
+                updates::compute(c, &params, &pages)?
             };
+            let bytes = encoder
+                .lock()
+                .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
+                .encode(&update)?;
             Ok(Computed {
                 window: w,
                 base,
-                bytes: update.to_bytes().map_err(|e| e.to_string())?,
+                bytes,
                 loss,
             })
         })
@@ -396,11 +454,14 @@ fn maybe_apply(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
     // A newer record supersedes older pending ones only via catch-up; apply in order.
     st.applying = true;
     let ctx = Arc::clone(&st.ctx);
-    let params = Arc::clone(&st.params);
-    let model_id = st.model_id;
+    let base = Base {
+        params: Arc::clone(&st.params),
+        id: st.model_id,
+        outer: Arc::clone(&st.outer),
+    };
     let me = myself.clone();
     tokio::spawn(async move {
-        let res = apply_record(&ctx, params, model_id, rec, from).await;
+        let res = apply_record(&ctx, base, rec, from).await;
         let _ = me.cast(TrainerMsg::RecordApplied(Box::new(res)));
     });
 }
@@ -435,16 +496,23 @@ pub(crate) async fn fetch_blob(
     }
 }
 
+/// The model a record is applied to.
+struct Base {
+    params: Arc<Params>,
+    id: ContentId,
+    outer: Arc<OuterState>,
+}
+
 async fn apply_record(
     ctx: &Arc<NodeContext>,
-    base: Arc<Params>,
-    base_id: ContentId,
+    base: Base,
     rec: WindowRecord,
     from: Option<PeerId>,
 ) -> Result<Applied, String> {
     // The validator that made the record (and any node that already has it) loads it directly.
-    let have_model = ctx.store.has_blob(rec.model).unwrap_or(false);
-    if rec.base_model == base_id && !have_model {
+    let have_model = ctx.store.has_blob(rec.model).unwrap_or(false)
+        && ctx.store.has_blob(rec.outer_state).unwrap_or(false);
+    if rec.base_model == base.id && !have_model {
         let mut blobs = Vec::with_capacity(rec.accepted.len());
         for (_, id) in &rec.accepted {
             blobs.push(fetch_blob(ctx, *id, from, true).await?);
@@ -455,21 +523,26 @@ async fn apply_record(
             let c = &ctx2.cfg;
             let updates = blobs
                 .iter()
-                .map(|b| Update::from_bytes(&c.model, b))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?;
-            let next = apiary_model::aggregate(&base, &updates, c.train.outer_lr)
-                .map_err(|e| e.to_string())?;
+                .map(|b| updates::decode(c, b))
+                .collect::<Result<Vec<_>, _>>()?;
+            let (next, outer) = updates::outer_step(c, &base.params, &base.outer, &updates)?;
             let bytes = next.to_bytes().map_err(|e| e.to_string())?;
-            if ContentId::of(&bytes) != rec2.model {
+            let outer_bytes = outer.to_bytes(&c.model).map_err(|e| e.to_string())?;
+            if ContentId::of(&bytes) != rec2.model
+                || ContentId::of(&outer_bytes) != rec2.outer_state
+            {
                 return Ok(None);
             }
             ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
+            ctx2.store
+                .put_blob(&outer_bytes)
+                .map_err(|e| e.to_string())?;
             let loss = apiary_model::eval_loss(&c.model, &next, &held_out(&ctx2))
                 .map_err(|e| e.to_string())?;
             Ok(Some(Applied {
                 record: rec2,
                 params: Arc::new(next),
+                outer: Arc::new(outer),
                 held_out_loss: loss,
                 caught_up: false,
             }))
@@ -485,20 +558,26 @@ async fn apply_record(
             "our aggregate differs from the record; downloading the checkpoint"
         );
     }
-    // Catch up: download the checkpoint by id.
+    // Catch up: download the checkpoint (model and outer state) by id.
     let bytes = fetch_blob(ctx, rec.model, from, false).await?;
+    let outer_bytes = fetch_blob(ctx, rec.outer_state, from, false).await?;
     let ctx2 = Arc::clone(ctx);
     let applied = tokio::task::spawn_blocking(move || -> Result<Applied, String> {
         let c = &ctx2.cfg;
         let p = Params::from_bytes(&c.model, &bytes).map_err(|e| e.to_string())?;
+        let outer = OuterState::from_bytes(&c.model, &outer_bytes).map_err(|e| e.to_string())?;
         ctx2.store
             .put_blob_verified(rec.model, &bytes)
+            .map_err(|e| e.to_string())?;
+        ctx2.store
+            .put_blob_verified(rec.outer_state, &outer_bytes)
             .map_err(|e| e.to_string())?;
         let loss =
             apiary_model::eval_loss(&c.model, &p, &held_out(&ctx2)).map_err(|e| e.to_string())?;
         Ok(Applied {
             record: rec,
             params: Arc::new(p),
+            outer: Arc::new(outer),
             held_out_loss: loss,
             caught_up: !have_model,
         })
@@ -520,6 +599,7 @@ fn on_applied(st: &mut TrainerState, a: Applied) {
         window: rec.window,
         base_model: rec.base_model,
         model: rec.model,
+        outer_state: rec.outer_state,
         accepted: rec.accepted.clone(),
         held_out_loss: a.held_out_loss,
         caught_up: a.caught_up,
@@ -527,8 +607,13 @@ fn on_applied(st: &mut TrainerState, a: Applied) {
     if let Err(e) = ctx.store.put(Column::Windows, &u64_key(rec.window), &entry) {
         tracing::error!(error = %e, "could not persist the applied window");
     }
+    if let Err(e) = prune_checkpoints(ctx) {
+        tracing::warn!(error = %e, "could not prune old checkpoints");
+    }
     st.params = a.params;
     st.model_id = rec.model;
+    st.outer = a.outer;
+    st.outer_id = rec.outer_state;
     st.model_window = Some(rec.window);
     st.held_out_loss = a.held_out_loss;
     ctx.update_status(|s| {
@@ -543,6 +628,47 @@ fn on_applied(st: &mut TrainerState, a: Applied) {
         held_out_loss: a.held_out_loss,
         caught_up: a.caught_up,
     });
+}
+
+/// Keeps every `checkpoint.every_windows`-th window's checkpoint and the latest
+/// `checkpoint.keep_recent`; deletes the model, outer state and update blobs of the window that
+/// just left the recent set unless it is a periodic checkpoint or a kept window still uses them
+/// (content addressing: an empty window's model is its base).
+fn prune_checkpoints(ctx: &NodeContext) -> Result<(), apiary_storage::StoreError> {
+    let keep = ctx.cfg.checkpoint.keep_recent;
+    let keys = ctx.store.keys(Column::Windows)?;
+    if keys.len() <= keep {
+        return Ok(());
+    }
+    let Some(old_key) = keys.get(keys.len() - keep - 1) else {
+        return Ok(());
+    };
+    let Some(old) = ctx.store.get::<AppliedWindow>(Column::Windows, old_key)? else {
+        return Ok(());
+    };
+    if old.window.is_multiple_of(ctx.cfg.checkpoint.every_windows) {
+        return Ok(());
+    }
+    let mut live = std::collections::HashSet::new();
+    for k in &keys[keys.len() - keep..] {
+        if let Some(w) = ctx.store.get::<AppliedWindow>(Column::Windows, k)? {
+            live.insert(w.model);
+            live.insert(w.base_model);
+            live.insert(w.outer_state);
+        }
+    }
+    let mut dropped = 0;
+    let ids = [old.model, old.outer_state]
+        .into_iter()
+        .chain(old.accepted.iter().map(|(_, id)| *id));
+    for id in ids {
+        if !live.contains(&id) {
+            ctx.store.delete_blob(id)?;
+            dropped += 1;
+        }
+    }
+    tracing::debug!(window = old.window, dropped, "pruned an old checkpoint");
+    Ok(())
 }
 
 /// Typed front of the trainer.

@@ -85,6 +85,10 @@ pub struct NodeConfig {
     pub train: TrainConfig,
     /// Validator scoring and weights.
     pub validator: ValidatorConfig,
+    /// How updates are compressed on the wire.
+    pub compression: CompressionConfig,
+    /// Which model checkpoints are kept.
+    pub checkpoint: CheckpointConfig,
     /// Supervision of the node's actors.
     pub supervisor: SupervisorConfig,
 }
@@ -241,8 +245,15 @@ pub struct TrainConfig {
     pub local_steps: usize,
     /// Inner AdamW learning rate.
     pub learning_rate: f64,
+    /// What a miner shares each window (see [`UpdateRule`]).
+    pub rule: UpdateRule,
     /// Outer learning rate applied to the mean of accepted updates.
     pub outer_lr: f64,
+    /// Outer momentum `mu` (0 disables it): `v = mu * v + mean; step = mean + mu * v` with
+    /// Nesterov, `step = v` without.
+    pub outer_momentum: f64,
+    /// Nesterov momentum for the outer optimizer (DiLoCo's choice).
+    pub outer_nesterov: bool,
     /// Seed mixed into page assignment.
     pub data_seed: u64,
     /// Fraction of pages (at the end of the data) held out for evaluation.
@@ -262,11 +273,77 @@ impl Default for TrainConfig {
             batch_pages: 8,
             local_steps: 4,
             learning_rate: 3e-3,
+            rule: UpdateRule::Diloco,
             outer_lr: 1.0,
+            outer_momentum: 0.0,
+            outer_nesterov: true,
             data_seed: 7,
             held_out_fraction: 0.05,
             held_out_pages: 16,
             lazy: false,
+        }
+    }
+}
+
+/// What a miner computes and shares each window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UpdateRule {
+    /// DiLoCo-style: `train.local_steps` inner AdamW steps; the pseudo-gradient
+    /// `before - after` is shared and the outer optimizer applies the aggregate.
+    #[default]
+    Diloco,
+    /// Boltzmann-style: one gradient (mean over the window's pages) is shared; the outer
+    /// optimizer applies the aggregate with `train.outer_lr` as the learning rate.
+    Gradient,
+}
+
+/// `[compression]`: how updates travel. Chunked top-k with error feedback (the residual stays
+/// on the miner), an optional DCT per chunk, and values quantized to `quant_bits`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Off: updates travel dense (f32 safetensors).
+    pub enabled: bool,
+    /// Elements per chunk.
+    pub chunk: usize,
+    /// Entries kept per chunk (density `topk / chunk`).
+    pub topk: usize,
+    /// Transform each chunk with an orthonormal DCT before top-k.
+    pub dct: bool,
+    /// Bits per kept value (2..=8); 0 keeps f32 values.
+    pub quant_bits: u8,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            chunk: 256,
+            topk: 4,
+            dct: false,
+            quant_bits: 8,
+        }
+    }
+}
+
+/// `[checkpoint]`: what a node keeps of past models.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Keep every model checkpoint whose window is a multiple of this (and always the latest
+    /// `keep_recent`); others are deleted from the store once superseded.
+    pub every_windows: u64,
+    /// Most recent window checkpoints always kept (peers that are a few windows behind
+    /// catch up from them).
+    pub keep_recent: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        Self {
+            every_windows: 10,
+            keep_recent: 4,
         }
     }
 }
@@ -408,6 +485,39 @@ impl NodeConfig {
         }
         if !(t.outer_lr.is_finite() && t.outer_lr > 0.0 && t.outer_lr <= 10.0) {
             return bad("train.outer_lr", "must be in (0, 10]");
+        }
+        if !(t.outer_momentum.is_finite() && (0.0..1.0).contains(&t.outer_momentum)) {
+            return bad(
+                "train.outer_momentum",
+                "must be in [0, 1) (0.9 is DiLoCo's)",
+            );
+        }
+        let z = &self.compression;
+        if z.enabled {
+            if z.chunk < 2 || z.chunk > 1 << 16 {
+                return bad("compression.chunk", "must be between 2 and 65536");
+            }
+            if z.topk == 0 || z.topk > z.chunk {
+                return bad(
+                    "compression.topk",
+                    format!("must be between 1 and compression.chunk ({})", z.chunk),
+                );
+            }
+            if z.quant_bits != 0 && !(2..=8).contains(&z.quant_bits) {
+                return bad(
+                    "compression.quant_bits",
+                    "must be 0 (f32 values) or between 2 and 8",
+                );
+            }
+        }
+        if self.checkpoint.every_windows == 0 {
+            return bad("checkpoint.every_windows", "must be at least 1");
+        }
+        if self.checkpoint.keep_recent == 0 {
+            return bad(
+                "checkpoint.keep_recent",
+                "must be at least 1 (the current model)",
+            );
         }
         if !(t.held_out_fraction > 0.0 && t.held_out_fraction < 0.5) {
             return bad("train.held_out_fraction", "must be in (0, 0.5)");

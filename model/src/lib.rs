@@ -34,11 +34,13 @@
 mod data;
 mod error;
 mod model;
+mod outer;
 mod params;
 
 pub use data::{assign_pages, Dataset};
 pub use error::{ModelError, Result};
-pub use model::{compute_update, eval_loss};
+pub use model::{compute_gradient, compute_update, eval_loss};
+pub use outer::{outer_step, OuterConfig, OuterState};
 pub use params::{aggregate, cosine, Params, Update};
 
 #[cfg(test)]

@@ -262,6 +262,57 @@ pub fn compute_update(
     Ok((Update::from_vecs(cfg, delta)?, first_loss))
 }
 
+/// Boltzmann's update rule: the gradient of the mean loss over all `pages` at `base` (each
+/// micro-batch of `train.batch_pages` weighs by its page count), with the mean loss. The
+/// outer optimizer then applies `base - outer_lr * mean(gradients)`.
+pub fn compute_gradient(
+    cfg: &ModelConfig,
+    train: &TrainConfig,
+    base: &Params,
+    pages: &[Vec<u32>],
+) -> Result<(Update, f32)> {
+    if pages.is_empty() {
+        return Err(ModelError::Data(
+            "compute_gradient needs at least one page".into(),
+        ));
+    }
+    if train.batch_pages == 0 {
+        return Err(ModelError::InvalidConfig(
+            "train.batch_pages must be at least 1".into(),
+        ));
+    }
+    let vars = make_vars(base)?;
+    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let weights = Weights::new(cfg, base.names(), &tensors)?;
+    let mut sum: Vec<Vec<f64>> = tensors.iter().map(|t| vec![0.0; t.elem_count()]).collect();
+    let mut loss_sum = 0.0f64;
+    for chunk in pages.chunks(train.batch_pages) {
+        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>())?;
+        let loss = forward_loss(cfg, &weights, &tokens)?;
+        let value = loss.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            return Err(ModelError::NonFinite {
+                name: "loss".into(),
+            });
+        }
+        let share = chunk.len() as f64 / pages.len() as f64;
+        loss_sum += f64::from(value) * share;
+        let grads = loss.backward()?;
+        for (acc, var) in sum.iter_mut().zip(&vars) {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                for (a, x) in acc.iter_mut().zip(tensor_vec(g)?) {
+                    *a += share * f64::from(x);
+                }
+            }
+        }
+    }
+    let data = sum
+        .into_iter()
+        .map(|v| v.into_iter().map(|x| x as f32).collect())
+        .collect();
+    Ok((Update::from_vecs(cfg, data)?, loss_sum as f32))
+}
+
 /// Mean next-token cross-entropy over `pages` (each page weighs the same).
 pub fn eval_loss(cfg: &ModelConfig, params: &Params, pages: &[Vec<u32>]) -> Result<f32> {
     if pages.is_empty() {

@@ -396,12 +396,28 @@ impl Update {
 
     /// Tensor shapes, in the order of [`Update::names`].
     pub fn shapes(&self) -> Vec<Vec<usize>> {
-        self.inner.tensors.iter().map(|t| t.dims().to_vec()).collect()
+        self.inner
+            .tensors
+            .iter()
+            .map(|t| t.dims().to_vec())
+            .collect()
     }
 
     /// L2 norm over all tensors.
     pub fn norm(&self) -> Result<f32> {
         Ok(sum_sq(&self.inner.vecs()?).sqrt() as f32)
+    }
+
+    /// The all-zero update for the model described by `cfg`.
+    pub fn zeros(cfg: &ModelConfig) -> Result<Update> {
+        let specs = param_specs(cfg)?;
+        let data = specs
+            .iter()
+            .map(|(_, shape)| vec![0.0f32; shape.iter().product()])
+            .collect();
+        Ok(Update {
+            inner: Named::from_vecs(specs, data)?,
+        })
     }
 
     /// Noise with the update's shapes: approximately normal with std `scale`, determined by

@@ -269,6 +269,14 @@ impl Store {
             .is_some())
     }
 
+    /// Deletes a blob (no error if absent). Callers decide what is safe to drop: the store
+    /// does not count references.
+    pub fn delete_blob(&self, id: ContentId) -> Result<()> {
+        self.db
+            .delete_cf(self.cf(Column::Blobs), id.0)
+            .map_err(|e| self.db_err(e))
+    }
+
     /// Number of blobs stored.
     pub fn blob_count(&self) -> Result<usize> {
         Ok(self.keys(Column::Blobs)?.len())
