@@ -5,7 +5,7 @@ use crate::{evaluator::EvaluatorMsg, gossip::GossipMsgIn, trainer::TrainerMsg};
 use apiary_chain::keys::Hotkey;
 use apiary_chain::{BlockInfo, ChainClient, Metagraph};
 use apiary_config::NodeConfig;
-use apiary_model::Dataset;
+use apiary_data::Dataset;
 use apiary_net::{NetEvent, NetHandle};
 use apiary_storage::{ContentId, Store};
 use ractor::ActorRef;
@@ -144,6 +144,8 @@ metrics! {
     events_lagged,
     /// Updates this miner published.
     updates_published,
+    /// Window records whose dataset manifest differs from this node's data.
+    dataset_mismatch,
 }
 
 impl Metrics {
@@ -229,6 +231,30 @@ impl NodeContext {
             metrics: Metrics::default(),
             actors: ActorSlots::default(),
         })
+    }
+
+    /// The training pages assigned to `uid` in `window` (`train.pages_per_window` of them,
+    /// drawn by [`apiary_model::assign_pages`] from `(uid, window, train.data_seed)`): what a
+    /// miner trains on and what a validator recomputes.
+    pub fn window_pages(&self, uid: u16, window: u64) -> Result<Vec<Vec<u32>>, String> {
+        let t = &self.cfg.train;
+        apiary_model::assign_pages(
+            uid,
+            window,
+            t.data_seed,
+            self.dataset.train_pages(),
+            t.pages_per_window,
+        )
+        .into_iter()
+        .map(|i| self.dataset.page(i).map_err(|e| e.to_string()))
+        .collect()
+    }
+
+    /// The held-out pages the node reports its loss on (`train.held_out_pages` of them).
+    pub fn held_out_pages(&self) -> Result<Vec<Vec<u32>>, String> {
+        self.dataset
+            .held_out(self.cfg.train.held_out_pages)
+            .map_err(|e| e.to_string())
     }
 
     /// The node's name for logs.

@@ -334,14 +334,10 @@ fn score_update(
     if let Err(e) = ctx.store.put_blob_verified(ann.update, bytes) {
         return Outcome::Bad(e.to_string());
     }
-    let idx = apiary_model::assign_pages(
-        ann.uid,
-        ann.window,
-        c.train.data_seed,
-        ctx.dataset.train_pages(),
-        c.train.pages_per_window,
-    );
-    let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx.dataset.page(*i)).collect();
+    let pages = match ctx.window_pages(ann.uid, ann.window) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Bad(format!("recompute failed: cannot read the pages: {e}")),
+    };
     let own = match crate::updates::compute(c, &base.params, &pages) {
         Ok((u, _)) => u,
         Err(e) => return Outcome::Bad(format!("recompute failed: {e}")),
@@ -451,6 +447,7 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
                 model,
                 outer_state,
                 scores,
+                dataset: ContentId(ctx2.dataset.hash()),
             })
         })
         .await

@@ -43,6 +43,9 @@ pub struct WindowRecord {
     pub outer_state: ContentId,
     /// Each evaluated uid's score this window.
     pub scores: Vec<(u16, f32)>,
+    /// The lead validator's dataset manifest hash (`apiary_data::Manifest::hash`): followers
+    /// whose data differs learn it here instead of through near-zero scores.
+    pub dataset: ContentId,
 }
 
 /// A gossip payload.
@@ -98,6 +101,7 @@ mod tests {
             model: ContentId::of(b"b"),
             outer_state: ContentId::of(b"c"),
             scores: vec![(1, 0.9)],
+            dataset: ContentId::of(b"d"),
         });
         let b = m.encode();
         assert_eq!(GossipMsg::decode(&b, 4096).expect("decode"), m);

@@ -217,6 +217,18 @@ impl Actor for Trainer {
                 if st.model_window.is_some_and(|mw| rec.window <= mw) {
                     return Ok(());
                 }
+                let ours = ContentId(st.ctx.dataset.hash());
+                if rec.dataset != ours {
+                    Metrics::inc(&st.ctx.metrics.dataset_mismatch);
+                    tracing::error!(
+                        window = rec.window,
+                        lead = %rec.dataset.short(),
+                        ours = %ours.short(),
+                        "this node's dataset differs from the lead validator's: its updates will \
+                         score near zero; use the subnet's train.data, train.tokenizer and \
+                         model.seq_len"
+                    );
+                }
                 st.pending.insert(rec.window, (*rec, from));
                 maybe_apply(&myself, st);
             }
@@ -264,10 +276,6 @@ impl Actor for Trainer {
     }
 }
 
-fn held_out(ctx: &NodeContext) -> Vec<Vec<u32>> {
-    ctx.dataset.held_out(ctx.cfg.train.held_out_pages)
-}
-
 /// The model a trainer starts from.
 struct Loaded {
     params: Params,
@@ -305,11 +313,11 @@ fn load_model(ctx: &NodeContext) -> Result<Loaded, ActorProcessingErr> {
             }
         }
     }
-    let p = Params::init(cfg)?;
+    let p = genesis(cfg)?;
     let model_id = ctx.store.put_blob(&p.to_bytes()?)?;
     let outer = OuterState::new();
     let outer_id = ctx.store.put_blob(&outer.to_bytes(cfg)?)?;
-    let loss = apiary_model::eval_loss(cfg, &p, &held_out(ctx))?;
+    let loss = apiary_model::eval_loss(cfg, &p, &ctx.held_out_pages()?)?;
     Ok(Loaded {
         params: p,
         model_id,
@@ -318,6 +326,29 @@ fn load_model(ctx: &NodeContext) -> Result<Loaded, ActorProcessingErr> {
         model_window: None,
         held_out_loss: loss,
     })
+}
+
+/// The subnet's starting model: a Hugging Face checkpoint (`model.init_from`) whose shapes match
+/// `[model]`, or the deterministic initialization from `model.init_seed`.
+fn genesis(cfg: &apiary_config::ModelConfig) -> Result<Params, ActorProcessingErr> {
+    let Some(dir) = &cfg.init_from else {
+        return Ok(Params::init(cfg)?);
+    };
+    let (hf, params) = apiary_model::load_hf_dir(dir)?;
+    let shape =
+        |c: &apiary_config::ModelConfig| (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.d_ff);
+    if shape(&hf) != shape(cfg) {
+        return Err(format!(
+            "model.init_from {} has (vocab_size, d_model, n_layers, n_heads, d_ff) = {:?} but \
+             [model] says {:?}; make [model] match the checkpoint's config.json",
+            dir.display(),
+            shape(&hf),
+            shape(cfg)
+        )
+        .into());
+    }
+    tracing::info!(from = %dir.display(), "genesis model loaded from a Hugging Face checkpoint");
+    Ok(params)
 }
 
 fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
@@ -359,14 +390,7 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
                     f32::NAN,
                 )
             } else {
-                let idx = apiary_model::assign_pages(
-                    uid,
-                    w,
-                    c.train.data_seed,
-                    ctx2.dataset.train_pages(),
-                    c.train.pages_per_window,
-                );
-                let pages: Vec<Vec<u32>> = idx.iter().map(|i| ctx2.dataset.page(*i)).collect();
+                let pages = ctx2.window_pages(uid, w)?;
                 updates::compute(c, &params, &pages)?
             };
             let bytes = encoder
@@ -537,7 +561,7 @@ async fn apply_record(
             ctx2.store
                 .put_blob(&outer_bytes)
                 .map_err(|e| e.to_string())?;
-            let loss = apiary_model::eval_loss(&c.model, &next, &held_out(&ctx2))
+            let loss = apiary_model::eval_loss(&c.model, &next, &ctx2.held_out_pages()?)
                 .map_err(|e| e.to_string())?;
             Ok(Some(Applied {
                 record: rec2,
@@ -572,8 +596,8 @@ async fn apply_record(
         ctx2.store
             .put_blob_verified(rec.outer_state, &outer_bytes)
             .map_err(|e| e.to_string())?;
-        let loss =
-            apiary_model::eval_loss(&c.model, &p, &held_out(&ctx2)).map_err(|e| e.to_string())?;
+        let loss = apiary_model::eval_loss(&c.model, &p, &ctx2.held_out_pages()?)
+            .map_err(|e| e.to_string())?;
         Ok(Applied {
             record: rec,
             params: Arc::new(p),

@@ -152,6 +152,20 @@ pub enum ChainError {
     /// The chain backend is gone.
     #[error("chain backend unavailable: {0}; check the endpoint and restart the node")]
     Unavailable(String),
+    /// The paying account cannot cover a fee, burn, lock or transfer.
+    #[error("insufficient balance: {0}; transfer TAO to that account and retry")]
+    InsufficientBalance(String),
+    /// The connected runtime lacks a pallet, call or storage entry apiary needs.
+    #[error(
+        "the chain's runtime has no {0}; this runtime version is not supported, check the endpoint"
+    )]
+    MissingCall(String),
+    /// The runtime refused an axon (ip, port) for serving.
+    #[error("axon rejected by the runtime: {0}")]
+    InvalidAxon(String),
+    /// The runtime refused a transaction for a reason without a variant of its own.
+    #[error("the chain rejected the transaction: {0}")]
+    Runtime(String),
 }
 
 /// Result alias.

@@ -75,9 +75,7 @@ impl Dct {
         let cos: Vec<f64> = (0..four_n).map(|m| cos_pi_frac(m, n)).collect();
         // exp(-i theta) with theta = 2 pi j / n = pi (4j) / 2n; sin(theta) = cos(pi/2 - theta).
         let tw_re = (0..n / 2).map(|j| cos[4 * j]).collect();
-        let tw_im = (0..n / 2)
-            .map(|j| -cos[(5 * n - 4 * j) % four_n])
-            .collect();
+        let tw_im = (0..n / 2).map(|j| -cos[(5 * n - 4 * j) % four_n]).collect();
         let bits = n.trailing_zeros();
         let bitrev = (0..n)
             .map(|i| i.reverse_bits() >> (usize::BITS - bits))

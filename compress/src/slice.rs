@@ -162,7 +162,9 @@ pub fn average_slices(slices: &[Slice]) -> Result<Slice> {
         CompressError::InvalidArgument("average_slices needs at least one slice".into())
     })?;
     if slices.iter().any(|s| {
-        s.seed != first.seed || s.fraction.to_bits() != first.fraction.to_bits() || s.lengths != first.lengths
+        s.seed != first.seed
+            || s.fraction.to_bits() != first.fraction.to_bits()
+            || s.lengths != first.lengths
     }) {
         return Err(CompressError::InvalidArgument(
             "slices to average must share seed, fraction and tensor lengths".into(),

@@ -23,7 +23,10 @@ struct ChunkPos {
 }
 
 /// Every chunk of tensors with `lengths`, in order.
-fn chunks<'a>(cfg: &CompressConfig, lengths: &'a [usize]) -> impl Iterator<Item = ChunkPos> + use<'a> {
+fn chunks<'a>(
+    cfg: &CompressConfig,
+    lengths: &'a [usize],
+) -> impl Iterator<Item = ChunkPos> + use<'a> {
     let (chunk, topk) = (cfg.chunk, cfg.topk);
     lengths.iter().enumerate().flat_map(move |(tensor, &len)| {
         (0..len.div_ceil(chunk)).map(move |c| {
@@ -89,7 +92,11 @@ fn quantize(v: f32, s: f32, bits: u8) -> u8 {
     }
     let levels = 1u32 << (bits - 1);
     let bin = ((v.abs() / s) * levels as f32).floor();
-    let bin = if bin >= levels as f32 { levels - 1 } else { bin as u32 };
+    let bin = if bin >= levels as f32 {
+        levels - 1
+    } else {
+        bin as u32
+    };
     let sign = u32::from(v < 0.0) << (bits - 1);
     (sign | bin) as u8
 }
@@ -114,7 +121,7 @@ pub struct CompressedUpdate {
     config: CompressConfig,
     lengths: Vec<usize>,
     /// Chunk-local index of every entry, chunk by chunk, ascending within a chunk.
-    indices: Vec<u32>,
+    pub(crate) indices: Vec<u32>,
     values: Values,
 }
 
@@ -223,7 +230,8 @@ impl CompressedUpdate {
                 bytes[0]
             ));
         }
-        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u32_at =
+            |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let flags = bytes[9];
         if flags > 1 {
             return err(format!("unknown flags {flags:#x}"));
@@ -283,9 +291,7 @@ impl CompressedUpdate {
                     ));
                 }
                 if prev.is_some_and(|p| i <= p) {
-                    return err(format!(
-                        "indices of chunk {c} are not strictly increasing"
-                    ));
+                    return err(format!("indices of chunk {c} are not strictly increasing"));
                 }
                 prev = Some(i);
                 indices.push(i);
@@ -294,7 +300,8 @@ impl CompressedUpdate {
         if !r.finished_cleanly() {
             return err("non-zero padding bits after the indices".into());
         }
-        let f32_at = |o: usize| f32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let f32_at =
+            |o: usize| f32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
         let values = match config.quant_bits {
             None => {
                 let mut v = Vec::with_capacity(entries);
@@ -412,17 +419,23 @@ fn check_lengths(expected: &[usize], got: impl ExactSizeIterator<Item = usize>) 
 /// Keeps the `k` largest-magnitude entries of `src` (ties: lower index), ascending by index.
 fn select_topk(src: &[f32], k: usize, buf: &mut Vec<(f32, u32)>, out: &mut Vec<u32>) {
     buf.clear();
-    for (i, &v) in src.iter().enumerate() {
+    let k = k.min(src.len());
+    for (i, &v) in src[..k].iter().enumerate() {
         let m = v.abs();
-        if buf.len() == k {
-            // Equal magnitude never displaces: the kept entry has the lower index.
-            if m <= buf[k - 1].0 {
-                continue;
-            }
-            buf.pop();
-        }
         let p = buf.partition_point(|&(bm, _)| bm >= m);
         buf.insert(p, (m, i as u32));
+    }
+    // Smallest kept magnitude; equal magnitude never displaces (the kept entry has the lower
+    // index), so only strictly larger values enter.
+    let mut threshold = buf.last().map_or(f32::INFINITY, |&(m, _)| m);
+    for (i, &v) in src.iter().enumerate().skip(k) {
+        let m = v.abs();
+        if m > threshold {
+            buf.pop();
+            let p = buf.partition_point(|&(bm, _)| bm >= m);
+            buf.insert(p, (m, i as u32));
+            threshold = buf[k - 1].0;
+        }
     }
     out.clear();
     out.extend(buf.iter().map(|&(_, i)| i));
@@ -493,18 +506,20 @@ impl Compressor {
         let mut vals: Vec<f32> = Vec::with_capacity(entries);
         let mut scales = Vec::with_capacity(if cfg.quant_bits.is_some() { nchunks } else { 0 });
         let mut codes = Vec::with_capacity(if cfg.quant_bits.is_some() { entries } else { 0 });
-        for (r, x) in self.residual.iter_mut().zip(tensors) {
-            for (ri, &xi) in r.iter_mut().zip(x) {
-                *ri += xi;
-            }
-        }
-        let (mut buf, mut sel) = (Vec::with_capacity(cfg.topk + 1), Vec::with_capacity(cfg.topk));
+        let (mut buf, mut sel) = (
+            Vec::with_capacity(cfg.topk + 1),
+            Vec::with_capacity(cfg.topk),
+        );
         let mut kept: Vec<f32> = Vec::with_capacity(cfg.topk);
         let mut coeffs = vec![0.0f32; if cfg.dct { cfg.chunk } else { 0 }];
         let mut recon = coeffs.clone();
         let mut scratch = vec![0.0f64; coeffs.len()];
         for ch in chunks(&cfg, &self.lengths) {
             let x = &mut self.residual[ch.tensor][ch.start..ch.start + ch.len];
+            // x' = x + residual, chunk by chunk (while the chunk is in cache).
+            for (ri, &xi) in x.iter_mut().zip(&tensors[ch.tensor][ch.start..]) {
+                *ri += xi;
+            }
             let transform = match &mut self.dct {
                 Some(d) if ch.len == cfg.chunk => {
                     d.forward(x, &mut coeffs);

@@ -67,6 +67,21 @@ pub enum ChainBackend {
     /// The embedded local chain (state in RocksDB, blocks on a timer).
     #[default]
     Local,
+    /// A subtensor (Bittensor) node at `chain.endpoint`, signing with the btcli wallet hotkey
+    /// `chain.wallet` / `chain.hotkey`.
+    Subtensor,
+}
+
+/// Which subxt RPC backend talks to a subtensor endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainRpc {
+    /// subxt's default backend: real nodes.
+    #[default]
+    Default,
+    /// The legacy RPC methods: chopsticks (whose new-head subscriptions the default backend
+    /// does not see).
+    Legacy,
 }
 
 /// The whole node configuration.
@@ -138,8 +153,19 @@ pub struct ChainConfig {
     pub local_path: Option<PathBuf>,
     /// Refresh the metagraph every this many blocks.
     pub metagraph_refresh_blocks: u64,
-    /// Register this node's hotkey on start if it is not registered (embedded chain only).
+    /// Register this node's hotkey on start if it is not registered (on subtensor this burns
+    /// TAO from the hotkey's own balance).
     pub auto_register: bool,
+    /// Subtensor: `finney`, `test`, `local` (ws://127.0.0.1:9944) or a `ws://` / `wss://` URL.
+    pub endpoint: String,
+    /// Subtensor: RPC backend, `default` (real nodes) or `legacy` (chopsticks).
+    pub rpc: ChainRpc,
+    /// Subtensor: btcli wallet name (`~/.bittensor/wallets/<wallet>`).
+    pub wallet: String,
+    /// Subtensor: hotkey name in the wallet (`hotkeys/<hotkey>`).
+    pub hotkey: String,
+    /// Subtensor: wallets directory (default `~/.bittensor/wallets`).
+    pub wallet_path: Option<PathBuf>,
 }
 
 impl Default for ChainConfig {
@@ -152,6 +178,11 @@ impl Default for ChainConfig {
             local_path: None,
             metagraph_refresh_blocks: 1,
             auto_register: true,
+            endpoint: "local".into(),
+            rpc: ChainRpc::Default,
+            wallet: "default".into(),
+            hotkey: "default".into(),
+            wallet_path: None,
         }
     }
 }
@@ -213,6 +244,10 @@ pub struct ModelConfig {
     pub norm_eps: f64,
     /// Seed of the deterministic initial parameters shared by the whole subnet.
     pub init_seed: u64,
+    /// Start from a Hugging Face LLaMA checkpoint directory (`config.json` +
+    /// `model.safetensors`) instead of `init_seed`; its shapes must match this section. Every
+    /// node of a subnet must start from the same checkpoint.
+    pub init_from: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
@@ -227,6 +262,7 @@ impl Default for ModelConfig {
             rope_theta: 10_000.0,
             norm_eps: 1e-5,
             init_seed: 42,
+            init_from: None,
         }
     }
 }
@@ -235,8 +271,15 @@ impl Default for ModelConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
-    /// A text file or a directory of `.txt` files, read as bytes.
+    /// The dataset: one shard file, or a directory of `*.txt` (a file is one document),
+    /// `*.jsonl` (a string `text` field per line) and `*.parquet` (a UTF-8 `text` column) shards.
     pub data: PathBuf,
+    /// A Hugging Face `tokenizer.json`; unset means the byte tokenizer (vocabulary 256).
+    /// `model.vocab_size` must be at least the tokenizer's vocabulary.
+    pub tokenizer: Option<PathBuf>,
+    /// Where the tokenized page cache and its `manifest.json` live (default
+    /// `<data_dir>/dataset`); rebuilt when the shards, tokenizer or `seq_len` change.
+    pub data_cache: Option<PathBuf>,
     /// Pages a miner trains on per window.
     pub pages_per_window: usize,
     /// Pages per local step (micro-batch); `pages_per_window` is split into batches of this size.
@@ -263,12 +306,17 @@ pub struct TrainConfig {
     /// Adversary simulation for devnets and tests: publish random noise of the right shape
     /// instead of training (a "lazy" miner that validators must catch).
     pub lazy: bool,
+    /// Compute device for local training: `"cpu"` (default), `"cuda"` / `"cuda:N"` (needs a
+    /// binary built with the `cuda` feature and a GPU) or `"auto"` (a GPU if there is one).
+    pub device: String,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
             data: PathBuf::from("data/tinyshakespeare.txt"),
+            tokenizer: None,
+            data_cache: None,
             pages_per_window: 8,
             batch_pages: 8,
             local_steps: 4,
@@ -281,6 +329,7 @@ impl Default for TrainConfig {
             held_out_fraction: 0.05,
             held_out_pages: 16,
             lazy: false,
+            device: "cpu".into(),
         }
     }
 }
@@ -420,6 +469,14 @@ impl NodeConfig {
             .unwrap_or_else(|| self.node.data_dir.join("admin.sock"))
     }
 
+    /// Directory of the tokenized page cache.
+    pub fn data_cache_path(&self) -> PathBuf {
+        self.train
+            .data_cache
+            .clone()
+            .unwrap_or_else(|| self.node.data_dir.join("dataset"))
+    }
+
     /// Directory of the embedded chain's database.
     pub fn local_chain_path(&self) -> PathBuf {
         self.chain
@@ -492,6 +549,16 @@ impl NodeConfig {
                 "must be in [0, 1) (0.9 is DiLoCo's)",
             );
         }
+        let dev = t.device.as_str();
+        let cuda_ordinal = dev
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(matches!(dev, "cpu" | "cuda" | "auto") || cuda_ordinal) {
+            return bad(
+                "train.device",
+                format!("unknown device `{dev}`; use \"cpu\", \"cuda\", \"cuda:N\" or \"auto\""),
+            );
+        }
         let z = &self.compression;
         if z.enabled {
             if z.chunk < 2 || z.chunk > 1 << 16 {
@@ -533,6 +600,42 @@ impl NodeConfig {
         }
         if self.chain.metagraph_refresh_blocks == 0 {
             return bad("chain.metagraph_refresh_blocks", "must be at least 1");
+        }
+        if self.chain.backend == ChainBackend::Subtensor {
+            let e = self.chain.endpoint.as_str();
+            if !(matches!(e, "finney" | "test" | "local")
+                || e.starts_with("ws://")
+                || e.starts_with("wss://"))
+            {
+                return bad(
+                    "chain.endpoint",
+                    format!("`{e}` is not finney, test, local or a ws:// / wss:// URL"),
+                );
+            }
+            for (key, name) in [
+                ("chain.wallet", &self.chain.wallet),
+                ("chain.hotkey", &self.chain.hotkey),
+            ] {
+                if name.is_empty()
+                    || name.starts_with('.')
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                {
+                    return bad(
+                        key,
+                        format!(
+                            "`{name}` is not a btcli wallet/hotkey name (letters, digits, - and _)"
+                        ),
+                    );
+                }
+            }
+            if self.node.hotkey_seed.is_some() {
+                return bad(
+                    "node.hotkey_seed",
+                    "the subtensor backend signs with the wallet hotkey (chain.wallet / chain.hotkey); remove node.hotkey_seed",
+                );
+            }
         }
         let v = &self.validator;
         if !(v.ema_alpha > 0.0 && v.ema_alpha <= 1.0) {
@@ -599,6 +702,35 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         NodeConfig::default().validate().expect("defaults valid");
+    }
+
+    #[test]
+    fn subtensor_chain_keys_are_checked() {
+        let text = "[chain]\nbackend = \"subtensor\"\nendpoint = \"test\"\nrpc = \"legacy\"\nwallet = \"w\"\nhotkey = \"h\"\n";
+        let cfg = NodeConfig::from_toml_str(text, Path::new("x.toml")).expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.chain.rpc, ChainRpc::Legacy);
+        let mut bad = cfg.clone();
+        bad.chain.endpoint = "http://x".into();
+        assert!(bad
+            .validate()
+            .expect_err("bad endpoint")
+            .to_string()
+            .contains("chain.endpoint"));
+        let mut bad = cfg.clone();
+        bad.chain.hotkey = "../h".into();
+        assert!(bad
+            .validate()
+            .expect_err("bad name")
+            .to_string()
+            .contains("chain.hotkey"));
+        let mut bad = cfg;
+        bad.node.hotkey_seed = Some("00".repeat(32));
+        assert!(bad
+            .validate()
+            .expect_err("seed")
+            .to_string()
+            .contains("node.hotkey_seed"));
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! The admin socket: newline-delimited JSON over a Unix socket in the data dir (mode 0600).
 //!
 //! Request: one JSON object per line, `{"cmd": "status"}`; commands are `status`, `peers`,
-//! `scores`, `windows`, `metrics`, `weights`. Reply: one line, `{"ok": true, "result": ...}` or
+//! `scores`, `windows`, `metrics`, `weights`, and `export` (`{"cmd": "export", "path": DIR,
+//! "dtype": "f32"|"bf16"}`: the current model as a Hugging Face directory). Reply: one line, `{"ok": true, "result": ...}` or
 //! `{"ok": false, "error": "..."}`. A malformed request gets an error reply and the connection
 //! (and the socket) keep serving. Connections are limited by a semaphore; lines by a size cap.
 
 use anyhow::{Context, Result};
 use apiary_actors::context::NodeContext;
 use apiary_actors::evaluator::EvaluatorHandle;
-use apiary_actors::trainer::AppliedWindow;
+use apiary_actors::trainer::{AppliedWindow, TrainerHandle};
 use apiary_actors::weights::WeightSubmission;
 use apiary_storage::Column;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,13 @@ pub struct Request {
     /// Optional limit for list commands.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// `export`: the directory to write the Hugging Face model into (absolute, or relative to
+    /// the node's working directory).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `export`: `f32` (default, bit-exact) or `bf16`.
+    #[serde(default)]
+    pub dtype: Option<String>,
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.
@@ -143,6 +151,9 @@ pub struct StatusReply {
     pub last_loss: Option<f32>,
     /// Held-out loss.
     pub held_out_loss: Option<f32>,
+    /// The dataset's manifest hash (shards, tokenizer, pages, split): equal on every node that
+    /// trains on the same data.
+    pub dataset: String,
     /// Fatal error, if stopping.
     pub fatal: Option<String>,
 }
@@ -164,6 +175,7 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         model_window: s.model_window,
         last_loss: s.last_loss,
         held_out_loss: s.held_out_loss,
+        dataset: hex::encode(ctx.dataset.hash()),
         fatal: s.fatal,
     }
 }
@@ -213,10 +225,38 @@ async fn dispatch(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
             m["net"] = serde_json::to_value(ctx.net.stats().snapshot())?;
             m
         }
+        "export" => export(ctx, req).await?,
         other => anyhow::bail!(
-            "unknown command `{other}`; use status, peers, scores, windows, weights or metrics"
+            "unknown command `{other}`; use status, peers, scores, windows, weights, metrics or \
+             export"
         ),
     })
+}
+
+/// Writes the node's current model as a Hugging Face LLaMA directory (`model.safetensors`,
+/// `config.json`, and `tokenizer.json` when the node uses one).
+async fn export(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
+    let dir = req
+        .path
+        .as_deref()
+        .context("export needs a `path`: the directory to write the model into")?;
+    let dtype = match req.dtype.as_deref().unwrap_or("f32") {
+        "f32" | "float32" => apiary_model::HfDtype::F32,
+        "bf16" | "bfloat16" => apiary_model::HfDtype::BF16,
+        other => anyhow::bail!("unknown dtype `{other}`; use f32 or bf16"),
+    };
+    let snap = TrainerHandle(Arc::clone(ctx)).snapshot().await?;
+    let dir = std::path::PathBuf::from(dir);
+    let (cfg, tok) = (ctx.cfg.model.clone(), ctx.cfg.train.tokenizer.clone());
+    let out = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        apiary_model::export_hf_dir(&snap.params, &cfg, &out, dtype, tok.as_deref())
+    })
+    .await??;
+    Ok(
+        json!({"path": dir.display().to_string(), "model": snap.id.to_hex(),
+              "window": snap.window, "dtype": format!("{dtype:?}").to_lowercase()}),
+    )
 }
 
 /// Sends one request line and returns the parsed reply.

@@ -28,6 +28,15 @@ pub enum Cmd {
     Devnet(DevnetArgs),
     /// Ask a running node over its admin socket.
     Admin(AdminArgs),
+    /// Evaluate or export models (Hugging Face LLaMA directories).
+    #[command(subcommand)]
+    Model(crate::model_cmd::ModelCmd),
+    /// Create and show btcli-compatible wallets.
+    #[command(subcommand)]
+    Wallet(crate::wallet_cmd::WalletCmd),
+    /// Operator commands against a subtensor endpoint.
+    #[command(subcommand)]
+    Chain(crate::chain_cmd::ChainCmd),
     /// Check a config file and print it with defaults filled in.
     CheckConfig {
         /// The TOML file.
@@ -100,13 +109,26 @@ pub struct DevnetArgs {
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
+    /// Run against this subtensor dev chain (ws:// URL, e.g. chopsticks) instead of the
+    /// embedded chain: creates a subnet, funds and registers the nodes with //Alice.
+    #[arg(long)]
+    pub chain: Option<String>,
+    /// With --chain: use subxt's default RPC backend instead of the legacy one (chopsticks).
+    #[arg(long)]
+    pub default_rpc: bool,
 }
 
 /// `apiary admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// status | peers | scores | windows | weights | metrics
+    /// status | peers | scores | windows | weights | metrics | export
     pub command: String,
+    /// `export`: directory to write the model into (a Hugging Face LLaMA directory).
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// `export`: f32 (default, bit-exact) or bf16.
+    #[arg(long)]
+    pub dtype: Option<String>,
     /// The admin socket (default `<data-dir>/admin.sock`).
     #[arg(long)]
     pub socket: Option<PathBuf>,
@@ -138,14 +160,24 @@ pub async fn run(cli: Cli) -> Result<()> {
                 data: a.data,
                 json: a.json,
                 base,
+                chain: a.chain,
+                legacy_rpc: !a.default_rpc,
             };
             let mut out = std::io::stdout();
             devnet::run(opts, &mut out).await.map(|_| ())
         }
         Cmd::Admin(a) => {
             let socket = a.socket.unwrap_or_else(|| a.data_dir.join("admin.sock"));
-            let reply =
-                crate::admin::request(&socket, &serde_json::json!({"cmd": a.command})).await?;
+            let mut req = serde_json::json!({"cmd": a.command});
+            if let Some(p) = &a.path {
+                // The node resolves relative paths against its own working directory.
+                let p = std::path::absolute(p).context("resolving --path")?;
+                req["path"] = p.display().to_string().into();
+            }
+            if let Some(d) = &a.dtype {
+                req["dtype"] = d.clone().into();
+            }
+            let reply = crate::admin::request(&socket, &req).await?;
             if a.json {
                 println!("{reply}");
             } else if reply["ok"].as_bool() == Some(true) {
@@ -158,6 +190,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Model(m) => crate::model_cmd::run(m).await,
+        Cmd::Wallet(w) => crate::wallet_cmd::run(w),
+        Cmd::Chain(c) => crate::chain_cmd::run(c).await,
         Cmd::CheckConfig { file } => {
             let cfg = NodeConfig::load(&file)?;
             println!(

@@ -42,6 +42,10 @@ pub struct DevnetOpts {
     pub json: bool,
     /// Base config for every node (model and training settings), if given.
     pub base: Option<NodeConfig>,
+    /// A subtensor dev chain (ws:// URL) to run on instead of the embedded chain.
+    pub chain: Option<String>,
+    /// With `chain`: use the legacy RPC backend (what chopsticks needs).
+    pub legacy_rpc: bool,
 }
 
 impl Default for DevnetOpts {
@@ -57,6 +61,8 @@ impl Default for DevnetOpts {
             data: PathBuf::from("data/tinyshakespeare.txt"),
             json: false,
             base: None,
+            chain: None,
+            legacy_rpc: true,
         }
     }
 }
@@ -132,11 +138,25 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
             opts.data.display()
         );
     }
-    let base = opts.base.clone().unwrap_or_default();
+    let mut base = opts.base.clone().unwrap_or_default();
+    let (chain, sub) = match &opts.chain {
+        None => {
+            let chain = LocalChain::open(&dir.join("chain"))?;
+            chain.create_subnet(base.chain.netuid, SubnetParams::default())?;
+            (Some(chain), None)
+        }
+        Some(url) => {
+            let (sub, netuid) = subtensor_devnet_chain(url, opts.legacy_rpc).await?;
+            base.chain.netuid = netuid;
+            (None, Some(sub))
+        }
+    };
     let netuid = base.chain.netuid;
-    let chain = LocalChain::open(&dir.join("chain"))?;
-    chain.create_subnet(netuid, SubnetParams::default())?;
-    let shared: Arc<dyn ChainClient> = chain.clone();
+    let shared: Arc<dyn ChainClient> = match (&chain, &sub) {
+        (Some(c), _) => c.clone(),
+        (None, Some(s)) => s.clone(),
+        (None, None) => bail!("no chain"),
+    };
 
     let mut specs = Vec::new();
     for i in 0..opts.validators {
@@ -162,6 +182,15 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         cfg.chain.blocks_per_window = opts.blocks_per_window;
         cfg.train.data = opts.data.clone();
         cfg.train.lazy = *lazy;
+        if let Some(sub) = &sub {
+            // Fund the node's hotkey from //Alice; it registers itself (burned) on start.
+            let hk = apiary_chain::keys::Hotkey::from_seed(&hex::decode(
+                cfg.node.hotkey_seed.as_deref().unwrap_or_default(),
+            )?)?;
+            sub.fund_from_alice(&hk.id(), 1_000 * apiary_subtensor::dev::TAO)
+                .await
+                .with_context(|| format!("funding {name} from //Alice"))?;
+        }
         let node = Node::spawn(cfg, ChainSource::Shared(Arc::clone(&shared)))
             .await
             .with_context(|| format!("starting {name}"))?;
@@ -169,7 +198,21 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     }
     for (i, n) in nodes.iter().enumerate().take(opts.validators) {
         let stake = 1_000_000 * (opts.validators - i) as u64;
-        chain.add_stake(netuid, &n.ctx().hotkey.id(), stake)?;
+        match (&chain, &sub) {
+            (Some(c), _) => c.add_stake(netuid, &n.ctx().hotkey.id(), stake)?,
+            (None, Some(s)) => {
+                let hk = &n.ctx().hotkey;
+                s.add_stake(
+                    hk,
+                    &hk.id(),
+                    netuid,
+                    100 * (opts.validators - i) as u128 * apiary_subtensor::dev::TAO,
+                )
+                .await
+                .with_context(|| format!("staking on {}", n.ctx().name()))?;
+            }
+            (None, None) => {}
+        }
     }
     let lead = &nodes[0];
     let lead_ctx = Arc::clone(lead.ctx());
@@ -202,7 +245,11 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     }
     out.flush()?;
 
-    let producer = chain.spawn_producer(Duration::from_millis(opts.block_ms));
+    let producer = match (&chain, &sub) {
+        (Some(c), _) => c.spawn_producer(Duration::from_millis(opts.block_ms)),
+        (None, Some(s)) => spawn_dev_blocks(Arc::clone(s), Duration::from_millis(opts.block_ms)),
+        (None, None) => tokio::spawn(async {}),
+    };
     let names: BTreeMap<apiary_chain::keys::HotkeyId, String> = nodes
         .iter()
         .map(|n| (n.ctx().hotkey.id(), n.ctx().name().to_string()))
@@ -333,4 +380,48 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         bail!("held-out loss did not go down ({initial_loss:.4} -> {final_loss:.4})");
     }
     Ok(summary)
+}
+
+/// Connects to a subtensor dev chain and creates the devnet's subnet (owner funded by //Alice,
+/// weights rate limit 0, short tempo so validator permits come quickly).
+async fn subtensor_devnet_chain(
+    url: &str,
+    legacy_rpc: bool,
+) -> Result<(Arc<apiary_subtensor::SubtensorChain>, u16)> {
+    use apiary_subtensor::{resolve_endpoint, RpcBackend, SubtensorChain, SubtensorOptions};
+    let url = resolve_endpoint(url).map_err(anyhow::Error::msg)?;
+    let rpc = if legacy_rpc {
+        RpcBackend::Legacy
+    } else {
+        RpcBackend::Default
+    };
+    let sub = SubtensorChain::connect(SubtensorOptions::new(url.clone(), rpc))
+        .await
+        .with_context(|| format!("cannot reach the dev chain at {url}"))?;
+    let owner =
+        apiary_chain::keys::Hotkey::from_dev_label(&format!("devnet owner {}", std::process::id()));
+    let netuid = sub
+        .dev_subnet(&owner, 10)
+        .await
+        .context("creating the devnet subnet (needs a dev chain whose sudo key is //Alice)")?;
+    Ok((sub, netuid))
+}
+
+/// Builds a block every `every` on a chain that only builds blocks on demand (chopsticks);
+/// stops quietly on a chain that does not have `dev_newBlock`.
+fn spawn_dev_blocks(
+    sub: Arc<apiary_subtensor::SubtensorChain>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = sub.dev_new_blocks(1).await {
+                tracing::info!(error = %e, "dev_newBlock unavailable; relying on the chain's own blocks");
+                return;
+            }
+        }
+    })
 }

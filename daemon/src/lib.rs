@@ -1,16 +1,21 @@
 //! # apiary-daemon
 //!
 //! The `apiary` binary's library: node assembly ([`node::Node`]), the admin socket
-//! ([`admin`]), the local swarm runner ([`devnet`]) and the CLI ([`cli`]).
+//! ([`admin`]), the local swarm runner ([`devnet`]), model evaluation and export ([`model_cmd`]) and the
+//! CLI ([`cli`]); the subtensor backend's operator commands ([`chain_cmd`]) and btcli wallets
+//! ([`wallet_cmd`]).
 //!
 //! A node is assembled in a fixed order — config validated, store opened, keys loaded, data
 //! loaded, libp2p listening, hotkey registered and peer record committed on the chain, actors
 //! started under the supervisor, admin socket bound — and torn down in reverse.
 
 pub mod admin;
+pub mod chain_cmd;
 pub mod cli;
 pub mod devnet;
 pub mod keys;
+pub mod model_cmd;
 pub mod node;
+pub mod wallet_cmd;
 
 pub use node::{ChainSource, Node};

@@ -6,8 +6,8 @@ use apiary_actors::context::NodeContext;
 use apiary_actors::{spawn_supervisor, SupervisorHandle};
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::{ChainClient, PeerRecord};
-use apiary_config::NodeConfig;
-use apiary_model::Dataset;
+use apiary_config::{ChainBackend, NodeConfig};
+use apiary_data::{Dataset, Tokenizer};
 use apiary_net::{BlobProvider, NetParams};
 use apiary_storage::{ContentId, Store};
 use std::sync::Arc;
@@ -16,8 +16,9 @@ use std::time::Duration;
 /// Where a node's chain comes from.
 #[derive(Clone)]
 pub enum ChainSource {
-    /// Open the backend named in the config (the embedded chain in `chain.local_path`,
-    /// producing blocks on `chain.block_time_ms`).
+    /// Open the backend named in the config: the embedded chain in `chain.local_path`
+    /// (producing blocks on `chain.block_time_ms`), or subtensor at `chain.endpoint` signing with
+    /// the wallet hotkey `chain.wallet` / `chain.hotkey`.
     FromConfig,
     /// Use a chain shared with other nodes in this process (devnet, tests).
     Shared(Arc<dyn ChainClient>),
@@ -59,25 +60,31 @@ impl Node {
             )
         })?;
         let store = Store::open(&cfg.node.data_dir.join("db"))?;
-        let hotkey = crate::keys::load_hotkey(cfg.node.hotkey_seed.as_deref(), &cfg.node.data_dir)?;
+        let use_subtensor = matches!(chain, ChainSource::FromConfig)
+            && cfg.chain.backend == ChainBackend::Subtensor;
+        let hotkey = if use_subtensor {
+            crate::chain_cmd::wallet_of(&cfg)?.hotkey()?
+        } else {
+            crate::keys::load_hotkey(cfg.node.hotkey_seed.as_deref(), &cfg.node.data_dir)?
+        };
         let p2p = crate::keys::load_p2p_key(cfg.net.p2p_key_seed.as_deref(), &cfg.node.data_dir)?;
-        let (data_path, seq, frac) = (
-            cfg.train.data.clone(),
-            cfg.model.seq_len,
-            cfg.train.held_out_fraction,
+        let dataset = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || open_dataset(&cfg)).await??
+        };
+        tracing::info!(
+            pages = dataset.train_pages(),
+            held_out = dataset.held_out_pages(),
+            tokenizer = %dataset.tokenizer().name(),
+            manifest = %hex::encode(dataset.hash()),
+            reused_cache = dataset.reused_cache(),
+            "dataset ready"
         );
-        let dataset = tokio::task::spawn_blocking(move || Dataset::load(&data_path, seq, frac))
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot load training data from {}; set train.data to a text file or directory",
-                    cfg.train.data.display()
-                )
-            })?;
 
         let mut producer = None;
         let chain: Arc<dyn ChainClient> = match chain {
             ChainSource::Shared(c) => c,
+            ChainSource::FromConfig if use_subtensor => crate::chain_cmd::connect(&cfg).await?,
             ChainSource::FromConfig => {
                 let path = cfg.local_chain_path();
                 let local = LocalChain::open(&path).with_context(|| {
@@ -192,4 +199,41 @@ impl Node {
             tracing::warn!(error = %e, "store flush failed");
         }
     }
+}
+
+/// Opens `train.data` with the configured tokenizer, building or reusing the page cache, and
+/// checks that the model's vocabulary covers the tokenizer's.
+pub fn open_dataset(cfg: &NodeConfig) -> Result<Dataset> {
+    let tokenizer = match &cfg.train.tokenizer {
+        None => Tokenizer::bytes(),
+        Some(p) => Tokenizer::from_file(p).with_context(|| {
+            format!(
+                "cannot load train.tokenizer {}; point it at a Hugging Face tokenizer.json",
+                p.display()
+            )
+        })?,
+    };
+    if tokenizer.vocab_size() > cfg.model.vocab_size {
+        anyhow::bail!(
+            "model.vocab_size {} is smaller than the tokenizer's vocabulary ({}); set \
+             model.vocab_size = {}",
+            cfg.model.vocab_size,
+            tokenizer.vocab_size(),
+            tokenizer.vocab_size()
+        );
+    }
+    Dataset::open(
+        &cfg.train.data,
+        &tokenizer,
+        cfg.model.seq_len,
+        cfg.train.held_out_fraction,
+        &cfg.data_cache_path(),
+    )
+    .with_context(|| {
+        format!(
+            "cannot load training data from {}; set train.data to a shard file or a directory \
+             of .txt/.jsonl/.parquet shards",
+            cfg.train.data.display()
+        )
+    })
 }

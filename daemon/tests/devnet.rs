@@ -47,6 +47,64 @@ fn devnet_short_run_lowers_the_loss() {
         done["final_loss"].as_f64().expect("final"),
     );
     assert!(b < a, "loss did not drop: {a} -> {b}");
+
+    // The validator's trained model exports as a Hugging Face directory, and `apiary model
+    // eval` scores it on the text: better than the untrained model's held-out loss.
+    let hf = dir.path().join("hf");
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["model", "export", "--data-dir"])
+        .arg(dir.path().join("net/validator-0"))
+        .arg("--out")
+        .arg(&hf)
+        .output()
+        .expect("run apiary model export");
+    assert!(
+        out.status.success(),
+        "export failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["model.safetensors", "config.json"] {
+        assert!(hf.join(f).is_file(), "export wrote no {f}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "model",
+            "eval",
+            "--json",
+            "--max-pages",
+            "64",
+            "--data",
+            data,
+            "--model",
+        ])
+        .arg(&hf)
+        .output()
+        .expect("run apiary model eval");
+    assert!(
+        out.status.success(),
+        "eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("eval json");
+    let loss = r["loss"].as_f64().expect("loss");
+    assert_eq!(r["pages"], 64);
+    assert!(
+        loss.is_finite() && loss < a,
+        "exported model loss {loss} vs initial {a}"
+    );
+}
+
+#[test]
+fn model_eval_refuses_a_directory_without_a_model() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["model", "eval", "--data", "nowhere.txt", "--model"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config.json"), "{err}");
 }
 
 #[test]

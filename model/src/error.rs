@@ -42,6 +42,13 @@ pub enum ModelError {
     /// The model configuration cannot describe a valid model.
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
+    /// The requested compute device is unknown, not compiled in, or not present.
+    #[error("device error: {0}")]
+    Device(String),
+    /// A Hugging Face model directory cannot be written or read (I/O, bad `config.json`,
+    /// unsupported architecture or options).
+    #[error("hugging face checkpoint: {0}")]
+    Hf(String),
     /// An error from the tensor library.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),

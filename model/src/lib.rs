@@ -1,18 +1,44 @@
 //! # apiary-model
 //!
-//! The model, data and update arithmetic of an apiary subnet. Everything here is synchronous,
-//! runs on the CPU and is deterministic.
+//! The model, data and update arithmetic of an apiary subnet. Everything here is synchronous
+//! and deterministic on the CPU; training can also run on a CUDA GPU (cargo feature `cuda`).
 //!
 //! ## Model
 //!
-//! A small LLaMA-style decoder over bytes (vocabulary 256): token embedding, then per layer
-//! `x += o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))` with causal multi-head attention
-//! and half-split rotary embeddings (HF `rotate_half`), and `x += down(silu(gate(n2(x))) *
-//! up(n2(x)))` (SwiGLU); a final RMSNorm and an untied `lm_head`. No biases; linear weights are
-//! `[out, in]` and tensors carry Hugging Face names, so a checkpoint loads in `transformers`.
-//! The forward pass is written from basic candle ops only, because candle-nn's fused kernels
-//! (`softmax_last_dim`, `rms_norm`, `rope`) have no backward pass and silently drop gradients;
-//! a test checks that every parameter receives a non-zero gradient.
+//! A LLaMA decoder (sizes from [`apiary_config::ModelConfig`], byte vocabulary by default):
+//! token embedding, then per layer `x += o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))))`
+//! with causal multi-head attention and half-split rotary embeddings (HF `rotate_half`), and
+//! `x += down(silu(gate(n2(x))) * up(n2(x)))` (SwiGLU); a final RMSNorm and an untied
+//! `lm_head`. No biases; linear weights are `[out, in]` and tensors carry Hugging Face names.
+//!
+//! Two implementations of the forward/backward pass (see `model.rs`):
+//! - **CPU (default)**: fused kernels in `ops.rs` — RMSNorm, split heads + rotary, causal
+//!   softmax, SwiGLU, merge heads — each a candle custom op with a hand-written backward pass,
+//!   plus an in-place AdamW. Rotary tables are built once per [`Trainer`]. Kernels are
+//!   row-parallel with rayon and every reduction has a fixed order, so [`compute_update`] is
+//!   bit-identical run to run (validators recompute miners' updates).
+//! - **Reference / GPU**: basic candle ops only (matmul, broadcast arithmetic, `exp`, `sqrt`,
+//!   `silu`, `narrow`, `cat`) and `candle_nn::AdamW`. candle-nn's own fused kernels
+//!   (`softmax_last_dim`, `rms_norm`, `rope`) have no backward pass and would silently drop
+//!   gradients, so they are never used. Tests check both paths agree (loss and every gradient)
+//!   and that every parameter receives a gradient.
+//!
+//! ## Devices
+//!
+//! [`select_device`] maps `train.device` (`cpu` | `cuda` | `cuda:N` | `auto`) to a candle
+//! device, with a clear error when CUDA is asked for in a build without the `cuda` feature or
+//! without a GPU. [`Params`] and [`Update`] always live on the CPU (hashing, serialization);
+//! [`Trainer`] copies them to the device. [`compute_update`] / [`compute_gradient`] honour
+//! `train.device`; [`compute_update_on`], [`compute_gradient_on`], [`eval_loss_on`] take an
+//! explicit device; [`eval_loss`] runs on the CPU.
+//!
+//! ## Hugging Face checkpoints
+//!
+//! [`export_hf_dir`] writes `model.safetensors` (f32 or bf16, `{"format": "pt"}` metadata),
+//! `config.json` (`LlamaForCausalLM`) and optionally `tokenizer.json`; `transformers` loads it
+//! with no conversion and computes the same loss. [`load_hf_dir`] reads such a directory
+//! (f32/bf16/f16, sharded or not; tied embeddings become an untied copy) and rejects
+//! grouped-query attention, rope scaling, biases and other architectures with clear errors.
 //!
 //! ## Parameters and updates
 //!
@@ -32,14 +58,22 @@
 //! node that aggregates the same updates obtains the same [`Params::hash`].
 
 mod data;
+mod device;
 mod error;
+mod hf;
 mod model;
+mod ops;
 mod outer;
 mod params;
 
 pub use data::{assign_pages, Dataset};
+pub use device::{cuda_compiled, select_device, DeviceChoice};
 pub use error::{ModelError, Result};
-pub use model::{compute_gradient, compute_update, eval_loss};
+pub use hf::{export_hf_dir, load_hf_dir, HfConfig, HfDtype};
+pub use model::{
+    compute_gradient, compute_gradient_on, compute_update, compute_update_on, eval_loss,
+    eval_loss_on, Trainer,
+};
 pub use outer::{outer_step, OuterConfig, OuterState};
 pub use params::{aggregate, cosine, Params, Update};
 

@@ -1,15 +1,24 @@
-//! The LLaMA forward pass, local training ([`compute_update`]) and evaluation ([`eval_loss`]).
+//! The LLaMA forward pass, local training ([`Trainer`], [`compute_update`]) and evaluation
+//! ([`eval_loss`]).
 //!
-//! Everything is written with basic candle tensor ops (matmul, broadcast arithmetic, `exp`,
-//! `sqrt`, `silu`, `index_select`, `narrow`, `cat`) whose backward passes candle implements;
-//! candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`) have no backward pass and
-//! would silently cut parameters off from their gradients.
+//! Two implementations of the same forward pass share this file:
+//! - on the CPU, the fused kernels of [`crate::ops`] (RMSNorm, split heads + rotary, causal
+//!   softmax, SwiGLU, merge heads, in-place AdamW), each with a hand-written backward pass;
+//! - on other devices (CUDA), basic candle tensor ops (matmul, broadcast arithmetic, `exp`,
+//!   `sqrt`, `silu`, `narrow`, `cat`) whose backward passes candle implements, and
+//!   `candle_nn::AdamW`. candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`)
+//!   have no backward pass and would silently cut parameters off from their gradients.
+//!
+//! The tests check both paths against each other (loss and every gradient).
 
+use crate::device::select_device;
 use crate::error::{ModelError, Result};
-use crate::params::{cpu_tensor, param_specs, tensor_vec, Params, Update};
+use crate::ops::{self, AdamWStep, RopeTables};
+use crate::params::{param_specs, tensor_vec, Params, Update};
 use apiary_config::{ModelConfig, TrainConfig};
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use std::sync::Mutex;
 
 /// Pages evaluated per forward pass in [`eval_loss`].
 const EVAL_BATCH: usize = 32;
@@ -75,38 +84,62 @@ fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(&w.t()?)?)
 }
 
-/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * w`.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+/// Per-model constants of the forward pass, built once per [`Trainer`] / evaluation: the device,
+/// whether the fused CPU kernels are used, and the rotary tables (plus, for the composed path,
+/// the causal mask) for `seq_len` positions.
+pub(crate) struct Ctx {
+    cfg: ModelConfig,
+    device: Device,
+    fused: bool,
+    rope: RopeTables,
+    /// Composed path only: `cos`, `sin` as `[seq_len, head_dim]` (halves duplicated) and the
+    /// additive causal mask `[seq_len, seq_len]`.
+    composed: Option<(Tensor, Tensor, Tensor)>,
+}
+
+impl Ctx {
+    /// Constants for `cfg` on `device`; `fused` selects the CPU kernels (only valid on the CPU).
+    pub(crate) fn new(cfg: &ModelConfig, device: &Device, fused: bool) -> Result<Ctx> {
+        let fused = fused && device.is_cpu();
+        let hd = cfg.d_model / cfg.n_heads.max(1);
+        let t = cfg.seq_len;
+        let rope = RopeTables::new(t, hd, f64::from(cfg.rope_theta));
+        let composed = if fused {
+            None
+        } else {
+            let half = rope.half;
+            let dup = |tab: &[f32]| -> Vec<f32> {
+                tab.chunks(half.max(1))
+                    .flat_map(|row| row.iter().chain(row.iter()).copied())
+                    .collect()
+            };
+            let cos = Tensor::from_vec(dup(&rope.cos), (t, hd), device)?;
+            let sin = Tensor::from_vec(dup(&rope.sin), (t, hd), device)?;
+            let m: Vec<f32> = (0..t)
+                .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+                .collect();
+            let mask = Tensor::from_vec(m, (t, t), device)?;
+            Some((cos, sin, mask))
+        };
+        Ok(Ctx {
+            cfg: cfg.clone(),
+            device: device.clone(),
+            fused,
+            rope,
+            composed,
+        })
+    }
+}
+
+/// RMSNorm over the last dimension: `x / sqrt(mean(x^2) + eps) * w` (composed ops).
+fn rms_norm_composed(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     Ok(x.broadcast_mul(&inv)?.broadcast_mul(w)?)
 }
 
-/// Rotary tables `cos`, `sin` of shape `[t, head_dim]` in the half-split layout of HF LLaMA:
-/// frequency `i` drives dimensions `i` and `i + head_dim / 2`.
-fn rope_tables(cfg: &ModelConfig, t: usize) -> Result<(Tensor, Tensor)> {
-    let hd = cfg.d_model / cfg.n_heads;
-    let half = hd / 2;
-    let theta = f64::from(cfg.rope_theta);
-    let inv_freq: Vec<f64> = (0..half)
-        .map(|i| 1.0 / theta.powf((2 * i) as f64 / hd as f64))
-        .collect();
-    let mut cos = Vec::with_capacity(t * hd);
-    let mut sin = Vec::with_capacity(t * hd);
-    for pos in 0..t {
-        for _ in 0..2 {
-            for f in &inv_freq {
-                let a = pos as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-    }
-    Ok((cpu_tensor(cos, &[t, hd])?, cpu_tensor(sin, &[t, hd])?))
-}
-
 /// `x * cos + rotate_half(x) * sin` with `rotate_half([x1, x2]) = [-x2, x1]`; `x: [B, H, T, hd]`.
-fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+fn apply_rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let hd = x.dim(D::Minus1)?;
     let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
     let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
@@ -114,16 +147,8 @@ fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Ok((x.broadcast_mul(cos)? + rotated.broadcast_mul(sin)?)?)
 }
 
-/// Additive causal mask `[t, t]`: 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize) -> Result<Tensor> {
-    let m: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    cpu_tensor(m, &[t, t])
-}
-
-/// Checks pages and packs them into a `[B, L]` u32 tensor.
-fn pages_tensor(cfg: &ModelConfig, pages: &[&Vec<u32>]) -> Result<Tensor> {
+/// Checks pages and packs them into a `[B, L]` u32 tensor on `device`.
+fn pages_tensor(cfg: &ModelConfig, pages: &[&Vec<u32>], device: &Device) -> Result<Tensor> {
     let len = match pages.first() {
         Some(p) => p.len(),
         None => return Err(ModelError::Data("no pages".into())),
@@ -150,67 +175,331 @@ fn pages_tensor(cfg: &ModelConfig, pages: &[&Vec<u32>]) -> Result<Tensor> {
         }
         flat.extend_from_slice(p);
     }
-    Ok(Tensor::from_vec(flat, (pages.len(), len), &Device::Cpu)?)
+    Ok(Tensor::from_vec(flat, (pages.len(), len), device)?)
 }
 
-/// Mean next-token cross-entropy of `tokens: [B, L]` (inputs `[:, :L-1]`, targets `[:, 1:]`).
+/// Mean next-token cross-entropy of `tokens: [B, L]` (inputs `[:, :L-1]`, targets `[:, 1:]`),
+/// on the tokens' device, with the fused kernels when that device is the CPU.
+#[cfg(test)]
 pub(crate) fn forward_loss(cfg: &ModelConfig, w: &Weights, tokens: &Tensor) -> Result<Tensor> {
+    forward_loss_ctx(&Ctx::new(cfg, tokens.device(), true)?, w, tokens)
+}
+
+/// [`forward_loss`] with precomputed constants.
+pub(crate) fn forward_loss_ctx(ctx: &Ctx, w: &Weights, tokens: &Tensor) -> Result<Tensor> {
+    let cfg = &ctx.cfg;
     let (b, l) = tokens.dims2()?;
     let t = l - 1;
     let (d, nh) = (cfg.d_model, cfg.n_heads);
     let hd = d / nh;
     let inputs = tokens.narrow(1, 0, t)?.contiguous()?.flatten_all()?;
     let targets = tokens.narrow(1, 1, t)?.contiguous()?.flatten_all()?;
-    let (cos, sin) = rope_tables(cfg, t)?;
-    let mask = causal_mask(t)?;
     let scale = 1.0 / (hd as f64).sqrt();
-    let heads = |x: Tensor| -> Result<Tensor> {
-        Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+    let norm = |x: &Tensor, wt: &Tensor| -> Result<Tensor> {
+        if ctx.fused {
+            Ok(ops::rms_norm(x, wt, cfg.norm_eps)?)
+        } else {
+            rms_norm_composed(x, wt, cfg.norm_eps)
+        }
     };
 
     let mut x = w.embed.index_select(&inputs, 0)?; // [B*T, D]
     for layer in &w.layers {
-        let h = rms_norm(&x, &layer.attn_norm, cfg.norm_eps)?;
-        let q = apply_rope(&heads(linear(&h, &layer.q)?)?, &cos, &sin)?;
-        let k = apply_rope(&heads(linear(&h, &layer.k)?)?, &cos, &sin)?;
-        let v = heads(linear(&h, &layer.v)?)?;
-        let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
-        let att = candle_nn::ops::softmax(&att, D::Minus1)?;
-        let y = att
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b * t, d))?;
+        let h = norm(&x, &layer.attn_norm)?;
+        let (q, k, v) = (
+            linear(&h, &layer.q)?,
+            linear(&h, &layer.k)?,
+            linear(&h, &layer.v)?,
+        );
+        let y = match &ctx.composed {
+            None => {
+                let q = ops::split_heads(&q, b, t, nh, Some(&ctx.rope))?;
+                let k = ops::split_heads(&k, b, t, nh, Some(&ctx.rope))?;
+                let v = ops::split_heads(&v, b, t, nh, None)?;
+                let att = ops::causal_softmax(&q.matmul(&k.t()?)?, scale as f32)?;
+                ops::merge_heads(&att.matmul(&v)?)?
+            }
+            Some((cos, sin, mask)) => {
+                let (cos, sin) = (cos.narrow(0, 0, t)?, sin.narrow(0, 0, t)?);
+                let mask = mask.narrow(0, 0, t)?.narrow(1, 0, t)?;
+                let heads = |x: Tensor| -> Result<Tensor> {
+                    Ok(x.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?)
+                };
+                let q = apply_rope_composed(&heads(q)?, &cos, &sin)?;
+                let k = apply_rope_composed(&heads(k)?, &cos, &sin)?;
+                let v = heads(v)?;
+                let att = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+                let att = candle_nn::ops::softmax(&att, D::Minus1)?;
+                att.matmul(&v)?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((b * t, d))?
+            }
+        };
         x = (x + linear(&y, &layer.o)?)?;
 
-        let h = rms_norm(&x, &layer.mlp_norm, cfg.norm_eps)?;
-        let gated = (linear(&h, &layer.gate)?.silu()? * linear(&h, &layer.up)?)?;
+        let h = norm(&x, &layer.mlp_norm)?;
+        let (g, u) = (linear(&h, &layer.gate)?, linear(&h, &layer.up)?);
+        let gated = if ctx.fused {
+            ops::swiglu(&g, &u)?
+        } else {
+            (g.silu()? * u)?
+        };
         x = (x + linear(&gated, &layer.down)?)?;
     }
-    let x = rms_norm(&x, &w.norm, cfg.norm_eps)?;
+    let x = norm(&x, &w.norm)?;
     let logits = linear(&x, &w.lm_head)?;
     Ok(candle_nn::loss::cross_entropy(&logits, &targets)?)
 }
 
-/// Trainable copies of `base` as candle variables (fresh storage, in name order).
+/// Trainable CPU copies of `base` as candle variables (fresh storage, in name order).
+#[cfg(test)]
 pub(crate) fn make_vars(base: &Params) -> Result<Vec<Var>> {
+    make_vars_on(base, &Device::Cpu)
+}
+
+/// Trainable copies of `base` on `device` (fresh storage, never shared with `base`).
+fn make_vars_on(base: &Params, device: &Device) -> Result<Vec<Var>> {
     base.tensors()
         .iter()
-        .map(|t| Ok(Var::from_vec(tensor_vec(t)?, t.dims(), &Device::Cpu)?))
+        .map(|t| Ok(Var::from_vec(tensor_vec(t)?, t.dims(), device)?))
         .collect()
 }
 
-/// Trains `train.local_steps` AdamW steps from `base` and returns the pseudo-gradient
+/// The inner optimizer: fused in-place AdamW on the CPU, candle-nn's AdamW elsewhere.
+enum Opt {
+    Fused {
+        /// First and second moments per parameter (CPU).
+        moments: Vec<(Vec<f32>, Vec<f32>)>,
+        params: ParamsAdamW,
+        step: i32,
+    },
+    Candle(AdamW),
+}
+
+/// Local AdamW training from a starting point on a chosen device.
+///
+/// The parameters live on the device as candle variables for the trainer's lifetime; the
+/// optimizer state is fresh. On the CPU every step is bit-for-bit reproducible (fused
+/// kernels with fixed reduction orders); on a GPU results agree with the
+/// CPU's to float rounding, not bit-for-bit.
+///
+/// ```no_run
+/// # use apiary_model::{Params, Trainer, select_device};
+/// # fn f(cfg: &apiary_config::ModelConfig, train: &apiary_config::TrainConfig,
+/// #      base: &Params, batch: &[Vec<u32>]) -> apiary_model::Result<()> {
+/// let mut t = Trainer::new(cfg, train, base, &select_device("auto")?)?;
+/// let loss = t.step(batch)?;
+/// let update = t.update()?; // base - trained
+/// # Ok(()) }
+/// ```
+pub struct Trainer {
+    ctx: Ctx,
+    base: Params,
+    vars: Vec<Var>,
+    weights: Weights,
+    opt: Opt,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("device", &self.ctx.device)
+            .field("fused", &self.ctx.fused)
+            .field("tensors", &self.vars.len())
+            .finish()
+    }
+}
+
+impl Trainer {
+    /// A trainer starting from `base` on `device`, with AdamW at `train.learning_rate`, no
+    /// weight decay (so updates carry only data-driven signal) and default betas/eps.
+    pub fn new(
+        cfg: &ModelConfig,
+        train: &TrainConfig,
+        base: &Params,
+        device: &Device,
+    ) -> Result<Trainer> {
+        Trainer::build(cfg, train, base, device, true)
+    }
+
+    /// Like [`Trainer::new`] but always on the reference path (composed candle ops and
+    /// `candle_nn::AdamW`, what non-CPU devices use), also on the CPU: slower there; for
+    /// comparisons and benchmarks.
+    pub fn new_reference(
+        cfg: &ModelConfig,
+        train: &TrainConfig,
+        base: &Params,
+        device: &Device,
+    ) -> Result<Trainer> {
+        Trainer::build(cfg, train, base, device, false)
+    }
+
+    fn build(
+        cfg: &ModelConfig,
+        train: &TrainConfig,
+        base: &Params,
+        device: &Device,
+        fused: bool,
+    ) -> Result<Trainer> {
+        let specs = param_specs(cfg)?;
+        if specs.len() != base.names().len()
+            || specs
+                .iter()
+                .zip(base.names().iter().zip(base.tensors()))
+                .any(|((n, s), (bn, bt))| n != bn || s.as_slice() != bt.dims())
+        {
+            return Err(ModelError::InvalidConfig(
+                "the parameters do not match the model config".into(),
+            ));
+        }
+        let ctx = Ctx::new(cfg, device, fused)?;
+        let vars = make_vars_on(base, device)?;
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let weights = Weights::new(cfg, base.names(), &tensors)?;
+        let params = ParamsAdamW {
+            lr: train.learning_rate,
+            weight_decay: 0.0,
+            ..ParamsAdamW::default()
+        };
+        let opt = if ctx.fused {
+            Opt::Fused {
+                moments: tensors
+                    .iter()
+                    .map(|t| (vec![0f32; t.elem_count()], vec![0f32; t.elem_count()]))
+                    .collect(),
+                params,
+                step: 0,
+            }
+        } else {
+            Opt::Candle(AdamW::new(vars.clone(), params)?)
+        };
+        Ok(Trainer {
+            ctx,
+            base: base.clone(),
+            vars,
+            weights,
+            opt,
+        })
+    }
+
+    /// The device the trainer computes on.
+    pub fn device(&self) -> &Device {
+        &self.ctx.device
+    }
+
+    /// Mean loss of `pages` (a batch of equal-length pages) under the current parameters,
+    /// without training.
+    pub fn loss(&self, pages: &[Vec<u32>]) -> Result<f32> {
+        let tokens = pages_tensor(
+            &self.ctx.cfg,
+            &pages.iter().collect::<Vec<_>>(),
+            &self.ctx.device,
+        )?;
+        let loss = forward_loss_ctx(&self.ctx, &self.weights, &tokens)?;
+        finite_loss(loss.to_scalar::<f32>()?)
+    }
+
+    /// One AdamW step on the batch `pages`; returns the batch's loss before the step.
+    pub fn step(&mut self, pages: &[Vec<u32>]) -> Result<f32> {
+        let tokens = pages_tensor(
+            &self.ctx.cfg,
+            &pages.iter().collect::<Vec<_>>(),
+            &self.ctx.device,
+        )?;
+        self.step_tokens(&tokens)
+    }
+
+    /// One AdamW step on a prepared `[B, L]` token tensor on the trainer's device.
+    fn step_tokens(&mut self, tokens: &Tensor) -> Result<f32> {
+        let loss = forward_loss_ctx(&self.ctx, &self.weights, tokens)?;
+        let value = finite_loss(loss.to_scalar::<f32>()?)?;
+        match &mut self.opt {
+            Opt::Candle(opt) => opt.backward_step(&loss)?,
+            Opt::Fused {
+                moments,
+                params,
+                step,
+            } => {
+                let grads = loss.backward()?;
+                drop(loss);
+                *step += 1;
+                for (var, (m, v)) in self.vars.iter().zip(moments.iter_mut()) {
+                    let Some(g) = grads.get(var.as_tensor()) else {
+                        continue;
+                    };
+                    let op = AdamWStep {
+                        state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                        lr: params.lr as f32,
+                        weight_decay: params.weight_decay as f32,
+                        betas: (params.beta1 as f32, params.beta2 as f32),
+                        eps: params.eps as f32,
+                        step: *step,
+                    };
+                    var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// The current parameters (copied to the CPU).
+    pub fn params(&self) -> Result<Params> {
+        let vecs = self
+            .vars
+            .iter()
+            .map(|v| tensor_vec(&v.as_tensor().to_device(&Device::Cpu)?))
+            .collect::<Result<Vec<_>>>()?;
+        Params::from_vecs(&self.ctx.cfg, vecs)
+    }
+
+    /// The pseudo-gradient `base - current`, computed element-wise in f32 on the CPU.
+    pub fn update(&self) -> Result<Update> {
+        let before = self.base.vecs()?;
+        let mut delta = Vec::with_capacity(before.len());
+        for (b, var) in before.iter().zip(&self.vars) {
+            let after = tensor_vec(&var.as_tensor().to_device(&Device::Cpu)?)?;
+            delta.push(b.iter().zip(&after).map(|(x, y)| x - y).collect());
+        }
+        Update::from_vecs(&self.ctx.cfg, delta)
+    }
+}
+
+/// `value`, or [`ModelError::NonFinite`] for a NaN/inf loss.
+fn finite_loss(value: f32) -> Result<f32> {
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(ModelError::NonFinite {
+            name: "loss".into(),
+        })
+    }
+}
+
+/// Trains `train.local_steps` AdamW steps from `base` on the device named by `train.device`
+/// (see [`select_device`]; `"cpu"` by default) and returns the pseudo-gradient
 /// `base - after` together with the mean loss of the first step's batch (before any update).
 ///
 /// `pages` are split into micro-batches of `train.batch_pages` (the last may be smaller); step
 /// `s` uses batch `s % num_batches`. The optimizer (lr `train.learning_rate`, no weight decay,
-/// so the update carries only data-driven signal) is fresh on every call.
+/// so the update carries only data-driven signal) is fresh on every call. On the CPU the
+/// result is bit-identical across runs.
 pub fn compute_update(
     cfg: &ModelConfig,
     train: &TrainConfig,
     base: &Params,
     pages: &[Vec<u32>],
+) -> Result<(Update, f32)> {
+    compute_update_on(cfg, train, base, pages, &select_device(&train.device)?)
+}
+
+/// [`compute_update`] on an explicit device (ignores `train.device`).
+pub fn compute_update_on(
+    cfg: &ModelConfig,
+    train: &TrainConfig,
+    base: &Params,
+    pages: &[Vec<u32>],
+    device: &Device,
 ) -> Result<(Update, f32)> {
     if pages.is_empty() {
         return Err(ModelError::Data(
@@ -224,52 +513,75 @@ pub fn compute_update(
     }
     let batches = pages
         .chunks(train.batch_pages)
-        .map(|c| pages_tensor(cfg, &c.iter().collect::<Vec<_>>()))
+        .map(|c| pages_tensor(cfg, &c.iter().collect::<Vec<_>>(), device))
         .collect::<Result<Vec<_>>>()?;
-    let vars = make_vars(base)?;
-    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let weights = Weights::new(cfg, base.names(), &tensors)?;
-    let mut opt = AdamW::new(
-        vars.clone(),
-        ParamsAdamW {
-            lr: train.learning_rate,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        },
-    )?;
+    let mut trainer = Trainer::new(cfg, train, base, device)?;
     let mut first_loss = f32::NAN;
     for step in 0..train.local_steps {
-        let loss = forward_loss(cfg, &weights, &batches[step % batches.len()])?;
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(ModelError::NonFinite {
-                name: "loss".into(),
-            });
-        }
+        let value = trainer.step_tokens(&batches[step % batches.len()])?;
         if step == 0 {
             first_loss = value;
         }
-        opt.backward_step(&loss)?;
     }
-    let before = base.vecs()?;
-    let mut delta = Vec::with_capacity(before.len());
-    for (b, var) in before.iter().zip(&vars) {
-        let after = tensor_vec(var.as_tensor())?;
-        delta.push(b.iter().zip(&after).map(|(x, y)| x - y).collect());
-    }
-    debug_assert_eq!(param_specs(cfg)?.len(), delta.len());
+    let update = trainer.update()?;
     tracing::debug!(first_loss, steps = train.local_steps, "computed update");
-    Ok((Update::from_vecs(cfg, delta)?, first_loss))
+    Ok((update, first_loss))
 }
 
-/// Boltzmann's update rule: the gradient of the mean loss over all `pages` at `base` (each
-/// micro-batch of `train.batch_pages` weighs by its page count), with the mean loss. The
-/// outer optimizer then applies `base - outer_lr * mean(gradients)`.
+/// Mean next-token cross-entropy over `pages` (each page weighs the same), on the CPU.
+pub fn eval_loss(cfg: &ModelConfig, params: &Params, pages: &[Vec<u32>]) -> Result<f32> {
+    eval_loss_on(cfg, params, pages, &Device::Cpu)
+}
+
+/// [`eval_loss`] on `device` (the parameters are copied there for the evaluation).
+pub fn eval_loss_on(
+    cfg: &ModelConfig,
+    params: &Params,
+    pages: &[Vec<u32>],
+    device: &Device,
+) -> Result<f32> {
+    if pages.is_empty() {
+        return Err(ModelError::Data("eval_loss needs at least one page".into()));
+    }
+    let ctx = Ctx::new(cfg, device, true)?;
+    let tensors = params
+        .tensors()
+        .iter()
+        .map(|t| Ok(t.to_device(device)?.to_dtype(DType::F32)?))
+        .collect::<Result<Vec<_>>>()?;
+    let weights = Weights::new(cfg, params.names(), &tensors)?;
+    let mut total = 0.0f64;
+    for chunk in pages.chunks(EVAL_BATCH) {
+        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
+        let loss = forward_loss_ctx(&ctx, &weights, &tokens)?.to_scalar::<f32>()?;
+        total += f64::from(loss) * chunk.len() as f64;
+    }
+    finite_loss((total / pages.len() as f64) as f32)
+}
+
+/// The mean gradient of the next-token loss over `pages` at `base` (Boltzmann-style rule), on
+/// the device named by `train.device`, with the mean loss over the pages.
+///
+/// Pages are processed in micro-batches of `train.batch_pages`; batch gradients are weighted by
+/// their page counts and summed in f64 in batch order, so every page weighs the same and the
+/// result is bit-identical across runs on the CPU. The returned [`Update`] is the gradient
+/// itself (`base - lr * g` descends).
 pub fn compute_gradient(
     cfg: &ModelConfig,
     train: &TrainConfig,
     base: &Params,
     pages: &[Vec<u32>],
+) -> Result<(Update, f32)> {
+    compute_gradient_on(cfg, train, base, pages, &select_device(&train.device)?)
+}
+
+/// [`compute_gradient`] on an explicit device (ignores `train.device`).
+pub fn compute_gradient_on(
+    cfg: &ModelConfig,
+    train: &TrainConfig,
+    base: &Params,
+    pages: &[Vec<u32>],
+    device: &Device,
 ) -> Result<(Update, f32)> {
     if pages.is_empty() {
         return Err(ModelError::Data(
@@ -281,55 +593,31 @@ pub fn compute_gradient(
             "train.batch_pages must be at least 1".into(),
         ));
     }
-    let vars = make_vars(base)?;
+    let ctx = Ctx::new(cfg, device, true)?;
+    let vars = make_vars_on(base, device)?;
     let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
     let weights = Weights::new(cfg, base.names(), &tensors)?;
-    let mut sum: Vec<Vec<f64>> = tensors.iter().map(|t| vec![0.0; t.elem_count()]).collect();
+    let mut acc: Vec<Vec<f64>> = tensors.iter().map(|t| vec![0.0; t.elem_count()]).collect();
     let mut loss_sum = 0.0f64;
+    let n = pages.len() as f64;
     for chunk in pages.chunks(train.batch_pages) {
-        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>())?;
-        let loss = forward_loss(cfg, &weights, &tokens)?;
-        let value = loss.to_scalar::<f32>()?;
-        if !value.is_finite() {
-            return Err(ModelError::NonFinite {
-                name: "loss".into(),
-            });
-        }
-        let share = chunk.len() as f64 / pages.len() as f64;
-        loss_sum += f64::from(value) * share;
+        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
+        let loss = forward_loss_ctx(&ctx, &weights, &tokens)?;
+        let w = chunk.len() as f64 / n;
+        loss_sum += f64::from(finite_loss(loss.to_scalar::<f32>()?)?) * w;
         let grads = loss.backward()?;
-        for (acc, var) in sum.iter_mut().zip(&vars) {
+        for (a, var) in acc.iter_mut().zip(&vars) {
             if let Some(g) = grads.get(var.as_tensor()) {
-                for (a, x) in acc.iter_mut().zip(tensor_vec(g)?) {
-                    *a += share * f64::from(x);
+                let g = tensor_vec(&g.to_device(&Device::Cpu)?)?;
+                for (x, &y) in a.iter_mut().zip(&g) {
+                    *x += w * f64::from(y);
                 }
             }
         }
     }
-    let data = sum
+    let grad = acc
         .into_iter()
-        .map(|v| v.into_iter().map(|x| x as f32).collect())
+        .map(|a| a.into_iter().map(|x| x as f32).collect())
         .collect();
-    Ok((Update::from_vecs(cfg, data)?, loss_sum as f32))
-}
-
-/// Mean next-token cross-entropy over `pages` (each page weighs the same).
-pub fn eval_loss(cfg: &ModelConfig, params: &Params, pages: &[Vec<u32>]) -> Result<f32> {
-    if pages.is_empty() {
-        return Err(ModelError::Data("eval_loss needs at least one page".into()));
-    }
-    let weights = Weights::new(cfg, params.names(), params.tensors())?;
-    let mut total = 0.0f64;
-    for chunk in pages.chunks(EVAL_BATCH) {
-        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>())?;
-        let loss = forward_loss(cfg, &weights, &tokens)?.to_scalar::<f32>()?;
-        total += f64::from(loss) * chunk.len() as f64;
-    }
-    let mean = (total / pages.len() as f64) as f32;
-    if !mean.is_finite() {
-        return Err(ModelError::NonFinite {
-            name: "loss".into(),
-        });
-    }
-    Ok(mean)
+    Ok((Update::from_vecs(cfg, grad)?, loss_sum as f32))
 }

@@ -357,4 +357,88 @@ mod tests {
             "a gradient step must lower the loss: {before} -> {after}"
         );
     }
+
+    /// Trains `windows` DiLoCo windows of two miners from `(params, state)`; returns the
+    /// held-out loss after each window and the final model and state.
+    fn run_windows(
+        cfg: &ModelConfig,
+        ds: &crate::Dataset,
+        start: u64,
+        windows: u64,
+        mut params: Params,
+        mut state: OuterState,
+    ) -> (Vec<f32>, Params, OuterState) {
+        let train = apiary_config::TrainConfig {
+            pages_per_window: 2,
+            batch_pages: 2,
+            local_steps: 2,
+            learning_rate: 5e-3,
+            ..apiary_config::TrainConfig::default()
+        };
+        let opt = OuterConfig {
+            lr: 0.7,
+            momentum: 0.9,
+            nesterov: true,
+        };
+        let held = ds.held_out(4);
+        let mut losses = Vec::new();
+        for w in start..start + windows {
+            let updates: Vec<Update> = (0..2u16)
+                .map(|uid| {
+                    let pages: Vec<Vec<u32>> = crate::assign_pages(uid, w, 7, ds.train_pages(), 2)
+                        .into_iter()
+                        .map(|i| ds.page(i))
+                        .collect();
+                    crate::compute_update(cfg, &train, &params, &pages)
+                        .expect("update")
+                        .0
+                })
+                .collect();
+            let (p, s) = outer_step(cfg, &params, &state, &updates, &opt).expect("step");
+            params = p;
+            state = s;
+            losses.push(crate::eval_loss(cfg, &params, &held).expect("loss"));
+        }
+        (losses, params, state)
+    }
+
+    #[test]
+    fn resuming_from_a_checkpoint_continues_the_same_loss_curve() {
+        let cfg = tiny();
+        let text = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../data/tinyshakespeare.txt"
+        ))
+        .expect("corpus");
+        let ds = crate::Dataset::from_bytes(text, cfg.seq_len, 0.05).expect("dataset");
+        let genesis = Params::init(&cfg).expect("init");
+        let (all, p_all, s_all) = run_windows(&cfg, &ds, 0, 6, genesis.clone(), OuterState::new());
+        // Stop after 3 windows: write the checkpoint (model + outer state) and read it back.
+        let (first, p3, s3) = run_windows(&cfg, &ds, 0, 3, genesis, OuterState::new());
+        let (pb, sb) = (
+            p3.to_bytes().expect("encode"),
+            s3.to_bytes(&cfg).expect("encode"),
+        );
+        let p3r = Params::from_bytes(&cfg, &pb).expect("decode");
+        let s3r = OuterState::from_bytes(&cfg, &sb).expect("decode");
+        assert_eq!(
+            p3r.to_vecs().expect("v"),
+            p3.to_vecs().expect("v"),
+            "bit-identical"
+        );
+        assert_eq!(p3r.hash(), p3.hash());
+        assert_eq!(s3r, s3);
+        let (rest, p_res, s_res) = run_windows(&cfg, &ds, 3, 3, p3r, s3r);
+        let resumed: Vec<f32> = first.into_iter().chain(rest).collect();
+        assert_eq!(
+            resumed, all,
+            "resumed loss curve equals the uninterrupted one"
+        );
+        assert_eq!(p_res.hash(), p_all.hash());
+        assert_eq!(s_res, s_all);
+        assert!(
+            all[5] < all[0],
+            "training lowers the held-out loss: {all:?}"
+        );
+    }
 }

@@ -470,3 +470,511 @@ fn time_default_compute_update() {
         u.norm().expect("norm")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fused CPU kernels, devices, Hugging Face checkpoints
+
+/// Loss and per-parameter gradients of one batch, on the fused or the reference path.
+fn loss_and_grads(
+    cfg: &ModelConfig,
+    p: &Params,
+    batch: &[Vec<u32>],
+    fused: bool,
+) -> (f32, Vec<Vec<f32>>) {
+    let vars = model::make_vars(p).expect("vars");
+    let tensors: Vec<_> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+    let w = model::Weights::new(cfg, p.names(), &tensors).expect("weights");
+    let flat: Vec<u32> = batch.iter().flatten().copied().collect();
+    let tokens = candle_core::Tensor::from_vec(
+        flat,
+        (batch.len(), batch[0].len()),
+        &candle_core::Device::Cpu,
+    )
+    .expect("tokens");
+    let ctx = model::Ctx::new(cfg, &candle_core::Device::Cpu, fused).expect("ctx");
+    let loss = model::forward_loss_ctx(&ctx, &w, &tokens).expect("loss");
+    let grads = loss.backward().expect("backward");
+    let g = vars
+        .iter()
+        .map(|v| {
+            grads
+                .get(v.as_tensor())
+                .expect("grad")
+                .flatten_all()
+                .expect("f")
+                .to_vec1::<f32>()
+                .expect("v")
+        })
+        .collect();
+    (loss.to_scalar::<f32>().expect("s"), g)
+}
+
+#[test]
+fn fused_kernels_match_reference_path_in_loss_and_every_gradient() {
+    // Odd sizes on purpose: rows that do not fill a rayon task, short pages (t < seq_len).
+    let cfg = ModelConfig {
+        d_model: 48,
+        n_heads: 3,
+        d_ff: 72,
+        seq_len: 40,
+        ..tiny()
+    };
+    let ds = dataset(cfg.seq_len);
+    // Train a few steps first so norm weights are not all 1 and activations are varied.
+    let (u, _) = compute_update(
+        &cfg,
+        &train_cfg(),
+        &Params::init(&cfg).expect("init"),
+        &pages(&ds, 0, 8),
+    )
+    .expect("update");
+    let p = aggregate(&Params::init(&cfg).expect("init"), &[u], 1.0).expect("agg");
+    let mut batch = pages(&ds, 3, 5);
+    for page in &mut batch {
+        page.truncate(30);
+    }
+    let (lf, gf) = loss_and_grads(&cfg, &p, &batch, true);
+    let (lr, gr) = loss_and_grads(&cfg, &p, &batch, false);
+    assert!(
+        (lf - lr).abs() < 1e-5 * lr.abs().max(1.0),
+        "loss fused {lf} vs reference {lr}"
+    );
+    for ((name, a), b) in p.names().iter().zip(&gf).zip(&gr) {
+        let diff: f32 = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let scale: f32 = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+        assert!(scale > 0.0, "{name}: zero reference gradient");
+        assert!(
+            diff <= 2e-4 * scale + 1e-7,
+            "{name}: max |fused - reference| = {diff}, max |grad| = {scale}"
+        );
+    }
+}
+
+#[test]
+fn compute_update_is_bit_identical_across_runs() {
+    let cfg = tiny();
+    let ds = dataset(cfg.seq_len);
+    let base = Params::init(&cfg).expect("init");
+    let my_pages = pages(&ds, 4, 8);
+    let (a, la) = compute_update(&cfg, &train_cfg(), &base, &my_pages).expect("update");
+    let (b, lb) = compute_update(&cfg, &train_cfg(), &base, &my_pages).expect("update");
+    assert_eq!(la.to_bits(), lb.to_bits());
+    assert_eq!(a.to_bytes().expect("b"), b.to_bytes().expect("b"));
+    // The explicit-device variant and the Trainer API give the same bits.
+    let (c, _) = compute_update_on(
+        &cfg,
+        &train_cfg(),
+        &base,
+        &my_pages,
+        &candle_core::Device::Cpu,
+    )
+    .expect("on");
+    assert_eq!(a.to_bytes().expect("b"), c.to_bytes().expect("b"));
+    let mut t =
+        Trainer::new(&cfg, &train_cfg(), &base, &candle_core::Device::Cpu).expect("trainer");
+    for _ in 0..train_cfg().local_steps {
+        t.step(&my_pages).expect("step");
+    }
+    assert_eq!(
+        a.to_bytes().expect("b"),
+        t.update().expect("u").to_bytes().expect("b")
+    );
+    let after = t.params().expect("params");
+    assert!(t.loss(&my_pages).expect("loss") < la);
+    assert_eq!(
+        eval_loss(&cfg, &after, &my_pages).expect("eval").to_bits(),
+        t.loss(&my_pages).expect("loss").to_bits()
+    );
+}
+
+#[test]
+fn reference_path_trains_close_to_fused_path() {
+    let cfg = tiny();
+    let ds = dataset(cfg.seq_len);
+    let base = Params::init(&cfg).expect("init");
+    let batch = pages(&ds, 5, 8);
+    let cpu = candle_core::Device::Cpu;
+    let mut f = Trainer::new(&cfg, &train_cfg(), &base, &cpu).expect("fused");
+    let mut r = Trainer::new_reference(&cfg, &train_cfg(), &base, &cpu).expect("reference");
+    for _ in 0..3 {
+        let (a, b) = (f.step(&batch).expect("f"), r.step(&batch).expect("r"));
+        assert!((a - b).abs() < 1e-3, "fused {a} vs reference {b}");
+    }
+    let c = cosine(&f.update().expect("u"), &r.update().expect("u")).expect("cos");
+    assert!(c > 0.999, "fused vs reference update cosine {c}");
+}
+
+#[test]
+fn device_selection() {
+    assert!(matches!(select_device("cpu"), Ok(candle_core::Device::Cpu)));
+    assert_eq!(
+        "cuda:1".parse::<DeviceChoice>().expect("p"),
+        DeviceChoice::Cuda(1)
+    );
+    assert_eq!(
+        "cuda".parse::<DeviceChoice>().expect("p"),
+        DeviceChoice::Cuda(0)
+    );
+    let err = select_device("tpu").expect_err("unknown");
+    assert!(err.to_string().contains("\"cpu\""), "{err}");
+    if !cuda_compiled() {
+        assert!(select_device("auto").expect("auto").is_cpu());
+        let err = select_device("cuda").expect_err("no cuda in this build");
+        assert!(err.to_string().contains("--features cuda"), "{err}");
+        let train = TrainConfig {
+            device: "cuda".into(),
+            ..train_cfg()
+        };
+        let cfg = tiny();
+        let p = Params::init(&cfg).expect("init");
+        let err = compute_update(&cfg, &train, &p, &pages(&dataset(cfg.seq_len), 0, 2))
+            .expect_err("cuda asked for");
+        assert!(matches!(err, ModelError::Device(_)), "{err}");
+    }
+}
+
+fn trained_tiny() -> (ModelConfig, Params) {
+    let cfg = tiny();
+    let ds = dataset(cfg.seq_len);
+    let base = Params::init(&cfg).expect("init");
+    let (u, _) = compute_update(&cfg, &train_cfg(), &base, &pages(&ds, 0, 8)).expect("update");
+    (cfg.clone(), aggregate(&base, &[u], 1.0).expect("agg"))
+}
+
+#[test]
+fn hf_export_load_roundtrip_f32_is_bit_identical() {
+    let (cfg, p) = trained_tiny();
+    let dir = tempfile::tempdir().expect("tmp");
+    let tok = dir.path().join("tok.json");
+    std::fs::write(&tok, b"{\"version\": \"1.0\"}").expect("w");
+    let out = dir.path().join("hf");
+    export_hf_dir(&p, &cfg, &out, HfDtype::F32, Some(&tok)).expect("export");
+    assert!(out.join("tokenizer.json").exists());
+    let (cfg2, q) = load_hf_dir(&out).expect("load");
+    assert_eq!(cfg2, cfg);
+    assert_eq!(q.hash(), p.hash());
+    assert_eq!(q.to_bytes().expect("b"), p.to_bytes().expect("b"));
+    // The safetensors file carries transformers' {"format": "pt"} metadata.
+    let bytes = std::fs::read(out.join("model.safetensors")).expect("read");
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).expect("meta");
+    assert_eq!(
+        meta.metadata()
+            .as_ref()
+            .and_then(|m| m.get("format"))
+            .map(String::as_str),
+        Some("pt")
+    );
+}
+
+#[test]
+fn hf_bf16_export_loads_as_rounded_params() {
+    let (cfg, p) = trained_tiny();
+    let dir = tempfile::tempdir().expect("tmp");
+    export_hf_dir(&p, &cfg, dir.path(), HfDtype::BF16, None).expect("export");
+    let cfg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).expect("r"))
+            .expect("json");
+    assert_eq!(cfg_json["torch_dtype"], "bfloat16");
+    let (_, q) = load_hf_dir(dir.path()).expect("load");
+    let rounded: Vec<Vec<f32>> = p
+        .to_vecs()
+        .expect("v")
+        .iter()
+        .map(|v| {
+            v.iter()
+                .map(|&x| half::bf16::from_f32(x).to_f32())
+                .collect()
+        })
+        .collect();
+    assert_eq!(q.to_vecs().expect("v"), rounded);
+    assert_ne!(q.hash(), p.hash());
+    let size = std::fs::metadata(dir.path().join("model.safetensors"))
+        .expect("m")
+        .len() as usize;
+    assert!(
+        size < p.num_params() * 2 + 8192,
+        "bf16 file is {size} bytes"
+    );
+}
+
+#[test]
+fn hf_config_json_has_the_llama_fields() {
+    let (cfg, p) = trained_tiny();
+    let dir = tempfile::tempdir().expect("tmp");
+    export_hf_dir(&p, &cfg, dir.path(), HfDtype::F32, None).expect("export");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("config.json")).expect("r"))
+            .expect("json");
+    assert_eq!(v["architectures"], serde_json::json!(["LlamaForCausalLM"]));
+    assert_eq!(v["model_type"], "llama");
+    assert_eq!(v["hidden_size"], 32);
+    assert_eq!(v["intermediate_size"], 64);
+    assert_eq!(v["num_hidden_layers"], 2);
+    assert_eq!(v["num_attention_heads"], 2);
+    assert_eq!(v["num_key_value_heads"], 2);
+    assert_eq!(v["head_dim"], 16);
+    assert_eq!(v["max_position_embeddings"], 32);
+    assert_eq!(v["vocab_size"], 256);
+    assert_eq!(v["rms_norm_eps"], 1e-5);
+    assert_eq!(v["rope_theta"], 10000.0);
+    assert_eq!(v["rope_parameters"]["rope_type"], "default");
+    assert_eq!(v["tie_word_embeddings"], false);
+    assert_eq!(v["torch_dtype"], "float32");
+    assert_eq!(v["hidden_act"], "silu");
+    assert_eq!(v["attention_bias"], false);
+    assert_eq!(v["mlp_bias"], false);
+}
+
+/// Writes `config.json` (from `edit` applied to apiary's) and `tensors` as `model.safetensors`.
+fn write_hf(
+    dir: &std::path::Path,
+    cfg: &ModelConfig,
+    edit: impl FnOnce(&mut serde_json::Value),
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) {
+    let mut v = serde_json::to_value(HfConfig::from_model(cfg, HfDtype::F32)).expect("v");
+    edit(&mut v);
+    std::fs::write(dir.join("config.json"), v.to_string()).expect("w");
+    std::fs::write(dir.join("model.safetensors"), raw_safetensors(tensors)).expect("w");
+}
+
+fn params_parts(p: &Params) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    p.names()
+        .iter()
+        .zip(p.tensors())
+        .zip(p.to_vecs().expect("v"))
+        .map(|((n, t), v)| (n.clone(), t.dims().to_vec(), v))
+        .collect()
+}
+
+#[test]
+fn hf_load_rejects_bad_checkpoints_clearly() {
+    let cfg = tiny();
+    let p = Params::init(&cfg).expect("init");
+    let parts = params_parts(&p);
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = dir.path();
+
+    write_hf(
+        d,
+        &cfg,
+        |v| v["architectures"] = serde_json::json!(["MistralForCausalLM"]),
+        &parts,
+    );
+    let err = load_hf_dir(d).expect_err("arch");
+    assert!(err.to_string().contains("LlamaForCausalLM"), "{err}");
+
+    write_hf(
+        d,
+        &cfg,
+        |v| v["num_key_value_heads"] = serde_json::json!(1),
+        &parts,
+    );
+    let err = load_hf_dir(d).expect_err("gqa");
+    assert!(err.to_string().contains("grouped-query"), "{err}");
+
+    write_hf(
+        d,
+        &cfg,
+        |v| v["rope_scaling"] = serde_json::json!({"type": "linear", "factor": 2.0}),
+        &parts,
+    );
+    assert!(load_hf_dir(d)
+        .expect_err("scaling")
+        .to_string()
+        .contains("rope_scaling"));
+
+    let mut missing = parts.clone();
+    let removed = missing.remove(4).0;
+    write_hf(d, &cfg, |_| {}, &missing);
+    match load_hf_dir(d) {
+        Err(ModelError::MissingTensor(n)) => assert_eq!(n, removed),
+        other => panic!("expected MissingTensor, got {other:?}"),
+    }
+
+    let mut wrong = parts.clone();
+    let (name, shape, _) = &mut wrong[5];
+    let name = name.clone();
+    shape.reverse();
+    if shape.len() == 1 {
+        wrong[5].1 = vec![1, wrong[5].2.len()];
+    }
+    write_hf(d, &cfg, |_| {}, &wrong);
+    match load_hf_dir(d) {
+        Err(ModelError::ShapeMismatch { name: n, .. }) => assert_eq!(n, name),
+        other => panic!("expected ShapeMismatch, got {other:?}"),
+    }
+
+    let mut extra = parts.clone();
+    extra.push((
+        "model.layers.0.self_attn.q_proj.bias".into(),
+        vec![32],
+        vec![0.0; 32],
+    ));
+    write_hf(d, &cfg, |_| {}, &extra);
+    assert!(matches!(
+        load_hf_dir(d),
+        Err(ModelError::UnexpectedTensor(_))
+    ));
+
+    std::fs::remove_file(d.join("model.safetensors")).expect("rm");
+    assert!(load_hf_dir(d)
+        .expect_err("no weights")
+        .to_string()
+        .contains("model.safetensors"));
+    assert!(load_hf_dir(&d.join("nowhere"))
+        .expect_err("no dir")
+        .to_string()
+        .contains("config.json"));
+}
+
+#[test]
+fn hf_loads_tied_embeddings_and_f16() {
+    let cfg = tiny();
+    let p = Params::init(&cfg).expect("init");
+    let dir = tempfile::tempdir().expect("tmp");
+    // Tied: no lm_head.weight in the file.
+    let parts: Vec<_> = params_parts(&p)
+        .into_iter()
+        .filter(|(n, _, _)| n != "lm_head.weight")
+        .collect();
+    write_hf(
+        dir.path(),
+        &cfg,
+        |v| v["tie_word_embeddings"] = serde_json::json!(true),
+        &parts,
+    );
+    let (_, q) = load_hf_dir(dir.path()).expect("tied");
+    let v = q.to_vecs().expect("v");
+    let idx = |n: &str| q.names().iter().position(|x| x == n).expect("name");
+    assert_eq!(
+        v[idx("lm_head.weight")],
+        v[idx("model.embed_tokens.weight")]
+    );
+
+    // f16 tensors convert to f32.
+    let raw: Vec<(String, Vec<usize>, Vec<u8>)> = params_parts(&p)
+        .into_iter()
+        .map(|(n, s, v)| {
+            let b = v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+                .collect();
+            (n, s, b)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = raw
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F16, s.clone(), b).expect("view"),
+            )
+        })
+        .collect();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        safetensors::serialize(views, None).expect("s"),
+    )
+    .expect("w");
+    write_hf_config_only(dir.path(), &cfg);
+    let (_, q) = load_hf_dir(dir.path()).expect("f16");
+    let want: Vec<Vec<f32>> = p
+        .to_vecs()
+        .expect("v")
+        .iter()
+        .map(|v| v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect())
+        .collect();
+    assert_eq!(q.to_vecs().expect("v"), want);
+}
+
+fn write_hf_config_only(dir: &std::path::Path, cfg: &ModelConfig) {
+    let v = serde_json::to_value(HfConfig::from_model(cfg, HfDtype::F32)).expect("v");
+    std::fs::write(dir.join("config.json"), v.to_string()).expect("w");
+}
+
+/// Exports a trained tiny model and, when `APIARY_HF_CHECK=1` and python3 has torch and
+/// transformers, checks that transformers computes the same loss with
+/// `bench/reference/hf_check.py`. Without the variable it only writes the files.
+#[test]
+fn hf_export_matches_transformers_loss() {
+    let (cfg, p) = trained_tiny();
+    let ds = dataset(cfg.seq_len);
+    let held = ds.held_out(8);
+    let ours = eval_loss(&cfg, &p, &held).expect("eval");
+    let dir = tempfile::tempdir().expect("tmp");
+    export_hf_dir(&p, &cfg, dir.path(), HfDtype::F32, None).expect("export");
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, serde_json::to_string(&held).expect("json")).expect("w");
+    if std::env::var("APIARY_HF_CHECK").as_deref() != Ok("1") {
+        eprintln!("set APIARY_HF_CHECK=1 (needs python3 with torch + transformers) to compare");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bench/reference/hf_check.py"
+    );
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg(dir.path())
+        .arg(&tokens)
+        .args(["--expect", &ours.to_string(), "--tol", "1e-4"])
+        .output()
+        .expect("run python3");
+    eprintln!(
+        "apiary {ours}; {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "transformers disagrees");
+}
+
+/// With `APIARY_HF_CHECK=1` (python3 with torch + transformers): a bf16 checkpoint written by
+/// transformers' `save_pretrained` loads in apiary, and both compute the same loss.
+#[test]
+fn hf_import_from_transformers_checkpoint() {
+    if std::env::var("APIARY_HF_CHECK").as_deref() != Ok("1") {
+        eprintln!("set APIARY_HF_CHECK=1 (needs python3 with torch + transformers) to run");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../bench/reference/hf_check.py"
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("python3")
+            .arg(script)
+            .args(args)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let model_dir = dir.path().join("m");
+    let m = model_dir.to_str().expect("utf8");
+    run(&[m, "--init-random", "--dtype", "bfloat16", "--max-pos", "32"]);
+    let (cfg, p) = load_hf_dir(&model_dir).expect("load transformers checkpoint");
+    assert_eq!((cfg.d_model, cfg.n_layers, cfg.seq_len), (32, 2, 32));
+    let held = dataset(cfg.seq_len).held_out(4);
+    let ours = eval_loss(&cfg, &p, &held).expect("eval");
+    let tokens = dir.path().join("tokens.json");
+    std::fs::write(&tokens, serde_json::to_string(&held).expect("json")).expect("w");
+    let out = run(&[
+        m,
+        tokens.to_str().expect("utf8"),
+        "--expect",
+        &ours.to_string(),
+        "--tol",
+        "1e-4",
+    ]);
+    eprintln!("apiary {ours}; transformers {out}");
+}

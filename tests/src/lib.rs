@@ -5,6 +5,8 @@
 //! advances by hand, so every step is driven and awaited rather than slept through.
 //! [`wait_until`] polls a condition with a deadline; it is the only way tests wait.
 
+pub mod chopsticks;
+
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::ChainClient;
 use apiary_config::{NodeConfig, Role};

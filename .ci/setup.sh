@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the build and the tests need on a fresh Debian/Ubuntu machine. Idempotent:
+# each step runs only when its result is missing.
+#   - libclang-dev: bindgen for the bundled RocksDB build.
+#   - chopsticks (@acala-network/chopsticks@1.5.1, pinned in package.json / package-lock.json)
+#     into node_modules/: it serves the real subtensor runtime to tests/tests/subtensor.rs.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq libclang-dev
+fi
+
+if ! command -v npm >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq nodejs npm
+fi
+
+if [ ! -x "$ROOT/node_modules/.bin/chopsticks" ]; then
+  if [ -f "$ROOT/package-lock.json" ]; then
+    npm ci --no-audit --no-fund --prefix "$ROOT"
+  else
+    npm install --no-audit --no-fund --prefix "$ROOT" @acala-network/chopsticks@1.5.1
+  fi
+fi
+"$ROOT/node_modules/.bin/chopsticks" --version >/dev/null

@@ -1,0 +1,207 @@
+//! Benchmark 1: training throughput of apiary's CPU training step (forward + backward + AdamW)
+//! against PyTorch running the same model on the same machine with the same thread count.
+//!
+//! Model: LLaMA, 8 layers, d_model 512, 8 heads, d_ff 1376, seq 256, byte vocabulary; batch 8
+//! pages (2048 tokens per step). Prints tokens/s, model FLOPs (`6 N tokens` for the weight
+//! matmuls plus attention `12 L B T^2 D`) and achieved GFLOP/s for
+//! - apiary (fused CPU kernels, [`apiary_model::Trainer`]),
+//! - apiary's reference path (composed candle ops + candle-nn AdamW, the code before the fused
+//!   kernels; skip with `APIARY_BENCH_SKIP_REFERENCE=1`),
+//! - PyTorch (`bench/reference/train_step.py`) when `python3 -c "import torch"` works.
+//!
+//! Knobs (environment): `APIARY_BENCH_STEPS` (timed steps, default 5), `APIARY_BENCH_BATCH`
+//! (default 8), `APIARY_BENCH_DEVICE` (`cpu` default, `cuda`, `auto`; on a GPU it reports
+//! model FLOPs utilization against `APIARY_BENCH_PEAK_TFLOPS`, default 67 = H100 SXM FP32
+//! non-tensor-core peak, since training runs in f32), `RAYON_NUM_THREADS`
+//! (threads, for both apiary and PyTorch). Plain `Instant` timing, 1 warm-up step, median.
+
+use apiary_config::{ModelConfig, TrainConfig};
+use apiary_model::{select_device, Params, Trainer};
+use std::process::Command;
+use std::time::Instant;
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&v| v > 0)
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Deterministic pseudo-random byte pages (`batch` pages of `seq + 1` tokens).
+fn pages(batch: usize, seq: usize) -> Vec<Vec<u32>> {
+    let mut s: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..batch)
+        .map(|_| {
+            (0..=seq)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    ((s >> 33) % 256) as u32
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Model FLOPs of one training step: `6 * N_matmul * tokens + 12 * L * B * T^2 * D`.
+fn step_flops(cfg: &ModelConfig, batch: usize) -> f64 {
+    let (d, f, v, l) = (
+        cfg.d_model as f64,
+        cfg.d_ff as f64,
+        cfg.vocab_size as f64,
+        cfg.n_layers as f64,
+    );
+    let t = cfg.seq_len as f64;
+    let n_matmul = l * (4.0 * d * d + 3.0 * d * f) + v * d;
+    let tokens = batch as f64 * t;
+    6.0 * n_matmul * tokens + 12.0 * l * batch as f64 * t * t * d
+}
+
+/// Times `steps` training steps after one warm-up; returns the median seconds per step.
+fn time_steps(mut trainer: Trainer, batch: &[Vec<u32>], steps: usize) -> anyhow::Result<f64> {
+    let warm = trainer.step(batch)?;
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        trainer.step(batch)?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    eprintln!("    (first loss {warm:.3}, steps {times:.2?} s)");
+    Ok(median(times))
+}
+
+fn report(name: &str, secs: f64, tokens: usize, flops: f64) -> f64 {
+    let tps = tokens as f64 / secs;
+    println!(
+        "{name:<28} {tps:>9.0} tokens/s   {:>7.3} s/step   {:>7.1} GFLOP/s",
+        secs,
+        flops / secs / 1e9
+    );
+    tps
+}
+
+fn main() -> anyhow::Result<()> {
+    let cfg = ModelConfig {
+        vocab_size: 256,
+        d_model: 512,
+        n_layers: 8,
+        n_heads: 8,
+        d_ff: 1376,
+        seq_len: 256,
+        ..ModelConfig::default()
+    };
+    let batch_n = env_usize("APIARY_BENCH_BATCH", 8);
+    let steps = env_usize("APIARY_BENCH_STEPS", 5);
+    let device_name = std::env::var("APIARY_BENCH_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let device = select_device(&device_name)?;
+    let threads = candle_core::utils::get_num_threads();
+    let train = TrainConfig {
+        learning_rate: 3e-3,
+        ..TrainConfig::default()
+    };
+    let base = Params::init(&cfg)?;
+    let batch = pages(batch_n, cfg.seq_len);
+    let tokens = batch_n * cfg.seq_len;
+    let flops = step_flops(&cfg, batch_n);
+    println!(
+        "train_throughput: LLaMA {} layers, d_model {}, {} heads, d_ff {}, seq {}, vocab {}, \
+         {} params; batch {batch_n} x {} = {tokens} tokens/step; device {device_name}, {threads} \
+         threads; {:.1} GFLOP/step (6*N*tokens + attention); median of {steps} steps",
+        cfg.n_layers,
+        cfg.d_model,
+        cfg.n_heads,
+        cfg.d_ff,
+        cfg.seq_len,
+        cfg.vocab_size,
+        base.num_params(),
+        cfg.seq_len,
+        flops / 1e9
+    );
+
+    let fused = time_steps(Trainer::new(&cfg, &train, &base, &device)?, &batch, steps)?;
+    let apiary = report("apiary", fused, tokens, flops);
+    if !device.is_cpu() {
+        let peak: f64 = std::env::var("APIARY_BENCH_PEAK_TFLOPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(67.0);
+        println!(
+            "model FLOPs utilization: {:.1}% of {peak} TFLOP/s (set APIARY_BENCH_PEAK_TFLOPS)",
+            100.0 * flops / fused / (peak * 1e12)
+        );
+    }
+    if std::env::var("APIARY_BENCH_SKIP_REFERENCE").is_err() {
+        let reference = time_steps(
+            Trainer::new_reference(&cfg, &train, &base, &device)?,
+            &batch,
+            steps.min(3),
+        )?;
+        report("apiary reference path", reference, tokens, flops);
+        println!(
+            "fused / reference path: {:.2}x faster per step",
+            reference / fused
+        );
+    }
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/train_step.py");
+    let has_torch = Command::new("python3")
+        .args(["-c", "import torch"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has_torch || !device.is_cpu() {
+        if !has_torch {
+            println!(
+                "pytorch: not available. Install it to compare: `pip install torch --index-url \
+                 https://download.pytorch.org/whl/cpu` (or plain `pip install torch`), then rerun."
+            );
+        } else {
+            println!("pytorch: comparison runs on the CPU only; skipped for {device_name}");
+        }
+        return Ok(());
+    }
+    let s = |v: usize| v.to_string();
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--vocab", &s(cfg.vocab_size), "--d-model", &s(cfg.d_model)])
+        .args(["--layers", &s(cfg.n_layers), "--heads", &s(cfg.n_heads)])
+        .args(["--d-ff", &s(cfg.d_ff), "--seq", &s(cfg.seq_len)])
+        .args(["--batch", &s(batch_n), "--steps", &s(steps)])
+        .args(["--threads", &s(threads), "--lr", "3e-3"])
+        .output()?;
+    if !out.status.success() {
+        println!(
+            "pytorch: reference script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return Ok(());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let secs = v["median_step_s"].as_f64().unwrap_or(f64::NAN);
+    let torch = report(
+        &format!("pytorch {}", v["torch"].as_str().unwrap_or("?")),
+        secs,
+        tokens,
+        flops,
+    );
+    println!(
+        "apiary / pytorch: {:.2}x (tokens/s; target >= 1.0x on CPU; torch threads {})",
+        apiary / torch,
+        v["threads"]
+    );
+    Ok(())
+}
