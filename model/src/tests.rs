@@ -892,14 +892,27 @@ fn hf_loads_tied_embeddings_and_f16() {
     assert_eq!(q.to_vecs().expect("v"), want);
 }
 
+/// Whether to compare against `transformers`: `APIARY_HF_CHECK=1` demands it, `0` skips it, and
+/// unset runs it when python3 can import torch and transformers.
+fn hf_check_enabled() -> bool {
+    match std::env::var("APIARY_HF_CHECK").as_deref() {
+        Ok("1") => true,
+        Ok(_) => false,
+        Err(_) => std::process::Command::new("python3")
+            .args(["-c", "import torch, transformers"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+    }
+}
+
 fn write_hf_config_only(dir: &std::path::Path, cfg: &ModelConfig) {
     let v = serde_json::to_value(HfConfig::from_model(cfg, HfDtype::F32)).expect("v");
     std::fs::write(dir.join("config.json"), v.to_string()).expect("w");
 }
 
-/// Exports a trained tiny model and, when `APIARY_HF_CHECK=1` and python3 has torch and
-/// transformers, checks that transformers computes the same loss with
-/// `bench/reference/hf_check.py`. Without the variable it only writes the files.
+/// Exports a trained tiny model and, when [`hf_check_enabled`] (python3 has torch and
+/// transformers), checks that transformers computes the same loss with
+/// `bench/reference/hf_check.py`. Otherwise it only checks the export writes.
 #[test]
 fn hf_export_matches_transformers_loss() {
     let (cfg, p) = trained_tiny();
@@ -910,8 +923,8 @@ fn hf_export_matches_transformers_loss() {
     export_hf_dir(&p, &cfg, dir.path(), HfDtype::F32, None).expect("export");
     let tokens = dir.path().join("tokens.json");
     std::fs::write(&tokens, serde_json::to_string(&held).expect("json")).expect("w");
-    if std::env::var("APIARY_HF_CHECK").as_deref() != Ok("1") {
-        eprintln!("set APIARY_HF_CHECK=1 (needs python3 with torch + transformers) to compare");
+    if !hf_check_enabled() {
+        eprintln!("skipped the transformers comparison: python3 lacks torch + transformers");
         return;
     }
     let script = concat!(
@@ -933,12 +946,12 @@ fn hf_export_matches_transformers_loss() {
     assert!(out.status.success(), "transformers disagrees");
 }
 
-/// With `APIARY_HF_CHECK=1` (python3 with torch + transformers): a bf16 checkpoint written by
+/// When [`hf_check_enabled`] (python3 with torch + transformers): a bf16 checkpoint written by
 /// transformers' `save_pretrained` loads in apiary, and both compute the same loss.
 #[test]
 fn hf_import_from_transformers_checkpoint() {
-    if std::env::var("APIARY_HF_CHECK").as_deref() != Ok("1") {
-        eprintln!("set APIARY_HF_CHECK=1 (needs python3 with torch + transformers) to run");
+    if !hf_check_enabled() {
+        eprintln!("skipped: python3 lacks torch + transformers (pip install torch transformers)");
         return;
     }
     let script = concat!(
