@@ -203,6 +203,11 @@ pub trait ChainClient: Send + Sync + 'static {
     ) -> Result<TxReceipt>;
     /// The weights a uid has on chain, as `(dest uid, weight)`.
     async fn weights(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>>;
+    /// Connection health for the admin socket (connected, reconnects, latest head and how long
+    /// ago it was seen); `None` for backends without a remote connection.
+    fn connection_health(&self) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 /// Normalizes non-negative scores to u16 weights the way Bittensor does: the largest becomes

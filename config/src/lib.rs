@@ -153,8 +153,9 @@ pub struct ChainConfig {
     pub local_path: Option<PathBuf>,
     /// Refresh the metagraph every this many blocks.
     pub metagraph_refresh_blocks: u64,
-    /// Register this node's hotkey on start if it is not registered (on subtensor this burns
-    /// TAO from the hotkey's own balance).
+    /// Register this node's hotkey on start if it is not registered. Embedded chain only: on
+    /// subtensor registration burns TAO, so the node only checks and the operator registers
+    /// with `apiary chain register`.
     pub auto_register: bool,
     /// Subtensor: `finney`, `test`, `local` (ws://127.0.0.1:9944) or a `ws://` / `wss://` URL.
     pub endpoint: String,

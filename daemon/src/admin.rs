@@ -156,6 +156,9 @@ pub struct StatusReply {
     pub dataset: String,
     /// Fatal error, if stopping.
     pub fatal: Option<String>,
+    /// Chain connection health (subtensor: connected, reconnects, latest head, ms since it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain_health: Option<Value>,
 }
 
 /// Builds the status reply.
@@ -177,6 +180,7 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         held_out_loss: s.held_out_loss,
         dataset: hex::encode(ctx.dataset.hash()),
         fatal: s.fatal,
+        chain_health: ctx.chain.connection_health(),
     }
 }
 

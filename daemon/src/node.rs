@@ -97,6 +97,19 @@ impl Node {
             }
         };
 
+        if use_subtensor {
+            let netuid = cfg.chain.netuid;
+            // Registration on a real network burns TAO: never implicitly. The operator runs
+            // `apiary chain register` (with its confirmation) first.
+            let mg = chain.metagraph(netuid).await?;
+            match mg.by_hotkey(&hotkey.id()) {
+                Some(n) => tracing::info!(uid = n.uid, hotkey = %hotkey.id(), "registered"),
+                None => {
+                    return Err(apiary_chain::ChainError::NotRegistered(hotkey.id(), netuid).into())
+                }
+            }
+        }
+
         let listen = cfg
             .net
             .listen
@@ -130,7 +143,7 @@ impl Node {
         .context("cannot start libp2p; check net.listen")?;
 
         let netuid = cfg.chain.netuid;
-        if cfg.chain.auto_register {
+        if !use_subtensor && cfg.chain.auto_register {
             let uid = chain.register(netuid, &hotkey).await?;
             tracing::info!(uid, hotkey = %hotkey.id(), "registered");
         }

@@ -885,6 +885,10 @@ impl ChainClient for SubtensorChain {
             .await
     }
 
+    fn connection_health(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(self.health()).ok()
+    }
+
     fn subscribe_blocks(&self) -> broadcast::Receiver<BlockInfo> {
         self.shared.blocks.subscribe()
     }
@@ -938,13 +942,13 @@ impl ChainClient for SubtensorChain {
             async move {
                 match stake_entry {
                     Some((e, true)) => self
-                        .fetch::<_, u64>(at, "SubtensorModule", e, (acc.clone(), netuid))
+                        .fetch::<_, u64>(at, "SubtensorModule", e, (*acc, netuid))
                         .await
                         .ok()
                         .flatten()
                         .unwrap_or(0),
                     Some((e, false)) => self
-                        .fetch::<_, u64>(at, "SubtensorModule", e, (acc.clone(),))
+                        .fetch::<_, u64>(at, "SubtensorModule", e, (*acc,))
                         .await
                         .ok()
                         .flatten()

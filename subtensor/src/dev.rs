@@ -414,8 +414,14 @@ impl SubtensorChain {
         self.sudo_set_tempo(netuid, tempo).await?;
         // A devnet registers all its nodes at once: lift the per-interval and per-block caps.
         for (call, arg) in [
-            ("sudo_set_target_registrations_per_interval", "target_registrations_per_interval"),
-            ("sudo_set_max_registrations_per_block", "max_registrations_per_block"),
+            (
+                "sudo_set_target_registrations_per_interval",
+                "target_registrations_per_interval",
+            ),
+            (
+                "sudo_set_max_registrations_per_block",
+                "max_registrations_per_block",
+            ),
         ] {
             if let Err(e) = self
                 .sudo(

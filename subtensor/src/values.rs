@@ -3,7 +3,8 @@
 //! is simply not sent) and reading bytes and fields out of decoded values.
 
 use apiary_chain::ChainError;
-use subxt::ext::scale_value::{Composite, Primitive, Value, ValueDef};
+pub use subxt::ext::scale_value::Value;
+use subxt::ext::scale_value::{Composite, Primitive, ValueDef};
 use subxt::Metadata;
 
 /// Builds the named argument list of `pallet.call` from `args`, in the runtime's order.
@@ -35,6 +36,11 @@ pub fn call_args(
         }
     }
     Ok(Composite::named(out))
+}
+
+/// A boolean argument.
+pub fn bool_value(b: bool) -> Value {
+    Value::bool(b)
 }
 
 /// Whether the runtime has a storage entry.

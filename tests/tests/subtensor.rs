@@ -1,0 +1,375 @@
+//! Against the real subtensor runtime (spec 218) served by chopsticks on 127.0.0.1.
+//!
+//! Each test starts its own chopsticks (see `apiary_tests::chopsticks`); they run one at a time
+//! (2-core CI). Chopsticks builds a block per transaction, and on `dev_newBlock`.
+
+use apiary_chain::keys::Hotkey;
+use apiary_chain::{normalize_weights, ChainClient, ChainError, PeerRecord};
+use apiary_config::Role;
+use apiary_daemon::{ChainSource, Node};
+use apiary_subtensor::dev::TAO;
+use apiary_subtensor::{SubtensorChain, Wallet};
+use apiary_tests::chopsticks::Chopsticks;
+use apiary_tests::{init_tracing, test_config, wait_until};
+use std::sync::Arc;
+
+fn subxt_value(n: u128) -> apiary_subtensor::values::Value {
+    apiary_subtensor::values::Value::u128(n)
+}
+use std::time::Duration;
+
+/// One chopsticks at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Hotkeys written by the wallet code and read back from the files.
+fn wallet_keys(dir: &std::path::Path, names: &[&str]) -> Vec<Hotkey> {
+    names
+        .iter()
+        .map(|n| {
+            let w = Wallet::new(Some(dir), "apiary-test", n).expect("wallet names");
+            w.create().expect("wallet files");
+            w.hotkey().expect("hotkey file reads back")
+        })
+        .collect()
+}
+
+/// Builds blocks until `netuid` has run an epoch and `uid` holds a validator permit.
+async fn wait_for_permit(chain: &SubtensorChain, netuid: u16, uid: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let mg = chain.metagraph(netuid).await.expect("metagraph");
+        if mg.by_uid(uid).is_some_and(|n| n.validator_permit) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uid {uid} got no validator permit (metagraph at block {}: {:?})",
+            mg.block,
+            mg.neurons
+        );
+        chain.dev_new_blocks(5).await.expect("dev_newBlock");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subtensor_registration_commitments_weights_and_runtime_rules() {
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let started = std::time::Instant::now();
+    let chop = Chopsticks::start().await;
+    let chain = chop.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = wallet_keys(dir.path(), &["validator", "miner-1", "miner-2", "miner-3"]);
+
+    let owner = Hotkey::from_dev_label("subnet owner");
+    let netuid = chain.dev_subnet(&owner, 10).await.expect("create a subnet");
+
+    // An unfunded hotkey cannot register, and is told why.
+    let poor = Hotkey::from_dev_label("unfunded");
+    let err = chain
+        .register(netuid, &poor)
+        .await
+        .expect_err("an unfunded hotkey cannot register");
+    assert!(
+        matches!(err, ChainError::InsufficientBalance(_)),
+        "unexpected error: {err}"
+    );
+    assert!(err.to_string().contains("transfer TAO"), "{err}");
+
+    let mut uids = Vec::new();
+    for k in &keys {
+        uids.push(
+            chain
+                .dev_register(netuid, k, 1_000)
+                .await
+                .expect("register"),
+        );
+    }
+    // Registration is idempotent.
+    assert_eq!(
+        chain.register(netuid, &keys[0]).await.expect("again"),
+        uids[0]
+    );
+    chain
+        .add_stake(&keys[0], &keys[0].id(), netuid, 100 * TAO)
+        .await
+        .expect("validator stake");
+
+    // Every node publishes its peer record; the metagraph carries them back.
+    let records: Vec<PeerRecord> = (0..keys.len())
+        .map(|i| PeerRecord {
+            peer_id: format!("12D3KooWTestPeer{i}"),
+            addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 40000 + i)],
+        })
+        .collect();
+    for (k, r) in keys.iter().zip(&records) {
+        chain
+            .set_commitment(netuid, k, r.encode())
+            .await
+            .expect("commitment");
+    }
+    let mg = chain.metagraph(netuid).await.expect("metagraph");
+    for ((k, r), uid) in keys.iter().zip(&records).zip(&uids) {
+        let n = mg.by_hotkey(&k.id()).expect("registered");
+        assert_eq!(n.uid, *uid);
+        assert_eq!(n.peer.as_ref(), Some(r), "peer record of uid {uid}");
+    }
+
+    // The runtime refuses to serve an axon on 127.0.0.1, and the error says why.
+    let err = chain
+        .serve_axon(&keys[1], netuid, "127.0.0.1".parse().expect("ip"), 8091)
+        .await
+        .expect_err("loopback axon");
+    assert!(matches!(err, ChainError::InvalidAxon(_)), "{err}");
+    assert!(err.to_string().contains("127.0.0.1"), "{err}");
+    chain
+        .serve_axon(&keys[1], netuid, "127.0.0.2".parse().expect("ip"), 8091)
+        .await
+        .expect("127.0.0.2 is accepted");
+
+    // Weights: the validator needs its permit (an epoch), then what it computes lands on chain.
+    wait_for_permit(&chain, netuid, uids[0]).await;
+    let scores: Vec<(u16, f64)> = uids[1..]
+        .iter()
+        .zip([0.9, 0.5, 0.1])
+        .map(|(u, s)| (*u, s))
+        .collect();
+    let (dests, weights) = normalize_weights(&scores);
+    chain
+        .set_weights(netuid, &keys[0], &dests, &weights, 0)
+        .await
+        .expect("set_weights");
+    let on_chain = chain.weights(netuid, uids[0]).await.expect("read weights");
+    let mut expected: Vec<(u16, u16)> =
+        dests.iter().copied().zip(weights.iter().copied()).collect();
+    expected.sort();
+    let mut got = on_chain.clone();
+    got.sort();
+    assert_eq!(
+        got, expected,
+        "raw storage Weights equals what was computed"
+    );
+    let all = chain.all_weights(netuid).await.expect("all weights");
+    assert_eq!(all.get(&uids[0]).map(|w| w.len()), Some(expected.len()));
+
+    // Inside the rate limit a second submission is refused locally, saying how long to wait.
+    chain
+        .sudo_set_weights_rate_limit(netuid, 100)
+        .await
+        .expect("rate limit");
+    let err = chain
+        .set_weights(netuid, &keys[0], &dests, &weights, 0)
+        .await
+        .expect_err("rate limited");
+    match &err {
+        ChainError::RateLimited { blocks_left, limit } => {
+            assert_eq!(*limit, 100);
+            assert!(*blocks_left > 0 && *blocks_left <= 100, "{err}");
+        }
+        other => panic!("expected RateLimited, got {other}"),
+    }
+    assert!(err.to_string().contains("wait"), "{err}");
+
+    // A miner without a permit is refused locally too.
+    let err = chain
+        .set_weights(netuid, &keys[1], &[uids[2]], &[1], 0)
+        .await
+        .expect_err("no permit");
+    assert!(
+        matches!(
+            err,
+            ChainError::NoValidatorPermit(..) | ChainError::RateLimited { .. }
+        ),
+        "{err}"
+    );
+    // Commit-reveal: with the subnet's switch on, set_weights commits a hash and a later call
+    // reveals it; the revealed weights land in raw storage exactly.
+    chain
+        .sudo_set_weights_rate_limit(netuid, 0)
+        .await
+        .expect("rate limit off");
+    chain
+        .sudo(
+            "AdminUtils",
+            "sudo_set_commit_reveal_weights_enabled",
+            &[
+                ("netuid", subxt_value(netuid.into())),
+                ("enabled", apiary_subtensor::values::bool_value(true)),
+            ],
+        )
+        .await
+        .expect("enable commit-reveal");
+    let (dests2, weights2) = normalize_weights(&[(uids[1], 0.2), (uids[2], 1.0), (uids[3], 0.6)]);
+    chain
+        .set_weights(netuid, &keys[0], &dests2, &weights2, 0)
+        .await
+        .expect("commit weights");
+    let mut expected2: Vec<(u16, u16)> = dests2
+        .iter()
+        .copied()
+        .zip(weights2.iter().copied())
+        .collect();
+    expected2.sort();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let revealed = chain.reveal_pending(&keys[0]).await.expect("reveal");
+        if revealed > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the weights commit was never revealable"
+        );
+        chain.dev_new_blocks(5).await.expect("blocks");
+    }
+    let mut got2 = chain.weights(netuid, uids[0]).await.expect("weights");
+    got2.sort();
+    assert_eq!(got2, expected2, "revealed weights equal the committed ones");
+    eprintln!(
+        "subtensor chain scenario took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subtensor_nodes_find_each_other_only_through_the_chain() {
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let chop = Chopsticks::start().await;
+    let chain = chop.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["validator-0", "miner-1", "miner-2", "miner-3"];
+    let keys = wallet_keys(&dir.path().join("wallets"), &names);
+    let owner = Hotkey::from_dev_label("subnet owner 2");
+    let netuid = chain.dev_subnet(&owner, 10).await.expect("subnet");
+    let shared: Arc<dyn ChainClient> = chain.clone();
+    let mut nodes = Vec::new();
+    for (name, key) in names.iter().zip(&keys) {
+        chain
+            .fund_from_alice(&key.id(), 1_000 * TAO)
+            .await
+            .expect("fund");
+        let role = if name.starts_with("validator") {
+            Role::Validator
+        } else {
+            Role::Miner
+        };
+        let mut cfg = test_config(dir.path(), name, role);
+        cfg.chain.netuid = netuid;
+        cfg.node.hotkey_seed = Some(hex::encode(key.seed()));
+        assert!(cfg.net.bootstrap.is_empty(), "no bootstrap list");
+        // Registration and the peer record go through the chain inside Node::spawn.
+        let node = Node::spawn(cfg, ChainSource::Shared(Arc::clone(&shared)))
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    let mg = chain.metagraph(netuid).await.expect("metagraph");
+    for n in &nodes {
+        let me = mg.by_hotkey(&n.ctx().hotkey.id()).expect("registered");
+        let rec = me.peer.as_ref().expect("peer record committed");
+        assert_eq!(rec.peer_id, n.ctx().net.local_peer_id().to_string());
+    }
+    let want = nodes.len();
+    wait_until(
+        Duration::from_secs(90),
+        "all nodes connected through chain records",
+        || {
+            let nodes = &nodes;
+            async move {
+                let mut ok = true;
+                for n in nodes {
+                    let _ =
+                        apiary_actors::chain_watcher::ChainWatcherHandle(n.ctx().clone()).refresh();
+                    if n.ctx().net.connected_peers().await.len() + 1 < want {
+                        ok = false;
+                    }
+                }
+                ok
+            }
+        },
+    )
+    .await;
+    // A node configured for subtensor (endpoint, wallet) signs with the wallet's hotkey and
+    // refuses to start unregistered rather than burning TAO on its own.
+    let outsider = wallet_keys(&dir.path().join("wallets"), &["outsider"]);
+    let mut cfg = test_config(dir.path(), "outsider", Role::Miner);
+    cfg.node.hotkey_seed = None;
+    cfg.chain.backend = apiary_config::ChainBackend::Subtensor;
+    cfg.chain.endpoint = chop.url();
+    cfg.chain.rpc = apiary_config::ChainRpc::Legacy;
+    cfg.chain.wallet_path = Some(dir.path().join("wallets"));
+    cfg.chain.wallet = "apiary-test".into();
+    cfg.chain.hotkey = "outsider".into();
+    cfg.chain.netuid = netuid;
+    let err = match Node::spawn(cfg, ChainSource::FromConfig).await {
+        Ok(_) => panic!("an unregistered subtensor node must not start"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&outsider[0].id().ss58()), "{err}");
+    assert!(err.contains("apiary chain register"), "{err}");
+
+    // The admin socket's status reports the chain connection.
+    let st = apiary_daemon::admin::status(nodes[0].ctx()).await;
+    let health = st
+        .chain_health
+        .expect("subtensor reports its connection health");
+    assert_eq!(health["connected"], serde_json::json!(true), "{health}");
+    assert!(health["last_block"].is_u64(), "{health}");
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subtensor_follower_survives_a_chopsticks_restart() {
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let mut chop = Chopsticks::start().await;
+    let chain = chop.client().await;
+    let mut blocks = chain.subscribe_blocks();
+    chain.dev_new_blocks(2).await.expect("blocks");
+    let before = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match blocks.recv().await {
+                Ok(b) if b.number >= 2 => return b.number,
+                Ok(_) => continue,
+                Err(e) => panic!("block stream: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("blocks arrive");
+
+    chop.restart().await;
+    wait_until(Duration::from_secs(120), "the client reconnects", || {
+        let chain = Arc::clone(&chain);
+        async move {
+            let h = chain.health();
+            h.connected && h.reconnects >= 1
+        }
+    })
+    .await;
+    // It follows the restarted chain: new blocks arrive on the same receiver.
+    chain.dev_new_blocks(1).await.expect("blocks after restart");
+    let best = chain
+        .best_block()
+        .await
+        .expect("calls work after the restart");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match blocks.recv().await {
+                Ok(b) if b.number == best.number && b.hash == best.hash => return,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(e) => panic!("block stream closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "head {} after the restart never reached the block stream (before: {before})",
+            best.number
+        )
+    });
+}
