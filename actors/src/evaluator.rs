@@ -73,8 +73,8 @@ pub enum EvaluatorMsg {
     ModelAdvanced,
     /// Close a window even if some scoring is still running.
     ForceClose(u64),
-    /// The aggregate for a closed window is ready to publish.
-    Aggregated(Box<Result<WindowRecord, String>>),
+    /// The aggregate for a closed window is ready to publish, with the model it produced.
+    Aggregated(Box<Result<(WindowRecord, ModelSnapshot), String>>),
     /// Query: smoothed scores.
     Scores(RpcReplyPort<Vec<ScoreEntry>>),
     /// Query: how many updates of a window have been scored so far.
@@ -116,6 +116,21 @@ pub struct EvaluatorState {
     last_closed: Option<u64>,
     /// Scored-update counts of recently closed windows.
     closed_counts: BTreeMap<u64, usize>,
+    /// The model after the last record this validator built (or the trainer's, if newer): the
+    /// next record builds on it, so a trainer still applying the previous record can never make
+    /// the lead publish a record on a stale base (which would roll every follower back).
+    tip: Option<ModelSnapshot>,
+    /// An aggregation is running; closed windows wait in `queued`, in order.
+    aggregating: bool,
+    /// Closed windows waiting for the running aggregation: (window, scores, accepted updates).
+    queued: std::collections::VecDeque<AggregationJob>,
+}
+
+/// A closed window the lead validator still has to aggregate.
+struct AggregationJob {
+    window: u64,
+    scores: Vec<(u16, f32)>,
+    accepted: Vec<(u16, ContentId, Arc<Update>)>,
 }
 
 impl Actor for Evaluator {
@@ -149,6 +164,9 @@ impl Actor for Evaluator {
             scores,
             last_closed,
             closed_counts: BTreeMap::new(),
+            tip: None,
+            aggregating: false,
+            queued: std::collections::VecDeque::new(),
         })
     }
 
@@ -246,6 +264,9 @@ impl Actor for Evaluator {
             }
             EvaluatorMsg::ModelAdvanced => {
                 if let Ok(snap) = TrainerHandle(Arc::clone(&st.ctx)).snapshot().await {
+                    if st.tip.as_ref().is_none_or(|t| snap.window >= t.window) {
+                        st.tip = Some(snap.clone());
+                    }
                     st.base = Some(snap.clone());
                     let mut ready = Vec::new();
                     for (w, we) in st.windows.iter_mut() {
@@ -264,10 +285,19 @@ impl Actor for Evaluator {
                     }
                 }
             }
-            EvaluatorMsg::Aggregated(res) => match *res {
-                Ok(rec) => publish_record(&st.ctx, rec).await,
-                Err(e) => tracing::error!(error = %e, "could not aggregate the window"),
-            },
+            EvaluatorMsg::Aggregated(res) => {
+                st.aggregating = false;
+                match *res {
+                    Ok((rec, snap)) => {
+                        st.tip = Some(snap);
+                        publish_record(&st.ctx, rec).await;
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not aggregate the window"),
+                }
+                if let Some(job) = st.queued.pop_front() {
+                    start_aggregation(&myself, st, job);
+                }
+            }
             EvaluatorMsg::Scores(reply) => {
                 let _ = reply.send(st.scores.values().cloned().collect());
             }
@@ -377,11 +407,19 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
     let me = ctx.hotkey.id();
     let alpha = c.validator.ema_alpha;
     let mut report = Vec::new();
-    for n in mg
+    // Miners are neurons without a permit, or that submitted updates: on subtensor every
+    // neuron holds a permit while the subnet has fewer neurons than validator slots.
+    let miners: Vec<_> = mg
         .neurons
         .iter()
-        .filter(|n| !n.validator_permit && n.hotkey != me)
-    {
+        .filter(|n| {
+            n.hotkey != me
+                && (!n.validator_permit
+                    || we.results.contains_key(&n.uid)
+                    || st.scores.contains_key(&n.uid))
+        })
+        .collect();
+    for n in miners {
         let s = match we.results.get(&n.uid) {
             Some(Outcome::Scored { score, .. }) => *score,
             _ => 0.0,
@@ -420,36 +458,75 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
     if mg.lead_validator().map(|n| n.hotkey) != Some(me) {
         return;
     }
-    let Some(base) = st.base.clone() else {
-        tracing::warn!(window, "no base model yet; no record for this window");
+    let job = AggregationJob {
+        window,
+        scores: report.iter().map(|(u, s, _)| (*u, *s)).collect(),
+        accepted,
+    };
+    if st.aggregating {
+        st.queued.push_back(job);
+    } else {
+        start_aggregation(myself, st, job);
+    }
+}
+
+/// Aggregates a closed window's accepted updates on top of the tip (the model after the previous
+/// record) in a blocking task; the result comes back as [`EvaluatorMsg::Aggregated`].
+fn start_aggregation(
+    myself: &ActorRef<EvaluatorMsg>,
+    st: &mut EvaluatorState,
+    job: AggregationJob,
+) {
+    let Some(base) = st.tip.clone().or_else(|| st.base.clone()) else {
+        tracing::warn!(
+            window = job.window,
+            "no base model yet; no record for this window"
+        );
         return;
     };
+    st.aggregating = true;
+    let ctx = Arc::clone(&st.ctx);
     let me_ref = myself.clone();
-    let scores: Vec<(u16, f32)> = report.iter().map(|(u, s, _)| (*u, *s)).collect();
+    let AggregationJob {
+        window,
+        scores,
+        accepted,
+    } = job;
     tokio::spawn(async move {
         let ctx2 = Arc::clone(&ctx);
-        let res = tokio::task::spawn_blocking(move || -> Result<WindowRecord, String> {
-            let c = &ctx2.cfg;
-            let updates: Vec<Update> = accepted.iter().map(|(_, _, u)| (**u).clone()).collect();
-            let (next, outer) = crate::updates::outer_step(c, &base.params, &base.outer, &updates)?;
-            let bytes = next.to_bytes().map_err(|e| e.to_string())?;
-            let model = ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
-            let outer_bytes = outer.to_bytes(&c.model).map_err(|e| e.to_string())?;
-            let outer_state = ctx2
-                .store
-                .put_blob(&outer_bytes)
-                .map_err(|e| e.to_string())?;
-            Ok(WindowRecord {
-                netuid: c.chain.netuid,
-                window,
-                base_model: base.id,
-                accepted: accepted.iter().map(|(u, id, _)| (*u, *id)).collect(),
-                model,
-                outer_state,
-                scores,
-                dataset: ContentId(ctx2.dataset.hash()),
-            })
-        })
+        let res = tokio::task::spawn_blocking(
+            move || -> Result<(WindowRecord, ModelSnapshot), String> {
+                let c = &ctx2.cfg;
+                let updates: Vec<Update> = accepted.iter().map(|(_, _, u)| (**u).clone()).collect();
+                let (next, outer) =
+                    crate::updates::outer_step(c, &base.params, &base.outer, &updates)?;
+                let bytes = next.to_bytes().map_err(|e| e.to_string())?;
+                let model = ctx2.store.put_blob(&bytes).map_err(|e| e.to_string())?;
+                let outer_bytes = outer.to_bytes(&c.model).map_err(|e| e.to_string())?;
+                let outer_state = ctx2
+                    .store
+                    .put_blob(&outer_bytes)
+                    .map_err(|e| e.to_string())?;
+                let rec = WindowRecord {
+                    netuid: c.chain.netuid,
+                    window,
+                    base_model: base.id,
+                    accepted: accepted.iter().map(|(u, id, _)| (*u, *id)).collect(),
+                    model,
+                    outer_state,
+                    scores,
+                    dataset: ContentId(ctx2.dataset.hash()),
+                };
+                let snap = ModelSnapshot {
+                    params: Arc::new(next),
+                    id: model,
+                    window: Some(window),
+                    outer: Arc::new(outer),
+                    outer_id: outer_state,
+                };
+                Ok((rec, snap))
+            },
+        )
         .await
         .unwrap_or_else(|e| Err(join_err(e)));
         let _ = me_ref.cast(EvaluatorMsg::Aggregated(Box::new(res)));

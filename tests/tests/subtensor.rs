@@ -373,3 +373,205 @@ async fn subtensor_follower_survives_a_chopsticks_restart() {
         )
     });
 }
+
+/// Produces blocks until the head is at least `n` (transactions build blocks of their own, so
+/// the head is read back rather than counted).
+async fn advance_to(chain: &SubtensorChain, n: u64) -> u64 {
+    loop {
+        let head = chain.best_block().await.expect("best block").number;
+        if head >= n {
+            return head;
+        }
+        let count = u32::try_from(n - head).expect("a few blocks");
+        chain.dev_new_blocks(count).await.expect("dev_newBlock");
+    }
+}
+
+/// The five-node swarm of `swarm.rs` on the subtensor runtime: 3 honest miners, 1 lazy miner and
+/// 1 validator over libp2p on 127.0.0.1, the test driving the chain's blocks window by window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
+    use apiary_actors::evaluator::EvaluatorHandle;
+    use apiary_actors::protocol::UpdateAnnouncement;
+    use apiary_storage::{window_uid_key, Column};
+
+    const T: Duration = Duration::from_secs(120);
+    // Room for the validator's set_weights blocks inside a window.
+    const BPW: u64 = 4;
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let started = std::time::Instant::now();
+    let chop = Chopsticks::start().await;
+    let chain = chop.client().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["validator", "miner-1", "miner-2", "miner-3", "lazy"];
+    let keys = wallet_keys(&dir.path().join("wallets"), &names);
+    // The validator owns the subnet: the owner's hotkey holds the subnet's initial stake, so it
+    // is the lead validator whose window records everyone follows. dev_subnet also sets the
+    // weights rate limit to 0.
+    let netuid = chain.dev_subnet(&keys[0], 10).await.expect("subnet");
+
+    // Everyone is registered before any node starts, so each starts with the full metagraph.
+    let mut uids = Vec::new();
+    for k in &keys {
+        uids.push(
+            chain
+                .dev_register(netuid, k, 1_000)
+                .await
+                .expect("register"),
+        );
+    }
+    wait_for_permit(&chain, netuid, uids[0]).await;
+    let mg = chain.metagraph(netuid).await.expect("metagraph");
+    assert_eq!(
+        mg.lead_validator().map(|n| n.uid),
+        Some(uids[0]),
+        "the validator leads: {:?}",
+        mg.neurons
+    );
+
+    let shared: Arc<dyn ChainClient> = chain.clone();
+    let mut nodes = Vec::new();
+    for (name, key) in names.iter().zip(&keys) {
+        let role = if *name == "validator" {
+            Role::Validator
+        } else {
+            Role::Miner
+        };
+        let mut cfg = test_config(dir.path(), name, role);
+        cfg.chain.netuid = netuid;
+        cfg.chain.blocks_per_window = BPW;
+        cfg.node.hotkey_seed = Some(hex::encode(key.seed()));
+        cfg.train.lazy = *name == "lazy";
+        let node = Node::spawn(cfg, ChainSource::Shared(Arc::clone(&shared)))
+            .await
+            .expect("node starts");
+        nodes.push(node);
+    }
+    let want = nodes.len();
+    wait_until(T, "all nodes connected through chain records", || {
+        let nodes = &nodes;
+        async move {
+            let mut ok = true;
+            for n in nodes {
+                let _ = apiary_actors::chain_watcher::ChainWatcherHandle(n.ctx().clone()).refresh();
+                if n.ctx().net.connected_peers().await.len() + 1 < want
+                    || n.ctx().net.gossip_peers().await + 1 < want
+                {
+                    ok = false;
+                }
+            }
+            ok
+        }
+    })
+    .await;
+
+    let vctx = nodes[0].ctx().clone();
+    assert_eq!(vctx.uid(), Some(uids[0]));
+    let honest = &nodes[1..4];
+    let lazy = &nodes[4];
+    wait_until(T, "initial held-out loss", || async {
+        vctx.status().held_out_loss.is_some()
+    })
+    .await;
+    let initial_loss = vctx.status().held_out_loss.expect("initial loss");
+    let head = chain.best_block().await.expect("head").number;
+    let first = head / BPW + 1;
+    let windows = 5u64;
+    let eval = EvaluatorHandle(vctx.clone());
+    for (i, w) in (first..first + windows + 1).enumerate() {
+        // Miners train a window once they hold the previous window's record, or from its
+        // midpoint on; before the first window of the loop they may hold none.
+        let start = if i == 0 { w * BPW + BPW / 2 } else { w * BPW };
+        let head = advance_to(&chain, start).await;
+        assert_eq!(
+            head / BPW,
+            w,
+            "the chain ran past window {w} (head {head}) before the test advanced it"
+        );
+        // The previous window's record is applied everywhere, to the same model.
+        if i > 0 {
+            let prev = w - 1;
+            wait_until(T, &format!("all nodes apply window {prev}"), || async {
+                nodes
+                    .iter()
+                    .all(|n| n.ctx().status().model_window == Some(prev))
+            })
+            .await;
+            let hashes: Vec<Option<String>> =
+                nodes.iter().map(|n| n.ctx().status().model_hash).collect();
+            assert!(
+                hashes.windows(2).all(|p| p[0] == p[1]),
+                "model hashes diverge after window {prev}: {hashes:?}"
+            );
+        }
+        if w == first + windows {
+            break;
+        }
+        // Every miner's update for `w` reaches the validator and is scored.
+        wait_until(
+            T,
+            &format!("validator scores 4 updates of window {w}"),
+            || async { eval.scored_in(w).await.unwrap_or(0) >= 4 },
+        )
+        .await;
+        // Every honest update of `w` reached the validator over the network.
+        for m in honest {
+            let mctx = m.ctx();
+            let uid = mctx.uid().expect("miner uid");
+            let ann: UpdateAnnouncement = mctx
+                .store
+                .get(Column::Announcements, &window_uid_key(w, uid))
+                .expect("store")
+                .unwrap_or_else(|| panic!("miner {uid} announced nothing for window {w}"));
+            assert!(
+                vctx.store.has_blob(ann.update).expect("store"),
+                "validator lacks miner {uid}'s update for window {w}"
+            );
+        }
+    }
+    let final_loss = vctx.status().held_out_loss.expect("loss");
+    assert!(
+        final_loss < initial_loss,
+        "held-out loss did not drop: {initial_loss} -> {final_loss}"
+    );
+
+    // Weights read back from the chain: every honest miner above the lazy one. The validator
+    // sets them when a window starts (the lazy miner's zero weight may be left out).
+    let vuid = uids[0];
+    wait_until(T, "weights on chain", || {
+        let chain = Arc::clone(&chain);
+        async move {
+            !chain
+                .weights(netuid, vuid)
+                .await
+                .expect("weights")
+                .is_empty()
+        }
+    })
+    .await;
+    let weights = chain.weights(netuid, vuid).await.expect("weights");
+    let w_of = |uid: u16| {
+        weights
+            .iter()
+            .find(|(u, _)| *u == uid)
+            .map_or(0, |(_, w)| *w)
+    };
+    let lazy_uid = lazy.ctx().uid().expect("uid");
+    for m in honest {
+        let uid = m.ctx().uid().expect("uid");
+        assert!(
+            w_of(uid) > w_of(lazy_uid),
+            "honest uid {uid} weight {} <= lazy {}: {weights:?}",
+            w_of(uid),
+            w_of(lazy_uid)
+        );
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    eprintln!(
+        "subtensor swarm scenario took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
