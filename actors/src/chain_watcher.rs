@@ -3,16 +3,28 @@
 //! It is the node's clock. Each block updates the status and is broadcast; the first block of
 //! a new window broadcasts [`NodeEvent::WindowStarted`]. Every `metagraph_refresh_blocks` it
 //! re-reads the metagraph; peers whose on-chain record names a libp2p address and who are not
-//! connected are dialed, so a node needs no hand-written bootstrap list. A lagging block stream
-//! is resynchronised from `best_block`; the last seen block is persisted in the store.
+//! connected are dialed, so a node needs no hand-written bootstrap list. The last seen block is
+//! persisted in the store.
+//!
+//! Blocks arrive in order (the subtensor follower replays what it missed while reconnecting).
+//! A block the watcher has already seen (same number and hash) is dropped; a gap is counted in
+//! `blocks_missed`; a head *lower* than the last one with a hash the watcher has not seen (a
+//! reorg, or a dev chain restarted from genesis) is followed rather than ignored — a watcher
+//! that ignored it would stall until the new chain passed the old height — and counted in
+//! `chain_rewinds`.
 
 use crate::context::{NodeContext, NodeEvent};
 use crate::ActorError;
 use apiary_chain::{window_of, BlockInfo};
 use apiary_storage::Column;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast;
+
+/// Recent blocks remembered to tell a repeated block from a rewind.
+const RECENT_BLOCKS: usize = 64;
 
 /// Messages of the chain watcher.
 #[derive(Debug)]
@@ -33,6 +45,8 @@ pub struct ChainWatcherState {
     ctx: Arc<NodeContext>,
     latest: Option<BlockInfo>,
     last_window: Option<u64>,
+    /// The last [`RECENT_BLOCKS`] blocks seen, oldest first.
+    recent: VecDeque<BlockInfo>,
 }
 
 impl Actor for ChainWatcher {
@@ -46,28 +60,38 @@ impl Actor for ChainWatcher {
         ctx: Arc<NodeContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let mut rx = ctx.chain.subscribe_blocks();
-        let chain = Arc::clone(&ctx.chain);
+        let best = ctx.chain.best_block().await?;
         let me = myself.clone();
         tokio::spawn(async move {
+            // Blocks buffered before `best` was read are older than it, not a rewind.
+            let mut primed = false;
             loop {
                 let b = match rx.recv().await {
                     Ok(b) => b,
-                    Err(broadcast::error::RecvError::Lagged(_)) => match chain.best_block().await {
-                        Ok(b) => b,
-                        Err(_) => continue,
-                    },
+                    // The receiver skips to the oldest block still buffered: blocks stay in
+                    // order, the skipped ones show as a gap.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(skipped = n, "chain watcher lagged behind the block stream");
+                        continue;
+                    }
                     Err(broadcast::error::RecvError::Closed) => break,
                 };
+                if !primed {
+                    if b.number <= best.number {
+                        continue;
+                    }
+                    primed = true;
+                }
                 if me.cast(ChainWatcherMsg::Block(b)).is_err() {
                     break;
                 }
             }
         });
-        let best = ctx.chain.best_block().await?;
         let mut st = ChainWatcherState {
             ctx,
             latest: None,
             last_window: None,
+            recent: VecDeque::with_capacity(RECENT_BLOCKS),
         };
         refresh_metagraph(&st.ctx).await;
         on_block(&mut st, best).await;
@@ -82,8 +106,30 @@ impl Actor for ChainWatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ChainWatcherMsg::Block(b) => {
-                if st.latest.is_some_and(|l| b.number <= l.number) {
-                    return Ok(());
+                if let Some(l) = st.latest {
+                    if st
+                        .recent
+                        .iter()
+                        .any(|r| r.number == b.number && r.hash == b.hash)
+                    {
+                        return Ok(());
+                    }
+                    if b.number <= l.number {
+                        tracing::warn!(
+                            from = l.number,
+                            to = b.number,
+                            "the chain head went backwards (a reorg or a restarted chain); following it"
+                        );
+                        st.ctx.metrics.chain_rewinds.fetch_add(1, Ordering::Relaxed);
+                        st.recent.retain(|r| r.number < b.number);
+                    } else if b.number > l.number + 1 {
+                        let missed = b.number - l.number - 1;
+                        tracing::warn!(last = l.number, now = b.number, missed, "blocks missed");
+                        st.ctx
+                            .metrics
+                            .blocks_missed
+                            .fetch_add(missed, Ordering::Relaxed);
+                    }
                 }
                 if b.number % st.ctx.cfg.chain.metagraph_refresh_blocks == 0 {
                     refresh_metagraph(&st.ctx).await;
@@ -102,6 +148,10 @@ impl Actor for ChainWatcher {
 async fn on_block(st: &mut ChainWatcherState, b: BlockInfo) {
     let ctx = &st.ctx;
     st.latest = Some(b);
+    if st.recent.len() == RECENT_BLOCKS {
+        st.recent.pop_front();
+    }
+    st.recent.push_back(b);
     let window = window_of(b.number, ctx.cfg.chain.blocks_per_window);
     ctx.update_status(|s| {
         s.block = b.number;

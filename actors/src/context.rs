@@ -146,6 +146,10 @@ metrics! {
     updates_published,
     /// Window records whose dataset manifest differs from this node's data.
     dataset_mismatch,
+    /// Block numbers the chain watcher never saw (a gap in the block stream).
+    blocks_missed,
+    /// Times the chain head went backwards (a reorg or a restarted chain).
+    chain_rewinds,
 }
 
 impl Metrics {

@@ -168,6 +168,17 @@ pub enum ChainError {
     Runtime(String),
 }
 
+impl ChainError {
+    /// Whether retrying the same call later may succeed without anyone changing anything: the
+    /// endpoint was unreachable or the transaction was dropped (stale nonce, pool full).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ChainError::Unavailable(_) | ChainError::BadTransaction(_)
+        )
+    }
+}
+
 /// Result alias.
 pub type Result<T> = std::result::Result<T, ChainError>;
 
@@ -203,6 +214,16 @@ pub trait ChainClient: Send + Sync + 'static {
     ) -> Result<TxReceipt>;
     /// The weights a uid has on chain, as `(dest uid, weight)`.
     async fn weights(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>>;
+    /// Reveals `hotkey`'s pending commit-reveal weight commits that the chain accepts now;
+    /// returns how many were revealed (commits still too early stay pending). Backends without
+    /// commit-reveal have nothing pending.
+    async fn reveal_pending(&self, _hotkey: &Hotkey) -> Result<usize> {
+        Ok(0)
+    }
+    /// How many weight commits of `hotkey` await their reveal.
+    fn pending_reveals(&self, _hotkey: &HotkeyId) -> usize {
+        0
+    }
     /// Connection health for the admin socket (connected, reconnects, latest head and how long
     /// ago it was seen); `None` for backends without a remote connection.
     fn connection_health(&self) -> Option<serde_json::Value> {

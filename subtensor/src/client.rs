@@ -5,10 +5,13 @@
 //! it subscribes to new heads (`chain_subscribeNewHeads`), forwards each as a [`BlockInfo`] on a
 //! bounded broadcast channel, and pings the node every few seconds. When the subscription ends,
 //! a ping fails or the socket drops, it empties the slot and reconnects with exponential backoff
-//! (250 ms doubling to 10 s), then resumes: the first head after a reconnect is forwarded even
-//! if blocks were missed (consumers derive windows from block numbers; the gap is visible as
-//! [`ChainHealth::reconnects`] and the number jump). Calls made while disconnected try one
-//! reconnect themselves and otherwise fail with [`ChainError::Unavailable`].
+//! (250 ms doubling to 10 s), then resumes. Blocks produced while it was away (or heads the
+//! subscription skipped) are **replayed** in order before the new head — up to
+//! [`MAX_REPLAY`] blocks, so no window boundary is lost to a dropped socket; a longer outage
+//! is skipped with a warning and counted in [`ChainHealth::skipped`]. A head with a lower
+//! number than the last one (a restarted dev chain, a reorg) is forwarded as it is: the chain
+//! watcher decides what it means. Calls made while disconnected try one reconnect themselves
+//! and otherwise fail with [`ChainError::Unavailable`].
 //!
 //! ## Calls
 //! Every call and storage entry is looked up by name in the runtime's metadata at the current
@@ -118,7 +121,14 @@ pub struct ChainHealth {
     pub since_last_block_ms: Option<u64>,
     /// The last connection error, if any.
     pub last_error: Option<String>,
+    /// Missed blocks replayed after reconnects (or skipped by the head subscription).
+    pub replayed: u64,
+    /// Missed blocks not replayed because the gap exceeded [`MAX_REPLAY`].
+    pub skipped: u64,
 }
+
+/// The most missed blocks the follower replays after a gap (about 2 hours of 12 s blocks).
+pub const MAX_REPLAY: u64 = 600;
 
 #[derive(Clone)]
 struct Conn {
@@ -132,6 +142,8 @@ struct HealthState {
     last_block: Option<u64>,
     last_block_at: Option<Instant>,
     last_error: Option<String>,
+    replayed: u64,
+    skipped: u64,
 }
 
 /// A commit whose reveal is pending.
@@ -363,6 +375,47 @@ async fn block_info(rpc: &RpcClient, number: u64) -> std::result::Result<BlockIn
     })
 }
 
+/// Forwards head `b`, first replaying the blocks between the last forwarded one and `b` (at
+/// most [`MAX_REPLAY`]). A repeat of the last head is dropped; a lower number is forwarded.
+async fn forward(
+    shared: &Shared,
+    rpc: &RpcClient,
+    last: &mut Option<u64>,
+    b: BlockInfo,
+) -> std::result::Result<(), String> {
+    if let Some(l) = *last {
+        if b.number == l {
+            return Ok(());
+        }
+        if b.number > l + 1 {
+            let missed = b.number - l - 1;
+            let from = b.number - missed.min(MAX_REPLAY);
+            if from > l + 1 {
+                let skipped = from - l - 1;
+                tracing::warn!(
+                    last = l,
+                    head = b.number,
+                    skipped,
+                    "too many blocks missed to replay them all; windows in the gap are lost"
+                );
+                lock(&shared.health).skipped += skipped;
+            }
+            for n in from..b.number {
+                let missed = block_info(rpc, n)
+                    .await
+                    .map_err(|e| format!("replaying block {n}: {e}"))?;
+                lock(&shared.health).replayed += 1;
+                shared.emit(missed);
+                *last = Some(n);
+            }
+            tracing::info!(from, to = b.number - 1, "replayed missed blocks");
+        }
+    }
+    *last = Some(b.number);
+    shared.emit(b);
+    Ok(())
+}
+
 /// The follower: subscribe, forward heads, ping, reconnect with backoff. Never returns.
 async fn follow(shared: Arc<Shared>) {
     let mut backoff = Duration::from_millis(250);
@@ -392,19 +445,25 @@ async fn follow(shared: Arc<Shared>) {
                 continue;
             }
         };
-        // The head now, so a reconnect resumes at once.
-        if let Ok(b) = head(&conn.rpc).await {
-            shared.emit(b);
-        }
+        // The head now, so a reconnect resumes at once (after replaying what it missed).
         let mut last = lock(&shared.health).last_block;
+        if let Ok(b) = head(&conn.rpc).await {
+            if let Err(e) = forward(&shared, &conn.rpc, &mut last, b).await {
+                shared.invalidate(conn.generation, &e);
+                continue;
+            }
+        }
         let why = loop {
             tokio::select! {
                 item = sub.next() => match item {
                     Some(Ok(h)) => {
                         let Some(n) = parse_number(&h) else { continue };
-                        match block_info(&conn.rpc, n).await {
-                            Ok(b) => { last = Some(n); shared.emit(b); }
+                        let b = match block_info(&conn.rpc, n).await {
+                            Ok(b) => b,
                             Err(e) => break format!("reading block {n}: {e}"),
+                        };
+                        if let Err(e) = forward(&shared, &conn.rpc, &mut last, b).await {
+                            break e;
                         }
                     }
                     Some(Err(e)) => break format!("head subscription failed: {e}"),
@@ -412,13 +471,10 @@ async fn follow(shared: Arc<Shared>) {
                 },
                 _ = tokio::time::sleep(shared.opts.ping_every) => {
                     match tokio::time::timeout(shared.opts.ping_every * 3, head(&conn.rpc)).await {
-                        Ok(Ok(b)) => {
-                            // A head the subscription did not deliver (or a restarted chain).
-                            if last != Some(b.number) {
-                                last = Some(b.number);
-                                shared.emit(b);
-                            }
-                        }
+                        // A head the subscription did not deliver (or a restarted chain).
+                        Ok(Ok(b)) => if let Err(e) = forward(&shared, &conn.rpc, &mut last, b).await {
+                            break e;
+                        },
                         Ok(Err(e)) => break format!("ping failed: {e}"),
                         Err(_) => break "ping timed out".to_string(),
                     }
@@ -444,6 +500,8 @@ impl SubtensorChain {
                 last_block: None,
                 last_block_at: None,
                 last_error: None,
+                replayed: 0,
+                skipped: 0,
             }),
             signer_locks: Mutex::new(HashMap::new()),
             last_weights: Mutex::new(HashMap::new()),
@@ -472,6 +530,8 @@ impl SubtensorChain {
             last_block: h.last_block,
             since_last_block_ms: h.last_block_at.map(|t| t.elapsed().as_millis() as u64),
             last_error: h.last_error.clone(),
+            replayed: h.replayed,
+            skipped: h.skipped,
         }
     }
 
@@ -1106,6 +1166,16 @@ impl ChainClient for SubtensorChain {
         };
         lock(&self.shared.last_weights).insert((netuid, hotkey.id()), receipt.block);
         Ok(receipt)
+    }
+
+    async fn reveal_pending(&self, hotkey: &Hotkey) -> Result<usize> {
+        SubtensorChain::reveal_pending(self, hotkey).await
+    }
+
+    fn pending_reveals(&self, hotkey: &HotkeyId) -> usize {
+        lock(&self.shared.pending_commits)
+            .get(hotkey)
+            .map_or(0, Vec::len)
     }
 
     async fn weights(&self, netuid: u16, uid: u16) -> Result<Vec<(u16, u16)>> {

@@ -111,8 +111,14 @@ impl TestNet {
 
     /// Starts a node with `cfg` on the shared chain; validators get stake (and a permit).
     pub async fn spawn(&mut self, cfg: NodeConfig) -> usize {
-        let role = cfg.node.role;
         let chain: Arc<dyn ChainClient> = self.chain.clone();
+        self.spawn_on(cfg, chain).await
+    }
+
+    /// Starts a node whose chain client is `chain` (the shared chain seen through a wrapper
+    /// that injects faults); validators get stake on the shared chain.
+    pub async fn spawn_on(&mut self, cfg: NodeConfig, chain: Arc<dyn ChainClient>) -> usize {
+        let role = cfg.node.role;
         let node = Node::spawn(cfg, ChainSource::Shared(chain))
             .await
             .expect("node starts");

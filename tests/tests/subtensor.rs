@@ -342,6 +342,13 @@ async fn subtensor_follower_survives_a_chopsticks_restart() {
     .expect("blocks arrive");
 
     chop.restart().await;
+    // Blocks made while the follower is still backing off (through a second connection): it
+    // must replay them after reconnecting, so no block number (and no window) is lost.
+    let other = chop.client().await;
+    other
+        .dev_new_blocks(3)
+        .await
+        .expect("blocks during the outage");
     wait_until(Duration::from_secs(120), "the client reconnects", || {
         let chain = Arc::clone(&chain);
         async move {
@@ -356,11 +363,19 @@ async fn subtensor_follower_survives_a_chopsticks_restart() {
         .best_block()
         .await
         .expect("calls work after the restart");
+    let mut seen = std::collections::BTreeSet::new();
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             match blocks.recv().await {
-                Ok(b) if b.number == best.number && b.hash == best.hash => return,
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Ok(b) => {
+                    seen.insert(b.number);
+                    if b.number == best.number && b.hash == best.hash {
+                        return;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    panic!("the test's receiver lagged by {n} blocks")
+                }
                 Err(e) => panic!("block stream closed: {e}"),
             }
         }
@@ -372,6 +387,17 @@ async fn subtensor_follower_survives_a_chopsticks_restart() {
             best.number
         )
     });
+    let missing: Vec<u64> = (before + 1..=best.number)
+        .filter(|n| !seen.contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "blocks {missing:?} were never delivered across the restart (before {before}, head {}, health {:?})",
+        best.number,
+        chain.health()
+    );
+    assert!(best.number >= before + 4, "the outage blocks were built");
+    tracing::info!(health = ?chain.health(), "follower after the restart");
 }
 
 /// Produces blocks until the head is at least `n` (transactions build blocks of their own, so
