@@ -181,7 +181,9 @@ impl Actor for Trainer {
             NodeEvent::Block(_) => Some(TrainerMsg::Tick),
             _ => None,
         });
-        let window = ctx.window();
+        // Before the chain watcher's first block the window is unknown (0): wait for its
+        // `WindowStarted` rather than train for window 0 on a chain far past it.
+        let want_train = (ctx.status().block > 0).then(|| ctx.window());
         let encoder = updates::Encoder::new(&ctx.cfg).map_err(ActorProcessingErr::from)?;
         Ok(TrainerState {
             encoder: Arc::new(std::sync::Mutex::new(encoder)),
@@ -193,7 +195,7 @@ impl Actor for Trainer {
             model_window,
             held_out_loss,
             last_loss: None,
-            want_train: Some(window),
+            want_train,
             last_trained: None,
             training: false,
             applying: false,

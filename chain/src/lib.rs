@@ -93,12 +93,14 @@ impl Metagraph {
     pub fn by_uid(&self, uid: u16) -> Option<&Neuron> {
         self.neurons.iter().find(|n| n.uid == uid)
     }
-    /// The validator whose window records everyone follows: the permitted validator with the
-    /// most stake, ties broken by the lower uid.
+    /// The validator whose window records everyone follows: among permitted validators that
+    /// publish an apiary peer record, the one with the most stake, ties broken by the lower uid.
+    /// A neuron without a peer record (a subnet owner's key, a validator running other
+    /// software) cannot publish records, so it never leads, whatever its stake.
     pub fn lead_validator(&self) -> Option<&Neuron> {
         self.neurons
             .iter()
-            .filter(|n| n.validator_permit)
+            .filter(|n| n.validator_permit && n.peer.is_some())
             .max_by(|a, b| a.stake.cmp(&b.stake).then(b.uid.cmp(&a.uid)))
     }
 }

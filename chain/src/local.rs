@@ -645,6 +645,20 @@ mod tests {
                 .set_commitment(1, &m, rec.encode())
                 .await
                 .expect("commit");
+            // A validator without a peer record runs no apiary node: it cannot lead.
+            let mg = chain.metagraph(1).await.expect("mg");
+            assert!(
+                mg.lead_validator().is_none(),
+                "no lead without a peer record"
+            );
+            let vrec = PeerRecord {
+                peer_id: "12D3KooV".into(),
+                addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+            };
+            chain
+                .set_commitment(1, &v, vrec.encode())
+                .await
+                .expect("commit");
             let big = vec![0u8; 4000];
             assert!(chain.set_commitment(1, &m, big).await.is_err());
             // A forged extrinsic (signed by m, claiming v) is rejected.

@@ -601,3 +601,60 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// `apiary devnet --chain URL`: the whole local swarm on the real runtime — it creates a
+/// subnet, funds, registers and stakes its nodes with //Alice, and then trains, scores and sets
+/// weights as on the embedded chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn devnet_runs_on_the_subtensor_runtime() {
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let chop = Chopsticks::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut base = test_config(dir.path(), "base", Role::Miner);
+    let opts = apiary_daemon::devnet::DevnetOpts {
+        miners: 2,
+        lazy: 1,
+        validators: 1,
+        windows: 4,
+        block_ms: 400,
+        blocks_per_window: 4,
+        dir: Some(dir.path().join("devnet")),
+        data: apiary_tests::corpus(),
+        json: true,
+        base: Some(base),
+        chain: Some(chop.url()),
+        legacy_rpc: true,
+    };
+    let mut out = Vec::new();
+    let summary = apiary_daemon::devnet::run(opts, &mut out)
+        .await
+        .unwrap_or_else(|e| panic!("devnet on subtensor: {e:#}\n{}", chop.log()));
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(summary.windows, 4, "{text}");
+    assert!(
+        summary.final_loss < summary.initial_loss,
+        "held-out loss {} -> {}\n{text}",
+        summary.initial_loss,
+        summary.final_loss
+    );
+    // The last window line: honest miners outscore the lazy one, on chain too.
+    let last: serde_json::Value = text
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"miners\""))
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no window lines in:\n{text}"));
+    let miners = last["miners"].as_array().expect("miners");
+    let weight = |name: &str| {
+        miners
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["weight"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        weight("miner-1") > weight("lazy-1") && weight("miner-2") > weight("lazy-1"),
+        "on-chain weights: {last}"
+    );
+}
