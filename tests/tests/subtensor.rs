@@ -611,7 +611,7 @@ async fn devnet_runs_on_the_subtensor_runtime() {
     let _one = SERIAL.lock().await;
     let chop = Chopsticks::start().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut base = test_config(dir.path(), "base", Role::Miner);
+    let base = test_config(dir.path(), "base", Role::Miner);
     let opts = apiary_daemon::devnet::DevnetOpts {
         miners: 2,
         lazy: 1,
@@ -641,8 +641,7 @@ async fn devnet_runs_on_the_subtensor_runtime() {
     // The last window line: honest miners outscore the lazy one, on chain too.
     let last: serde_json::Value = text
         .lines()
-        .filter(|l| l.starts_with('{') && l.contains("\"miners\""))
-        .last()
+        .rfind(|l| l.starts_with('{') && l.contains("\"miners\""))
         .and_then(|l| serde_json::from_str(l).ok())
         .unwrap_or_else(|| panic!("no window lines in:\n{text}"));
     let miners = last["miners"].as_array().expect("miners");
