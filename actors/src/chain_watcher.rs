@@ -2,7 +2,9 @@
 //!
 //! It is the node's clock. Each block updates the status and is broadcast; the first block of
 //! a new window broadcasts [`NodeEvent::WindowStarted`]. Every `metagraph_refresh_blocks` it
-//! re-reads the metagraph; peers whose on-chain record names a libp2p address and who are not
+//! re-reads the metagraph, and also as soon as the subnet's uid count changes (a registration;
+//! one cheap read per block) or when gossip arrives from a hotkey it does not know (at most once
+//! per block, so a flood of unknown senders costs one read); peers whose on-chain record names a libp2p address and who are not
 //! connected are dialed, so a node needs no hand-written bootstrap list. The last seen block is
 //! persisted in the store.
 //!
@@ -47,6 +49,10 @@ pub struct ChainWatcherState {
     last_window: Option<u64>,
     /// The last [`RECENT_BLOCKS`] blocks seen, oldest first.
     recent: VecDeque<BlockInfo>,
+    /// Uid count at the last metagraph read.
+    neurons: Option<u16>,
+    /// Block of the last metagraph read.
+    refreshed_at: Option<u64>,
 }
 
 impl Actor for ChainWatcher {
@@ -92,8 +98,10 @@ impl Actor for ChainWatcher {
             latest: None,
             last_window: None,
             recent: VecDeque::with_capacity(RECENT_BLOCKS),
+            neurons: None,
+            refreshed_at: None,
         };
-        refresh_metagraph(&st.ctx).await;
+        refresh(&mut st, best.number).await;
         on_block(&mut st, best).await;
         Ok(st)
     }
@@ -131,12 +139,25 @@ impl Actor for ChainWatcher {
                             .fetch_add(missed, Ordering::Relaxed);
                     }
                 }
-                if b.number % st.ctx.cfg.chain.metagraph_refresh_blocks == 0 {
-                    refresh_metagraph(&st.ctx).await;
+                let due = b.number % st.ctx.cfg.chain.metagraph_refresh_blocks == 0;
+                let registered = match st.ctx.chain.neuron_count(st.ctx.cfg.chain.netuid).await {
+                    Ok(n) => st.neurons.is_some_and(|old| old != n),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading the uid count failed");
+                        false
+                    }
+                };
+                if due || registered {
+                    refresh(st, b.number).await;
                 }
                 on_block(st, b).await;
             }
-            ChainWatcherMsg::RefreshMetagraph => refresh_metagraph(&st.ctx).await,
+            ChainWatcherMsg::RefreshMetagraph => {
+                let now = st.latest.map_or(0, |b| b.number);
+                if st.refreshed_at != Some(now) {
+                    refresh(st, now).await;
+                }
+            }
             ChainWatcherMsg::LatestBlock(reply) => {
                 let _ = reply.send(st.latest);
             }
@@ -171,15 +192,24 @@ async fn on_block(st: &mut ChainWatcherState, b: BlockInfo) {
     }
 }
 
-async fn refresh_metagraph(ctx: &Arc<NodeContext>) {
+/// Re-reads the metagraph (noting the block and uid count) and dials new peers.
+async fn refresh(st: &mut ChainWatcherState, block: u64) {
+    st.refreshed_at = Some(block);
+    if let Some(n) = refresh_metagraph(&st.ctx).await {
+        st.neurons = Some(n);
+    }
+}
+
+async fn refresh_metagraph(ctx: &Arc<NodeContext>) -> Option<u16> {
     let netuid = ctx.cfg.chain.netuid;
     let mg = match ctx.chain.metagraph(netuid).await {
         Ok(mg) => Arc::new(mg),
         Err(e) => {
             tracing::warn!(error = %e, "metagraph refresh failed");
-            return;
+            return None;
         }
     };
+    let count = mg.neurons.len() as u16;
     let me = ctx.hotkey.id();
     let uid = mg.by_hotkey(&me).map(|n| n.uid);
     ctx.update_status(|s| {
@@ -209,6 +239,7 @@ async fn refresh_metagraph(ctx: &Arc<NodeContext>) {
         }
     }
     ctx.emit(NodeEvent::MetagraphUpdated(mg));
+    Some(count)
 }
 
 /// Typed front of the chain watcher.

@@ -123,6 +123,8 @@ fn on_gossip(
     let Some(neuron) = mg.by_hotkey(&hotkey) else {
         Metrics::inc(&m.gossip_unregistered);
         tracing::warn!(peer = %from, %hotkey, "dropping gossip from a hotkey not registered on the subnet");
+        // It may have registered since the last read: the watcher re-reads (once per block).
+        let _ = crate::chain_watcher::ChainWatcherHandle(Arc::clone(ctx)).refresh();
         return;
     };
     let netuid = ctx.cfg.chain.netuid;

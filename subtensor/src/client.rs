@@ -1172,6 +1172,14 @@ impl ChainClient for SubtensorChain {
         SubtensorChain::reveal_pending(self, hotkey).await
     }
 
+    async fn neuron_count(&self, netuid: u16) -> Result<u16> {
+        let at = self.at_latest().await?;
+        Ok(self
+            .fetch(&at, "SubtensorModule", "SubnetworkN", (netuid,))
+            .await?
+            .unwrap_or(0))
+    }
+
     fn pending_reveals(&self, hotkey: &HotkeyId) -> usize {
         lock(&self.shared.pending_commits)
             .get(hotkey)

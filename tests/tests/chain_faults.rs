@@ -251,3 +251,34 @@ async fn weight_setter_retries_transient_failures_and_records_every_attempt() {
     assert_eq!(chain.fail_weights.load(Ordering::SeqCst), 0);
     net.shutdown().await;
 }
+
+/// A registration is seen at the next block (the uid count changed), not only at the periodic
+/// metagraph refresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_registration_refreshes_the_metagraph_at_the_next_block() {
+    init_tracing();
+    let mut net = TestNet::new();
+    let dir = net.dir.path().to_path_buf();
+    let cfg = |name: &str| {
+        let mut c = test_config(&dir, name, Role::Miner);
+        c.chain.metagraph_refresh_blocks = 1_000;
+        c
+    };
+    let a = net.spawn(cfg("early")).await;
+    let actx = net.nodes[a].ctx().clone();
+    let b = net.spawn(cfg("late")).await;
+    let late = net.nodes[b].ctx().hotkey.id();
+    assert!(
+        actx.metagraph()
+            .is_none_or(|m| m.by_hotkey(&late).is_none()),
+        "the early node has not re-read the metagraph yet"
+    );
+    net.block();
+    wait_until(T, "the early node sees the late registration", || async {
+        actx.metagraph()
+            .is_some_and(|m| m.by_hotkey(&late).is_some())
+    })
+    .await;
+    assert!(net.chain.head().number < 1_000);
+    net.shutdown().await;
+}
