@@ -35,6 +35,9 @@ pub enum ChainWatcherMsg {
     Block(BlockInfo),
     /// Re-read the metagraph now.
     RefreshMetagraph,
+    /// Re-read the metagraph unless it was already read at the current block (gossip from an
+    /// unknown hotkey asks for this; a flood of them costs one read per block).
+    RefreshUnlessFresh,
     /// Query: latest block seen.
     LatestBlock(RpcReplyPort<Option<BlockInfo>>),
 }
@@ -154,6 +157,10 @@ impl Actor for ChainWatcher {
             }
             ChainWatcherMsg::RefreshMetagraph => {
                 let now = st.latest.map_or(0, |b| b.number);
+                refresh(st, now).await;
+            }
+            ChainWatcherMsg::RefreshUnlessFresh => {
+                let now = st.latest.map_or(0, |b| b.number);
                 if st.refreshed_at != Some(now) {
                     refresh(st, now).await;
                 }
@@ -262,11 +269,16 @@ impl ChainWatcherHandle {
     }
     /// Forces a metagraph refresh.
     pub fn refresh(&self) -> Result<(), ActorError> {
-        self.actor()?
-            .cast(ChainWatcherMsg::RefreshMetagraph)
-            .map_err(|e| ActorError::Call {
-                actor: "chain watcher",
-                message: e.to_string(),
-            })
+        self.cast(ChainWatcherMsg::RefreshMetagraph)
+    }
+    /// Asks for a metagraph refresh unless one happened at the current block.
+    pub fn refresh_unless_fresh(&self) -> Result<(), ActorError> {
+        self.cast(ChainWatcherMsg::RefreshUnlessFresh)
+    }
+    fn cast(&self, msg: ChainWatcherMsg) -> Result<(), ActorError> {
+        self.actor()?.cast(msg).map_err(|e| ActorError::Call {
+            actor: "chain watcher",
+            message: e.to_string(),
+        })
     }
 }

@@ -124,7 +124,7 @@ fn on_gossip(
         Metrics::inc(&m.gossip_unregistered);
         tracing::warn!(peer = %from, %hotkey, "dropping gossip from a hotkey not registered on the subnet");
         // It may have registered since the last read: the watcher re-reads (once per block).
-        let _ = crate::chain_watcher::ChainWatcherHandle(Arc::clone(ctx)).refresh();
+        let _ = crate::chain_watcher::ChainWatcherHandle(Arc::clone(ctx)).refresh_unless_fresh();
         return;
     };
     let netuid = ctx.cfg.chain.netuid;

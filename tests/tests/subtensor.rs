@@ -449,10 +449,16 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
     }
     wait_for_permit(&chain, netuid, uids[0]).await;
     let mg = chain.metagraph(netuid).await.expect("metagraph");
+    let top = mg
+        .neurons
+        .iter()
+        .filter(|n| n.validator_permit)
+        .max_by_key(|n| n.stake)
+        .map(|n| n.uid);
     assert_eq!(
-        mg.lead_validator().map(|n| n.uid),
+        top,
         Some(uids[0]),
-        "the validator leads: {:?}",
+        "the validator has the most stake: {:?}",
         mg.neurons
     );
 
@@ -494,6 +500,14 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
 
     let vctx = nodes[0].ctx().clone();
     assert_eq!(vctx.uid(), Some(uids[0]));
+    // With its peer record published, the validator leads.
+    let mg = chain.metagraph(netuid).await.expect("metagraph");
+    assert_eq!(
+        mg.lead_validator().map(|n| n.uid),
+        Some(uids[0]),
+        "the validator leads: {:?}",
+        mg.neurons
+    );
     let honest = &nodes[1..4];
     let lazy = &nodes[4];
     wait_until(T, "initial held-out loss", || async {
