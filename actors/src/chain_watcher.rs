@@ -4,9 +4,9 @@
 //! a new window broadcasts [`NodeEvent::WindowStarted`]. Every `metagraph_refresh_blocks` it
 //! re-reads the metagraph, and also as soon as the subnet's uid count changes (a registration;
 //! one cheap read per block) or when gossip arrives from a hotkey it does not know (at most once
-//! per block, so a flood of unknown senders costs one read); peers whose on-chain record names a libp2p address and who are not
-//! connected are dialed, so a node needs no hand-written bootstrap list. The last seen block is
-//! persisted in the store.
+//! per block, so a flood of unknown senders costs one read). Peers whose on-chain record names
+//! a libp2p address and who are not connected are dialed, so a node needs no hand-written
+//! bootstrap list. The last seen block is persisted in the store.
 //!
 //! Blocks arrive in order (the subtensor follower replays what it missed while reconnecting).
 //! A block the watcher has already seen (same number and hash) is dropped; a gap is counted in
@@ -48,14 +48,19 @@ pub struct ChainWatcher;
 /// Its state.
 pub struct ChainWatcherState {
     ctx: Arc<NodeContext>,
-    latest: Option<BlockInfo>,
     last_window: Option<u64>,
-    /// The last [`RECENT_BLOCKS`] blocks seen, oldest first.
+    /// The last [`RECENT_BLOCKS`] blocks seen, oldest first (the back is the latest).
     recent: VecDeque<BlockInfo>,
     /// Uid count at the last metagraph read.
     neurons: Option<u16>,
     /// Block of the last metagraph read.
     refreshed_at: Option<u64>,
+}
+
+impl ChainWatcherState {
+    fn latest(&self) -> Option<BlockInfo> {
+        self.recent.back().copied()
+    }
 }
 
 impl Actor for ChainWatcher {
@@ -98,7 +103,6 @@ impl Actor for ChainWatcher {
         });
         let mut st = ChainWatcherState {
             ctx,
-            latest: None,
             last_window: None,
             recent: VecDeque::with_capacity(RECENT_BLOCKS),
             neurons: None,
@@ -117,7 +121,7 @@ impl Actor for ChainWatcher {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ChainWatcherMsg::Block(b) => {
-                if let Some(l) = st.latest {
+                if let Some(l) = st.latest() {
                     if st
                         .recent
                         .iter()
@@ -156,17 +160,17 @@ impl Actor for ChainWatcher {
                 on_block(st, b).await;
             }
             ChainWatcherMsg::RefreshMetagraph => {
-                let now = st.latest.map_or(0, |b| b.number);
+                let now = st.latest().map_or(0, |b| b.number);
                 refresh(st, now).await;
             }
             ChainWatcherMsg::RefreshUnlessFresh => {
-                let now = st.latest.map_or(0, |b| b.number);
+                let now = st.latest().map_or(0, |b| b.number);
                 if st.refreshed_at != Some(now) {
                     refresh(st, now).await;
                 }
             }
             ChainWatcherMsg::LatestBlock(reply) => {
-                let _ = reply.send(st.latest);
+                let _ = reply.send(st.latest());
             }
         }
         Ok(())
@@ -175,7 +179,6 @@ impl Actor for ChainWatcher {
 
 async fn on_block(st: &mut ChainWatcherState, b: BlockInfo) {
     let ctx = &st.ctx;
-    st.latest = Some(b);
     if st.recent.len() == RECENT_BLOCKS {
         st.recent.pop_front();
     }

@@ -198,9 +198,7 @@ pub trait ChainClient: Send + Sync + 'static {
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph>;
     /// How many uids the subnet has (cheap: the watcher reads it every block and re-reads the
     /// whole metagraph when it changes, i.e. on registrations).
-    async fn neuron_count(&self, netuid: u16) -> Result<u16> {
-        Ok(self.metagraph(netuid).await?.neurons.len() as u16)
-    }
+    async fn neuron_count(&self, netuid: u16) -> Result<u16>;
     /// Registers `hotkey` on the subnet (burned registration); returns its uid. Idempotent.
     async fn register(&self, netuid: u16, hotkey: &Hotkey) -> Result<u16>;
     /// Publishes a commitment for `hotkey` (apiary puts its [`PeerRecord`] there).

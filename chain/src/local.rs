@@ -537,6 +537,15 @@ impl ChainClient for LocalChain {
         self.read_metagraph(netuid)
     }
 
+    async fn neuron_count(&self, netuid: u16) -> Result<u16> {
+        let st = self.lock();
+        let subnet = st
+            .subnets
+            .get(&netuid)
+            .ok_or(ChainError::UnknownSubnet(netuid))?;
+        Ok(subnet.neurons.len() as u16)
+    }
+
     async fn register(&self, netuid: u16, hotkey: &Hotkey) -> Result<u16> {
         if let Some(n) = self.read_metagraph(netuid)?.by_hotkey(&hotkey.id()) {
             return Ok(n.uid);

@@ -45,6 +45,9 @@ impl ChainClient for Faulty {
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph> {
         self.inner.metagraph(netuid).await
     }
+    async fn neuron_count(&self, netuid: u16) -> Result<u16> {
+        self.inner.neuron_count(netuid).await
+    }
     async fn register(&self, netuid: u16, hotkey: &Hotkey) -> Result<u16> {
         self.inner.register(netuid, hotkey).await
     }
