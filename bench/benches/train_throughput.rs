@@ -7,6 +7,8 @@
 //! - apiary (fused CPU kernels, [`apiary_model::Trainer`]),
 //! - apiary's reference path (composed candle ops + candle-nn AdamW, the code before the fused
 //!   kernels; skip with `APIARY_BENCH_SKIP_REFERENCE=1`),
+//! - apiary with the caching allocator switched off (every large block goes back to glibc, as
+//!   without `apiary-alloc`; skip with `APIARY_BENCH_SKIP_SYSTEM_ALLOC=1`),
 //! - PyTorch (`bench/reference/train_step.py`) when `python3 -c "import torch"` works.
 //!
 //! Knobs (environment): `APIARY_BENCH_STEPS` (timed steps, default 5), `APIARY_BENCH_BATCH`
@@ -15,10 +17,15 @@
 //! non-tensor-core peak, since training runs in f32), `RAYON_NUM_THREADS`
 //! (threads, for both apiary and PyTorch). Plain `Instant` timing, 1 warm-up step, median.
 
+use apiary_alloc::CachingAlloc;
 use apiary_config::{ModelConfig, TrainConfig};
 use apiary_model::{select_device, Params, Trainer};
 use std::process::Command;
 use std::time::Instant;
+
+/// The allocator the `apiary` binary uses (see apiary-alloc).
+#[global_allocator]
+static ALLOC: CachingAlloc = CachingAlloc::new();
 
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -140,6 +147,28 @@ fn main() -> anyhow::Result<()> {
         println!(
             "model FLOPs utilization: {:.1}% of {peak} TFLOP/s (set APIARY_BENCH_PEAK_TFLOPS)",
             100.0 * flops / fused / (peak * 1e12)
+        );
+    }
+    let cache = ALLOC.stats();
+    println!(
+        "    allocator cache: {} hits, {} misses, {:.0} MiB kept",
+        cache.hits,
+        cache.misses,
+        cache.cached_bytes as f64 / (1 << 20) as f64
+    );
+    if std::env::var("APIARY_BENCH_SKIP_SYSTEM_ALLOC").is_err() {
+        ALLOC.set_limit(0);
+        ALLOC.trim();
+        let system = time_steps(
+            Trainer::new(&cfg, &train, &base, &device)?,
+            &batch,
+            steps.min(3),
+        )?;
+        ALLOC.set_limit(apiary_alloc::DEFAULT_CACHE_LIMIT);
+        report("apiary, glibc malloc", system, tokens, flops);
+        println!(
+            "caching allocator / glibc malloc: {:.2}x faster per step",
+            system / fused
         );
     }
     if std::env::var("APIARY_BENCH_SKIP_REFERENCE").is_err() {
