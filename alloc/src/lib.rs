@@ -15,8 +15,9 @@
 //! ([`set_cache_limit`], default [`DEFAULT_CACHE_LIMIT`]); a block freed past the limit goes
 //! back to the system. [`stats`] reports hits, misses and the bytes kept.
 //!
-//! This is the workspace's only crate with `unsafe` code: a `GlobalAlloc` cannot be written
-//! without it. The free lists are intrusive (a kept block's first word points to the next kept
+//! `unsafe` is denied across the workspace; this crate allows it because a `GlobalAlloc` cannot
+//! be written without it (the only other exception is the bounds-checked `gemm` call in
+//! apiary-model's CPU training step). The free lists are intrusive (a kept block's first word points to the next kept
 //! block of its class), so the allocator never allocates while holding its lock.
 //!
 //! Install it in a binary with

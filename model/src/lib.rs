@@ -57,6 +57,7 @@
 //! `new = base - outer_lr * mean(u_i)`, computed element-wise in f64 in a fixed order so every
 //! node that aggregates the same updates obtains the same [`Params::hash`].
 
+mod cpu_step;
 mod data;
 mod device;
 mod error;

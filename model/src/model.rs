@@ -11,14 +11,14 @@
 //!
 //! The tests check both paths against each other (loss and every gradient).
 
+use crate::cpu_step::CpuStep;
 use crate::device::select_device;
 use crate::error::{ModelError, Result};
-use crate::ops::{self, AdamWStep, RopeTables};
+use crate::ops::{self, RopeTables};
 use crate::params::{param_specs, tensor_vec, Params, Update};
 use apiary_config::{ModelConfig, TrainConfig};
 use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
-use std::sync::Mutex;
 
 /// Pages evaluated per forward pass in [`eval_loss`].
 const EVAL_BATCH: usize = 32;
@@ -266,23 +266,47 @@ fn make_vars_on(base: &Params, device: &Device) -> Result<Vec<Var>> {
         .collect()
 }
 
-/// The inner optimizer: fused in-place AdamW on the CPU, candle-nn's AdamW elsewhere.
-enum Opt {
-    Fused {
-        /// First and second moments per parameter (CPU).
-        moments: Vec<(Vec<f32>, Vec<f32>)>,
-        params: ParamsAdamW,
-        step: i32,
+/// AdamW hyper-parameters of a trainer: lr `train.learning_rate`, no weight decay (so updates
+/// carry only data-driven signal), default betas and eps.
+fn adamw_params(train: &TrainConfig) -> ParamsAdamW {
+    ParamsAdamW {
+        lr: train.learning_rate,
+        weight_decay: 0.0,
+        ..ParamsAdamW::default()
+    }
+}
+
+/// The CPU trainer's state.
+struct CpuEngine {
+    params: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    /// First and second moments per parameter.
+    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    step: CpuStep,
+    adam: ParamsAdamW,
+    /// Steps taken (AdamW bias correction).
+    t: i32,
+}
+
+/// How a [`Trainer`] computes.
+enum Engine {
+    /// On the CPU: the hand-written forward/backward of [`CpuStep`] over plain vectors and an
+    /// in-place AdamW ([`ops::adamw_step`]).
+    Cpu(Box<CpuEngine>),
+    /// Elsewhere (and the CPU reference path): candle autograd and `candle_nn::AdamW`.
+    Candle {
+        vars: Vec<Var>,
+        weights: Weights,
+        opt: AdamW,
     },
-    Candle(AdamW),
 }
 
 /// Local AdamW training from a starting point on a chosen device.
 ///
-/// The parameters live on the device as candle variables for the trainer's lifetime; the
-/// optimizer state is fresh. On the CPU every step is bit-for-bit reproducible (fused
-/// kernels with fixed reduction orders); on a GPU results agree with the
-/// CPU's to float rounding, not bit-for-bit.
+/// The parameters live on the device for the trainer's lifetime; the optimizer state is fresh.
+/// On the CPU every step is bit-for-bit reproducible (hand-written kernels with fixed
+/// reduction orders, see [`crate::cpu_step`]); on a GPU results agree with the CPU's to float
+/// rounding, not bit-for-bit.
 ///
 /// ```no_run
 /// # use apiary_model::{Params, Trainer, select_device};
@@ -296,17 +320,15 @@ enum Opt {
 pub struct Trainer {
     ctx: Ctx,
     base: Params,
-    vars: Vec<Var>,
-    weights: Weights,
-    opt: Opt,
+    engine: Engine,
 }
 
 impl std::fmt::Debug for Trainer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Trainer")
             .field("device", &self.ctx.device)
-            .field("fused", &self.ctx.fused)
-            .field("tensors", &self.vars.len())
+            .field("cpu_step", &matches!(self.engine, Engine::Cpu(_)))
+            .field("tensors", &self.base.names().len())
             .finish()
     }
 }
@@ -323,9 +345,9 @@ impl Trainer {
         Trainer::build(cfg, train, base, device, true)
     }
 
-    /// Like [`Trainer::new`] but always on the reference path (composed candle ops and
-    /// `candle_nn::AdamW`, what non-CPU devices use), also on the CPU: slower there; for
-    /// comparisons and benchmarks.
+    /// Like [`Trainer::new`] but always on the reference path (composed candle ops, candle
+    /// autograd and `candle_nn::AdamW`, what non-CPU devices use), also on the CPU: slower
+    /// there; for comparisons and benchmarks.
     pub fn new_reference(
         cfg: &ModelConfig,
         train: &TrainConfig,
@@ -354,32 +376,30 @@ impl Trainer {
             ));
         }
         let ctx = Ctx::new(cfg, device, fused)?;
-        let vars = make_vars_on(base, device)?;
-        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-        let weights = Weights::new(cfg, base.names(), &tensors)?;
-        let params = ParamsAdamW {
-            lr: train.learning_rate,
-            weight_decay: 0.0,
-            ..ParamsAdamW::default()
-        };
-        let opt = if ctx.fused {
-            Opt::Fused {
-                moments: tensors
+        let engine = if ctx.fused {
+            let params = base.vecs()?;
+            Engine::Cpu(Box::new(CpuEngine {
+                grads: params.iter().map(|p| vec![0f32; p.len()]).collect(),
+                moments: params
                     .iter()
-                    .map(|t| (vec![0f32; t.elem_count()], vec![0f32; t.elem_count()]))
+                    .map(|p| (vec![0f32; p.len()], vec![0f32; p.len()]))
                     .collect(),
+                step: CpuStep::new(cfg, base.names())?,
                 params,
-                step: 0,
-            }
+                adam: adamw_params(train),
+                t: 0,
+            }))
         } else {
-            Opt::Candle(AdamW::new(vars.clone(), params)?)
+            let vars = make_vars_on(base, device)?;
+            let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+            let weights = Weights::new(cfg, base.names(), &tensors)?;
+            let opt = AdamW::new(vars.clone(), adamw_params(train))?;
+            Engine::Candle { vars, weights, opt }
         };
         Ok(Trainer {
             ctx,
             base: base.clone(),
-            vars,
-            weights,
-            opt,
+            engine,
         })
     }
 
@@ -389,80 +409,105 @@ impl Trainer {
     }
 
     /// Mean loss of `pages` (a batch of equal-length pages) under the current parameters,
-    /// without training.
+    /// without training (the evaluation forward pass, as [`eval_loss`]).
     pub fn loss(&self, pages: &[Vec<u32>]) -> Result<f32> {
-        let tokens = pages_tensor(
-            &self.ctx.cfg,
-            &pages.iter().collect::<Vec<_>>(),
-            &self.ctx.device,
-        )?;
-        let loss = forward_loss_ctx(&self.ctx, &self.weights, &tokens)?;
-        finite_loss(loss.to_scalar::<f32>()?)
+        match &self.engine {
+            Engine::Cpu(_) => eval_loss_on(&self.ctx.cfg, &self.params()?, pages, &self.ctx.device),
+            Engine::Candle { weights, .. } => {
+                let tokens = pages_tensor(
+                    &self.ctx.cfg,
+                    &pages.iter().collect::<Vec<_>>(),
+                    &self.ctx.device,
+                )?;
+                let loss = forward_loss_ctx(&self.ctx, weights, &tokens)?;
+                finite_loss(loss.to_scalar::<f32>()?)
+            }
+        }
     }
 
     /// One AdamW step on the batch `pages`; returns the batch's loss before the step.
     pub fn step(&mut self, pages: &[Vec<u32>]) -> Result<f32> {
-        let tokens = pages_tensor(
-            &self.ctx.cfg,
-            &pages.iter().collect::<Vec<_>>(),
-            &self.ctx.device,
-        )?;
-        self.step_tokens(&tokens)
-    }
-
-    /// One AdamW step on a prepared `[B, L]` token tensor on the trainer's device.
-    fn step_tokens(&mut self, tokens: &Tensor) -> Result<f32> {
-        let loss = forward_loss_ctx(&self.ctx, &self.weights, tokens)?;
-        let value = finite_loss(loss.to_scalar::<f32>()?)?;
-        match &mut self.opt {
-            Opt::Candle(opt) => opt.backward_step(&loss)?,
-            Opt::Fused {
-                moments,
-                params,
-                step,
-            } => {
-                let grads = loss.backward()?;
-                drop(loss);
-                *step += 1;
-                for (var, (m, v)) in self.vars.iter().zip(moments.iter_mut()) {
-                    let Some(g) = grads.get(var.as_tensor()) else {
-                        continue;
-                    };
-                    let op = AdamWStep {
-                        state: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
-                        lr: params.lr as f32,
-                        weight_decay: params.weight_decay as f32,
-                        betas: (params.beta1 as f32, params.beta2 as f32),
-                        eps: params.eps as f32,
-                        step: *step,
-                    };
-                    var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+        match &mut self.engine {
+            Engine::Cpu(e) => {
+                let CpuEngine {
+                    params,
+                    grads,
+                    moments,
+                    step,
+                    adam,
+                    t,
+                } = &mut **e;
+                let (flat, b, l) = flat_pages(&self.ctx.cfg, pages)?;
+                let value = finite_loss(step.run(params, &flat, b, l, Some(grads))?)?;
+                *t += 1;
+                for ((p, g), (m, v)) in params.iter_mut().zip(grads.iter()).zip(moments.iter_mut())
+                {
+                    ops::adamw_step(p, g, m, v, adam, *t);
                 }
+                Ok(value)
+            }
+            Engine::Candle { weights, opt, .. } => {
+                let tokens = pages_tensor(
+                    &self.ctx.cfg,
+                    &pages.iter().collect::<Vec<_>>(),
+                    &self.ctx.device,
+                )?;
+                let loss = forward_loss_ctx(&self.ctx, weights, &tokens)?;
+                let value = finite_loss(loss.to_scalar::<f32>()?)?;
+                opt.backward_step(&loss)?;
+                Ok(value)
             }
         }
-        Ok(value)
+    }
+
+    /// The current parameters, as f32 vectors on the CPU in name order.
+    fn vecs(&self) -> Result<Vec<Vec<f32>>> {
+        match &self.engine {
+            Engine::Cpu(e) => Ok(e.params.clone()),
+            Engine::Candle { vars, .. } => vars
+                .iter()
+                .map(|v| tensor_vec(&v.as_tensor().to_device(&Device::Cpu)?))
+                .collect(),
+        }
     }
 
     /// The current parameters (copied to the CPU).
     pub fn params(&self) -> Result<Params> {
-        let vecs = self
-            .vars
-            .iter()
-            .map(|v| tensor_vec(&v.as_tensor().to_device(&Device::Cpu)?))
-            .collect::<Result<Vec<_>>>()?;
-        Params::from_vecs(&self.ctx.cfg, vecs)
+        Params::from_vecs(&self.ctx.cfg, self.vecs()?)
     }
 
     /// The pseudo-gradient `base - current`, computed element-wise in f32 on the CPU.
     pub fn update(&self) -> Result<Update> {
         let before = self.base.vecs()?;
-        let mut delta = Vec::with_capacity(before.len());
-        for (b, var) in before.iter().zip(&self.vars) {
-            let after = tensor_vec(&var.as_tensor().to_device(&Device::Cpu)?)?;
-            delta.push(b.iter().zip(&after).map(|(x, y)| x - y).collect());
-        }
+        let after = self.vecs()?;
+        let delta = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| b.iter().zip(a).map(|(x, y)| x - y).collect())
+            .collect();
         Update::from_vecs(&self.ctx.cfg, delta)
     }
+}
+
+/// Pages flattened row-major, with their count and (common) length; checks lengths.
+fn flat_pages(cfg: &ModelConfig, pages: &[Vec<u32>]) -> Result<(Vec<u32>, usize, usize)> {
+    let len = match pages.first() {
+        Some(p) => p.len(),
+        None => return Err(ModelError::Data("no pages".into())),
+    };
+    if len < 2 || len > cfg.seq_len + 1 {
+        return Err(ModelError::Data(format!(
+            "pages must have between 2 and seq_len + 1 = {} tokens, got {len}",
+            cfg.seq_len + 1
+        )));
+    }
+    if let Some(p) = pages.iter().find(|p| p.len() != len) {
+        return Err(ModelError::Data(format!(
+            "all pages must have the same length ({len}), got one of {}",
+            p.len()
+        )));
+    }
+    Ok((pages.concat(), pages.len(), len))
 }
 
 /// `value`, or [`ModelError::NonFinite`] for a NaN/inf loss.
@@ -511,14 +556,15 @@ pub fn compute_update_on(
             "train.batch_pages and train.local_steps must be at least 1".into(),
         ));
     }
-    let batches = pages
-        .chunks(train.batch_pages)
-        .map(|c| pages_tensor(cfg, &c.iter().collect::<Vec<_>>(), device))
-        .collect::<Result<Vec<_>>>()?;
+    // Check every batch before training on any.
+    for chunk in pages.chunks(train.batch_pages) {
+        flat_pages(cfg, chunk)?;
+    }
+    let batches: Vec<&[Vec<u32>]> = pages.chunks(train.batch_pages).collect();
     let mut trainer = Trainer::new(cfg, train, base, device)?;
     let mut first_loss = f32::NAN;
     for step in 0..train.local_steps {
-        let value = trainer.step_tokens(&batches[step % batches.len()])?;
+        let value = trainer.step(batches[step % batches.len()])?;
         if step == 0 {
             first_loss = value;
         }
@@ -593,26 +639,47 @@ pub fn compute_gradient_on(
             "train.batch_pages must be at least 1".into(),
         ));
     }
-    let ctx = Ctx::new(cfg, device, true)?;
-    let vars = make_vars_on(base, device)?;
-    let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
-    let weights = Weights::new(cfg, base.names(), &tensors)?;
-    let mut acc: Vec<Vec<f64>> = tensors.iter().map(|t| vec![0.0; t.elem_count()]).collect();
-    let mut loss_sum = 0.0f64;
     let n = pages.len() as f64;
-    for chunk in pages.chunks(train.batch_pages) {
-        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
-        let loss = forward_loss_ctx(&ctx, &weights, &tokens)?;
-        let w = chunk.len() as f64 / n;
-        loss_sum += f64::from(finite_loss(loss.to_scalar::<f32>()?)?) * w;
-        let grads = loss.backward()?;
-        for (a, var) in acc.iter_mut().zip(&vars) {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                let g = tensor_vec(&g.to_device(&Device::Cpu)?)?;
-                for (x, &y) in a.iter_mut().zip(&g) {
-                    *x += w * f64::from(y);
-                }
+    let mut loss_sum = 0.0f64;
+    let mut acc: Vec<Vec<f64>> = base.vecs()?.iter().map(|t| vec![0.0; t.len()]).collect();
+    // Adds one batch's gradient, weighted by its share of the pages.
+    let add = |acc: &mut [Vec<f64>], w: f64, grads: &[Vec<f32>]| {
+        for (a, g) in acc.iter_mut().zip(grads) {
+            for (x, &y) in a.iter_mut().zip(g) {
+                *x += w * f64::from(y);
             }
+        }
+    };
+    if device.is_cpu() {
+        let params = base.vecs()?;
+        let mut step = CpuStep::new(cfg, base.names())?;
+        let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.len()]).collect();
+        for chunk in pages.chunks(train.batch_pages) {
+            let (flat, b, l) = flat_pages(cfg, chunk)?;
+            let loss = finite_loss(step.run(&params, &flat, b, l, Some(&mut grads))?)?;
+            let w = chunk.len() as f64 / n;
+            loss_sum += f64::from(loss) * w;
+            add(&mut acc, w, &grads);
+        }
+    } else {
+        let ctx = Ctx::new(cfg, device, true)?;
+        let vars = make_vars_on(base, device)?;
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let weights = Weights::new(cfg, base.names(), &tensors)?;
+        for chunk in pages.chunks(train.batch_pages) {
+            let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
+            let loss = forward_loss_ctx(&ctx, &weights, &tokens)?;
+            let w = chunk.len() as f64 / n;
+            loss_sum += f64::from(finite_loss(loss.to_scalar::<f32>()?)?) * w;
+            let grads = loss.backward()?;
+            let g = vars
+                .iter()
+                .map(|var| match grads.get(var.as_tensor()) {
+                    Some(g) => tensor_vec(&g.to_device(&Device::Cpu)?),
+                    None => Ok(vec![0f32; var.as_tensor().elem_count()]),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            add(&mut acc, w, &g);
         }
     }
     let grad = acc

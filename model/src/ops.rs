@@ -12,11 +12,9 @@
 //! devices the model uses the composed reference path in `model.rs` (which the tests compare
 //! against these kernels, value and gradient).
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, InplaceOp2, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Rows handled per rayon task in row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
@@ -34,7 +32,7 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
 /// `x = n ln2 + r`, a degree-6 polynomial for `e^r` and an exponent-bits `2^n`. Relative error
 /// about 2e-7; inputs are clamped to [-87, 88] (so it never returns 0 or inf).
 #[inline(always)]
-fn fast_exp(x: f32) -> f32 {
+pub(crate) fn fast_exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -606,65 +604,34 @@ impl CustomOp1 for MergeHeads {
 // ---------------------------------------------------------------------------------------------
 // AdamW
 
-/// One in-place AdamW step on a CPU parameter (the candle variable's storage) given its
-/// gradient; the moments live in `state`.
+/// One in-place AdamW step on a CPU parameter `p` given its gradient `g` and moments `m`, `v`
+/// (all the same length), at 1-based step `step`.
 ///
 /// Same formula as `candle_nn::AdamW`: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
 /// `p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`.
-pub(crate) struct AdamWStep<'a> {
-    /// First and second moments, each the parameter's length.
-    pub state: Mutex<(&'a mut [f32], &'a mut [f32])>,
-    /// Learning rate.
-    pub lr: f32,
-    /// Decoupled weight decay.
-    pub weight_decay: f32,
-    /// `beta1`, `beta2`.
-    pub betas: (f32, f32),
-    /// Denominator epsilon.
-    pub eps: f32,
-    /// 1-based step number (bias correction).
-    pub step: i32,
-}
-
-impl InplaceOp2 for AdamWStep<'_> {
-    fn name(&self) -> &'static str {
-        "apiary-adamw"
-    }
-
-    fn cpu_fwd(&self, p: &mut CpuStorage, lp: &Layout, g: &CpuStorage, lg: &Layout) -> Result<()> {
-        let g = slice(g, lg, self.name())?;
-        let Some((a, b)) = lp.contiguous_offsets() else {
-            candle_core::bail!("{}: parameter must be contiguous", self.name());
-        };
-        let p = match p {
-            CpuStorage::F32(v) => &mut v[a..b],
-            _ => candle_core::bail!("{}: parameter must be f32", self.name()),
-        };
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adamw state lock poisoned".into()))?;
-        let (m, v) = &mut *state;
-        if p.len() != g.len() || m.len() != p.len() || v.len() != p.len() {
-            candle_core::bail!("{}: length mismatch", self.name());
-        }
-        let (b1, b2) = self.betas;
-        let c1 = 1.0 / (1.0 - b1.powi(self.step));
-        let c2 = 1.0 / (1.0 - b2.powi(self.step));
-        let (lr, eps) = (self.lr, self.eps);
-        let decay = 1.0 - lr * self.weight_decay;
-        p.par_chunks_mut(ELEMS_PER_TASK)
-            .zip(m.par_chunks_mut(ELEMS_PER_TASK))
-            .zip(v.par_chunks_mut(ELEMS_PER_TASK))
-            .zip(g.par_chunks(ELEMS_PER_TASK))
-            .for_each(|(((pc, mc), vc), gc)| {
-                for (((pv, mv), vv), &gv) in pc.iter_mut().zip(mc).zip(vc).zip(gc) {
-                    *mv = b1 * *mv + (1.0 - b1) * gv;
-                    *vv = b2 * *vv + (1.0 - b2) * gv * gv;
-                    let step = lr * (*mv * c1) / ((*vv * c2).sqrt() + eps);
-                    *pv = *pv * decay - step;
-                }
-            });
-        Ok(())
-    }
+pub(crate) fn adamw_step(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    params: &candle_nn::ParamsAdamW,
+    step: i32,
+) {
+    let (b1, b2) = (params.beta1 as f32, params.beta2 as f32);
+    let c1 = 1.0 / (1.0 - b1.powi(step));
+    let c2 = 1.0 / (1.0 - b2.powi(step));
+    let (lr, eps) = (params.lr as f32, params.eps as f32);
+    let decay = 1.0 - lr * params.weight_decay as f32;
+    p.par_chunks_mut(ELEMS_PER_TASK)
+        .zip(m.par_chunks_mut(ELEMS_PER_TASK))
+        .zip(v.par_chunks_mut(ELEMS_PER_TASK))
+        .zip(g.par_chunks(ELEMS_PER_TASK))
+        .for_each(|(((pc, mc), vc), gc)| {
+            for (((pv, mv), vv), &gv) in pc.iter_mut().zip(mc).zip(vc).zip(gc) {
+                *mv = b1 * *mv + (1.0 - b1) * gv;
+                *vv = b2 * *vv + (1.0 - b2) * gv * gv;
+                let step = lr * (*mv * c1) / ((*vv * c2).sqrt() + eps);
+                *pv = *pv * decay - step;
+            }
+        });
 }

@@ -554,6 +554,93 @@ fn fused_kernels_match_reference_path_in_loss_and_every_gradient() {
     }
 }
 
+/// Loss and gradients of the hand-written CPU step.
+fn cpu_step_loss_and_grads(
+    cfg: &ModelConfig,
+    p: &Params,
+    batch: &[Vec<u32>],
+) -> (f32, Vec<Vec<f32>>) {
+    let params = p.vecs().expect("vecs");
+    let mut grads: Vec<Vec<f32>> = params.iter().map(|x| vec![f32::NAN; x.len()]).collect();
+    let mut step = crate::cpu_step::CpuStep::new(cfg, p.names()).expect("step");
+    let flat: Vec<u32> = batch.concat();
+    let loss = step
+        .run(
+            &params,
+            &flat,
+            batch.len(),
+            batch[0].len(),
+            Some(&mut grads),
+        )
+        .expect("run");
+    (loss, grads)
+}
+
+#[test]
+fn cpu_step_matches_candle_autograd_in_loss_and_every_gradient() {
+    // Pages longer than two causal attention blocks (64 rows) and a last block that is short;
+    // odd sizes so rows do not fill a rayon task.
+    let cfg = ModelConfig {
+        d_model: 48,
+        n_heads: 3,
+        d_ff: 72,
+        seq_len: 150,
+        ..tiny()
+    };
+    let ds = dataset(cfg.seq_len);
+    let base = Params::init(&cfg).expect("init");
+    let (u, _) = compute_update(&cfg, &train_cfg(), &base, &pages(&ds, 0, 4)).expect("update");
+    let p = aggregate(&base, &[u], 1.0).expect("agg");
+    for len in [141, 30, 151] {
+        let mut batch = pages(&ds, 3, 3);
+        for page in &mut batch {
+            page.truncate(len);
+        }
+        let (lc, gc) = cpu_step_loss_and_grads(&cfg, &p, &batch);
+        let (lr, gr) = loss_and_grads(&cfg, &p, &batch, false);
+        assert!(
+            (lc - lr).abs() < 1e-5 * lr.abs().max(1.0),
+            "len {len}: loss cpu step {lc} vs autograd {lr}"
+        );
+        for ((name, a), b) in p.names().iter().zip(&gc).zip(&gr) {
+            let diff: f32 = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            let scale: f32 = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+            assert!(scale > 0.0, "{name}: zero reference gradient");
+            assert!(
+                diff <= 2e-4 * scale + 1e-7,
+                "len {len}, {name}: max |cpu step - autograd| = {diff}, max |grad| = {scale}"
+            );
+        }
+        // Same inputs, same bits (buffers reused from the previous run).
+        let (lc2, gc2) = cpu_step_loss_and_grads(&cfg, &p, &batch);
+        assert_eq!(lc.to_bits(), lc2.to_bits());
+        assert!(gc
+            .iter()
+            .zip(&gc2)
+            .all(|(a, b)| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())));
+    }
+}
+
+#[test]
+fn cpu_step_rejects_bad_batches() {
+    let cfg = tiny();
+    let p = Params::init(&cfg).expect("init");
+    let params = p.vecs().expect("vecs");
+    let mut step = crate::cpu_step::CpuStep::new(&cfg, p.names()).expect("step");
+    // Token outside the vocabulary, too long a page, length mismatch.
+    let err = step
+        .run(&params, &[1, 2, 300], 1, 3, None)
+        .expect_err("vocab");
+    assert!(err.to_string().contains("outside the vocabulary"), "{err}");
+    let long = vec![1u32; cfg.seq_len + 2];
+    assert!(step.run(&params, &long, 1, long.len(), None).is_err());
+    assert!(step.run(&params, &[1, 2, 3], 2, 2, None).is_err());
+}
+
 #[test]
 fn compute_update_is_bit_identical_across_runs() {
     let cfg = tiny();
