@@ -4,12 +4,14 @@
 //! Model: LLaMA, 8 layers, d_model 512, 8 heads, d_ff 1376, seq 256, byte vocabulary; batch 8
 //! pages (2048 tokens per step). Prints tokens/s, model FLOPs (`6 N tokens` for the weight
 //! matmuls plus attention `12 L B T^2 D`) and achieved GFLOP/s for
-//! - apiary (fused CPU kernels, [`apiary_model::Trainer`]),
-//! - apiary's reference path (composed candle ops + candle-nn AdamW, the code before the fused
-//!   kernels; skip with `APIARY_BENCH_SKIP_REFERENCE=1`),
+//! - apiary ([`apiary_model::Trainer`]: the hand-written CPU forward/backward of
+//!   `apiary_model::cpu_step`),
+//! - PyTorch (`bench/reference/train_step.py`) when `python3 -c "import torch"` works, in
+//!   `APIARY_BENCH_ROUNDS` (default 3) rounds alternating with apiary's,
+//! - apiary's candle-autograd path (composed candle ops + candle-nn AdamW, what GPUs run; skip
+//!   with `APIARY_BENCH_SKIP_REFERENCE=1`),
 //! - apiary with the caching allocator switched off (every large block goes back to glibc, as
 //!   without `apiary-alloc`; skip with `APIARY_BENCH_SKIP_SYSTEM_ALLOC=1`),
-//! - PyTorch (`bench/reference/train_step.py`) when `python3 -c "import torch"` works.
 //!
 //! Knobs (environment): `APIARY_BENCH_STEPS` (timed steps, default 5), `APIARY_BENCH_BATCH`
 //! (default 8), `APIARY_BENCH_DEVICE` (`cpu` default, `cuda`, `auto`; on a GPU it reports
@@ -77,7 +79,7 @@ fn step_flops(cfg: &ModelConfig, batch: usize) -> f64 {
 }
 
 /// Times `steps` training steps after one warm-up; returns the median seconds per step.
-fn time_steps(mut trainer: Trainer, batch: &[Vec<u32>], steps: usize) -> anyhow::Result<f64> {
+fn time_steps(trainer: &mut Trainer, batch: &[Vec<u32>], steps: usize) -> anyhow::Result<f64> {
     let warm = trainer.step(batch)?;
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
@@ -85,8 +87,39 @@ fn time_steps(mut trainer: Trainer, batch: &[Vec<u32>], steps: usize) -> anyhow:
         trainer.step(batch)?;
         times.push(t0.elapsed().as_secs_f64());
     }
-    eprintln!("    (first loss {warm:.3}, steps {times:.2?} s)");
+    eprintln!("    (loss before {warm:.3}, steps {times:.2?} s)");
     Ok(median(times))
+}
+
+/// Runs the PyTorch reference script once; returns its median seconds per step and version.
+fn torch_round(
+    cfg: &ModelConfig,
+    batch_n: usize,
+    steps: usize,
+    threads: usize,
+) -> anyhow::Result<(f64, String, serde_json::Value)> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/train_step.py");
+    let s = |v: usize| v.to_string();
+    let out = Command::new("python3")
+        .arg(script)
+        .args(["--vocab", &s(cfg.vocab_size), "--d-model", &s(cfg.d_model)])
+        .args(["--layers", &s(cfg.n_layers), "--heads", &s(cfg.n_heads)])
+        .args(["--d-ff", &s(cfg.d_ff), "--seq", &s(cfg.seq_len)])
+        .args(["--batch", &s(batch_n), "--steps", &s(steps)])
+        .args(["--threads", &s(threads), "--lr", "3e-3"])
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "reference script failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let secs = v["median_step_s"].as_f64().unwrap_or(f64::NAN);
+    let version = v["torch"].as_str().unwrap_or("?").to_string();
+    Ok((secs, version, v["threads"].clone()))
 }
 
 fn report(name: &str, secs: f64, tokens: usize, flops: f64) -> f64 {
@@ -137,8 +170,46 @@ fn main() -> anyhow::Result<()> {
         flops / 1e9
     );
 
-    let fused = time_steps(Trainer::new(&cfg, &train, &base, &device)?, &batch, steps)?;
+    let has_torch = device.is_cpu()
+        && Command::new("python3")
+            .args(["-c", "import torch"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    // Rounds alternate apiary and PyTorch so that drifting machine load hits both alike; the
+    // ratio reported is that of the medians over all rounds.
+    let rounds = if has_torch {
+        env_usize("APIARY_BENCH_ROUNDS", 3)
+    } else {
+        1
+    };
+    let mut trainer = Trainer::new(&cfg, &train, &base, &device)?;
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut torch_info = None;
+    for round in 1..=rounds {
+        let a = time_steps(&mut trainer, &batch, steps)?;
+        ours.push(a);
+        if has_torch {
+            let (t, version, threads) = torch_round(&cfg, batch_n, steps, threads)?;
+            println!(
+                "round {round}/{rounds}: apiary {a:.3} s/step, pytorch {t:.3} s/step, \
+                 apiary/pytorch {:.2}x",
+                t / a
+            );
+            theirs.push(t);
+            ratios.push(t / a);
+            torch_info = Some((version, threads));
+        }
+    }
+    let fused = median(ours);
     let apiary = report("apiary", fused, tokens, flops);
+    let cache = ALLOC.stats();
+    println!(
+        "    allocator cache: {} hits, {} misses, {:.0} MiB kept",
+        cache.hits,
+        cache.misses,
+        cache.cached_bytes as f64 / (1 << 20) as f64
+    );
     if !device.is_cpu() {
         let peak: f64 = std::env::var("APIARY_BENCH_PEAK_TFLOPS")
             .ok()
@@ -149,18 +220,28 @@ fn main() -> anyhow::Result<()> {
             100.0 * flops / fused / (peak * 1e12)
         );
     }
-    let cache = ALLOC.stats();
-    println!(
-        "    allocator cache: {} hits, {} misses, {:.0} MiB kept",
-        cache.hits,
-        cache.misses,
-        cache.cached_bytes as f64 / (1 << 20) as f64
-    );
+    if let Some((version, torch_threads)) = torch_info {
+        let torch = report(&format!("pytorch {version}"), median(theirs), tokens, flops);
+        println!(
+            "apiary / pytorch: {:.2}x (tokens/s, medians over {rounds} alternating rounds; per-round \
+             ratios {ratios:.2?}; target >= 1.0x on CPU; torch threads {torch_threads})",
+            apiary / torch
+        );
+    } else if !device.is_cpu() {
+        println!("pytorch: comparison runs on the CPU only; skipped for {device_name}");
+    } else {
+        println!(
+            "pytorch: not available. Install it to compare: `pip install torch --index-url \
+             https://download.pytorch.org/whl/cpu` (or plain `pip install torch`), then rerun."
+        );
+    }
+    drop(trainer);
+
     if std::env::var("APIARY_BENCH_SKIP_SYSTEM_ALLOC").is_err() {
         ALLOC.set_limit(0);
         ALLOC.trim();
         let system = time_steps(
-            Trainer::new(&cfg, &train, &base, &device)?,
+            &mut Trainer::new(&cfg, &train, &base, &device)?,
             &batch,
             steps.min(3),
         )?;
@@ -173,64 +254,15 @@ fn main() -> anyhow::Result<()> {
     }
     if std::env::var("APIARY_BENCH_SKIP_REFERENCE").is_err() {
         let reference = time_steps(
-            Trainer::new_reference(&cfg, &train, &base, &device)?,
+            &mut Trainer::new_reference(&cfg, &train, &base, &device)?,
             &batch,
             steps.min(3),
         )?;
-        report("apiary reference path", reference, tokens, flops);
+        report("apiary candle-autograd path", reference, tokens, flops);
         println!(
-            "fused / reference path: {:.2}x faster per step",
+            "hand-written CPU step / candle autograd path: {:.2}x faster per step",
             reference / fused
         );
     }
-
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/reference/train_step.py");
-    let has_torch = Command::new("python3")
-        .args(["-c", "import torch"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !has_torch || !device.is_cpu() {
-        if !has_torch {
-            println!(
-                "pytorch: not available. Install it to compare: `pip install torch --index-url \
-                 https://download.pytorch.org/whl/cpu` (or plain `pip install torch`), then rerun."
-            );
-        } else {
-            println!("pytorch: comparison runs on the CPU only; skipped for {device_name}");
-        }
-        return Ok(());
-    }
-    let s = |v: usize| v.to_string();
-    let out = Command::new("python3")
-        .arg(script)
-        .args(["--vocab", &s(cfg.vocab_size), "--d-model", &s(cfg.d_model)])
-        .args(["--layers", &s(cfg.n_layers), "--heads", &s(cfg.n_heads)])
-        .args(["--d-ff", &s(cfg.d_ff), "--seq", &s(cfg.seq_len)])
-        .args(["--batch", &s(batch_n), "--steps", &s(steps)])
-        .args(["--threads", &s(threads), "--lr", "3e-3"])
-        .output()?;
-    if !out.status.success() {
-        println!(
-            "pytorch: reference script failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return Ok(());
-    }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(line)?;
-    let secs = v["median_step_s"].as_f64().unwrap_or(f64::NAN);
-    let torch = report(
-        &format!("pytorch {}", v["torch"].as_str().unwrap_or("?")),
-        secs,
-        tokens,
-        flops,
-    );
-    println!(
-        "apiary / pytorch: {:.2}x (tokens/s; target >= 1.0x on CPU; torch threads {})",
-        apiary / torch,
-        v["threads"]
-    );
     Ok(())
 }
