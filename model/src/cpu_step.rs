@@ -26,6 +26,7 @@ use crate::error::{ModelError, Result};
 use crate::ops::RopeTables;
 use apiary_config::ModelConfig;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Rows per rayon task in row-wise kernels.
 const ROWS_PER_TASK: usize = 16;
@@ -202,14 +203,27 @@ fn rms_norm_bwd(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32], dw:
     }
 }
 
-/// Rows `[B*T, H*hd]` (batch-major) to heads `[B, H, T, hd]`, rotating with `rope` if given.
-fn split_heads(x: &[f32], y: &mut [f32], t: usize, h: usize, hd: usize, rope: Option<&RopeTables>) {
-    let dm = h * hd;
+/// Where a `[B*T, H*hd]` block of rows lies in a wider row-major buffer: rows of `ld` elements,
+/// the block starting at column `off`.
+#[derive(Clone, Copy)]
+struct Cols {
+    ld: usize,
+    off: usize,
+}
+
+/// Rows (batch-major, see [`Cols`]) to heads `[B, H, T, hd]`, rotating with `rope` if given.
+fn split_heads(
+    x: &[f32],
+    at: Cols,
+    y: &mut [f32],
+    (t, h, hd): (usize, usize, usize),
+    rope: Option<&RopeTables>,
+) {
     let half = hd / 2;
     y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yc)| {
         let (bi, hi) = (bh / h, bh % h);
         for (p, yr) in yc.chunks_mut(hd).enumerate() {
-            let src = (bi * t + p) * dm + hi * hd;
+            let src = (bi * t + p) * at.ld + at.off + hi * hd;
             let xr = &x[src..src + hd];
             match rope {
                 None => yr.copy_from_slice(xr),
@@ -228,17 +242,24 @@ fn split_heads(x: &[f32], y: &mut [f32], t: usize, h: usize, hd: usize, rope: Op
     });
 }
 
-/// Heads `[B, H, T, hd]` back to rows `[B*T, H*hd]`, applying the transposed rotation of
-/// `rope` if given (the gradient of [`split_heads`]).
-fn merge_heads(g: &[f32], x: &mut [f32], t: usize, h: usize, hd: usize, rope: Option<&RopeTables>) {
-    let dm = h * hd;
+/// Heads `[B, H, T, hd]` back to rows (see [`Cols`]; other columns untouched), applying the
+/// transposed rotation of `rope` if given (the gradient of [`split_heads`]).
+fn merge_heads(
+    g: &[f32],
+    x: &mut [f32],
+    at: Cols,
+    (t, h, hd): (usize, usize, usize),
+    rope: Option<&RopeTables>,
+) {
     let half = hd / 2;
-    x.par_chunks_mut(dm * ROWS_PER_TASK)
+    let dm = h * hd;
+    x.par_chunks_mut(at.ld * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(c, xc)| {
-            for (k, xr) in xc.chunks_mut(dm).enumerate() {
+            for (k, xr) in xc.chunks_mut(at.ld).enumerate() {
                 let row = c * ROWS_PER_TASK + k;
                 let (bi, p) = (row / t, row % t);
+                let xr = &mut xr[at.off..at.off + dm];
                 for (hi, dh) in xr.chunks_mut(hd).enumerate() {
                     let src = ((bi * h + hi) * t + p) * hd;
                     let gr = &g[src..src + hd];
@@ -260,35 +281,40 @@ fn merge_heads(g: &[f32], x: &mut [f32], t: usize, h: usize, hd: usize, rope: Op
         });
 }
 
-/// Elements per rayon task in element-wise kernels.
-const ELEMS_PER_TASK: usize = 16 * 1024;
-
-/// `a = silu(g) * u`.
-fn swiglu_fwd(g: &[f32], u: &[f32], a: &mut [f32]) {
-    a.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(g.par_chunks(ELEMS_PER_TASK))
-        .zip(u.par_chunks(ELEMS_PER_TASK))
-        .for_each(|((ac, gc), uc)| {
-            for ((o, &x), &y) in ac.iter_mut().zip(gc).zip(uc) {
-                *o = x / (1.0 + exp(-x)) * y;
+/// `a = silu(g) * u` row by row, `gu: [N, 2f]` holding `g` then `u` in each row, `a: [N, f]`.
+fn swiglu_fwd(gu: &[f32], a: &mut [f32], f: usize) {
+    a.par_chunks_mut(f * ROWS_PER_TASK)
+        .zip(gu.par_chunks(2 * f * ROWS_PER_TASK))
+        .for_each(|(ac, guc)| {
+            for (ar, gur) in ac.chunks_mut(f).zip(guc.chunks(2 * f)) {
+                let (g, u) = gur.split_at(f);
+                for ((o, &x), &y) in ar.iter_mut().zip(g).zip(u) {
+                    *o = x / (1.0 + exp(-x)) * y;
+                }
             }
         });
 }
 
-/// Gradients of [`swiglu_fwd`]: `dg`, `du` from `da`.
-fn swiglu_bwd(g: &[f32], u: &[f32], da: &[f32], dg: &mut [f32], du: &mut [f32]) {
-    dg.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(du.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(g.par_chunks(ELEMS_PER_TASK))
-        .zip(u.par_chunks(ELEMS_PER_TASK))
-        .zip(da.par_chunks(ELEMS_PER_TASK))
-        .for_each(|((((dgc, duc), gc), uc), dac)| {
-            for ((((a, b), &gv), &uv), &d) in
-                dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc).zip(dac)
+/// Gradients of [`swiglu_fwd`]: `dgu: [N, 2f]` (`dg` then `du` per row) from `da: [N, f]`.
+fn swiglu_bwd(gu: &[f32], da: &[f32], dgu: &mut [f32], f: usize) {
+    dgu.par_chunks_mut(2 * f * ROWS_PER_TASK)
+        .zip(gu.par_chunks(2 * f * ROWS_PER_TASK))
+        .zip(da.par_chunks(f * ROWS_PER_TASK))
+        .for_each(|((dc, guc), dac)| {
+            for ((dr, gur), dar) in dc
+                .chunks_mut(2 * f)
+                .zip(guc.chunks(2 * f))
+                .zip(dac.chunks(f))
             {
-                let s = 1.0 / (1.0 + exp(-gv));
-                *a = d * uv * s * (1.0 + gv * (1.0 - s));
-                *b = d * gv * s;
+                let (g, u) = gur.split_at(f);
+                let (dg, du) = dr.split_at_mut(f);
+                for ((((a, b), &gv), &uv), &d) in
+                    dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dar)
+                {
+                    let s = 1.0 / (1.0 + exp(-gv));
+                    *a = d * uv * s * (1.0 + gv * (1.0 - s));
+                    *b = d * gv * s;
+                }
             }
         });
 }
@@ -451,18 +477,120 @@ fn attention_bwd(
 // ---------------------------------------------------------------------------------------------
 // The step
 
-/// Indices of one layer's tensors in the name-sorted parameter list.
-#[derive(Clone, Copy, Debug)]
-struct LayerIdx {
-    attn_norm: usize,
-    q: usize,
-    k: usize,
-    v: usize,
-    o: usize,
-    mlp_norm: usize,
-    gate: usize,
-    up: usize,
-    down: usize,
+/// Where one layer's tensors lie in the flat parameter buffer (see [`FlatLayout`]).
+#[derive(Clone, Debug)]
+struct LayerAt {
+    attn_norm: Range<usize>,
+    /// `q_proj`, `k_proj`, `v_proj` back to back: one `[3d, d]` matrix.
+    qkv: Range<usize>,
+    o: Range<usize>,
+    mlp_norm: Range<usize>,
+    /// `gate_proj`, `up_proj` back to back: one `[2f, d]` matrix.
+    gate_up: Range<usize>,
+    down: Range<usize>,
+}
+
+/// The flat layout of all parameters used by [`CpuStep`]: one `f32` buffer in which each
+/// layer's q/k/v projections are adjacent (so the three are one matmul) and so are its
+/// gate/up projections. [`FlatLayout::flatten`] / [`FlatLayout::unflatten`] convert from and
+/// to the name-sorted tensors of [`crate::Params`].
+#[derive(Clone, Debug)]
+pub(crate) struct FlatLayout {
+    /// Range of each name-sorted tensor.
+    ranges: Vec<Range<usize>>,
+    total: usize,
+    layers: Vec<LayerAt>,
+    embed: Range<usize>,
+    norm: Range<usize>,
+    lm_head: Range<usize>,
+}
+
+impl FlatLayout {
+    fn new(cfg: &ModelConfig, names: &[String]) -> Result<FlatLayout> {
+        let find = |name: String| -> Result<usize> {
+            names
+                .binary_search(&name)
+                .map_err(|_| ModelError::MissingTensor(name))
+        };
+        let specs = crate::params::param_specs(cfg)?;
+        if specs.len() != names.len() || specs.iter().zip(names).any(|((n, _), m)| n != m) {
+            return Err(ModelError::InvalidConfig(
+                "the parameter names do not match the model config".into(),
+            ));
+        }
+        let mut ranges = vec![0..0; names.len()];
+        let mut at = 0usize;
+        let mut place = |i: usize| -> Range<usize> {
+            let len: usize = specs[i].1.iter().product();
+            ranges[i] = at..at + len;
+            at += len;
+            at - len..at
+        };
+        let mut layers = Vec::with_capacity(cfg.n_layers);
+        for l in 0..cfg.n_layers {
+            let p = format!("model.layers.{l}");
+            let q = place(find(format!("{p}.self_attn.q_proj.weight"))?);
+            place(find(format!("{p}.self_attn.k_proj.weight"))?);
+            let v = place(find(format!("{p}.self_attn.v_proj.weight"))?);
+            let o = place(find(format!("{p}.self_attn.o_proj.weight"))?);
+            let g = place(find(format!("{p}.mlp.gate_proj.weight"))?);
+            let u = place(find(format!("{p}.mlp.up_proj.weight"))?);
+            let down = place(find(format!("{p}.mlp.down_proj.weight"))?);
+            let attn_norm = place(find(format!("{p}.input_layernorm.weight"))?);
+            let mlp_norm = place(find(format!("{p}.post_attention_layernorm.weight"))?);
+            layers.push(LayerAt {
+                attn_norm,
+                qkv: q.start..v.end,
+                o,
+                mlp_norm,
+                gate_up: g.start..u.end,
+                down,
+            });
+        }
+        let embed = place(find("model.embed_tokens.weight".into())?);
+        let norm = place(find("model.norm.weight".into())?);
+        let lm_head = place(find("lm_head.weight".into())?);
+        if ranges.iter().any(|r| r.is_empty()) {
+            return Err(ModelError::InvalidConfig(
+                "the model has tensors the CPU step does not know".into(),
+            ));
+        }
+        Ok(FlatLayout {
+            ranges,
+            total: at,
+            layers,
+            embed,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// The name-sorted tensors `vecs` laid out flat.
+    pub(crate) fn flatten(&self, vecs: &[Vec<f32>]) -> Result<Vec<f32>> {
+        if vecs.len() != self.ranges.len()
+            || vecs
+                .iter()
+                .zip(&self.ranges)
+                .any(|(v, r)| v.len() != r.len())
+        {
+            return Err(ModelError::InvalidConfig(
+                "the parameters do not match the model config".into(),
+            ));
+        }
+        let mut flat = vec![0f32; self.total];
+        for (v, r) in vecs.iter().zip(&self.ranges) {
+            flat[r.clone()].copy_from_slice(v);
+        }
+        Ok(flat)
+    }
+
+    /// The flat buffer back to name-sorted tensors.
+    pub(crate) fn unflatten(&self, flat: &[f32]) -> Vec<Vec<f32>> {
+        self.ranges
+            .iter()
+            .map(|r| flat[r.clone()].to_vec())
+            .collect()
+    }
 }
 
 /// Activations of one layer saved for the backward pass.
@@ -475,7 +603,7 @@ struct LayerActs {
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
-    /// Attention probabilities `[B, H, T, T]` (upper triangle 0).
+    /// Attention probabilities `[B, H, T, T]` (each causal block's masked part 0).
     p: Vec<f32>,
     /// Attention output merged back to rows `[N, d]`.
     y: Vec<f32>,
@@ -483,10 +611,9 @@ struct LayerActs {
     r2: Vec<f32>,
     /// MLP-norm output `[N, d]`.
     h2: Vec<f32>,
-    /// Gate and up projections `[N, f]`.
-    g: Vec<f32>,
-    u: Vec<f32>,
-    /// `silu(g) * u` `[N, f]`.
+    /// Gate and up projections `[N, 2f]` (gate then up in each row).
+    gu: Vec<f32>,
+    /// `silu(gate) * up` `[N, f]`.
     a: Vec<f32>,
 }
 
@@ -504,17 +631,19 @@ struct Buffers {
     /// Logits `[N, V]`, overwritten by their gradient.
     logits: Vec<f32>,
     // Scratch.
+    /// `[N, 3d]`: q/k/v rows in the forward pass, their gradients in the backward pass.
+    qkv: Vec<f32>,
     rows_a: Vec<f32>,
     rows_b: Vec<f32>,
-    rows_c: Vec<f32>,
     heads_a: Vec<f32>,
     heads_b: Vec<f32>,
     heads_c: Vec<f32>,
     heads_d: Vec<f32>,
     dp: Vec<f32>,
-    ff_a: Vec<f32>,
-    ff_b: Vec<f32>,
-    ff_c: Vec<f32>,
+    /// `[N, f]`: gradient of the SwiGLU output.
+    da: Vec<f32>,
+    /// `[N, 2f]`: gradient of the gate/up projections.
+    dgu: Vec<f32>,
     dx: Vec<f32>,
 }
 
@@ -538,50 +667,41 @@ impl Buffers {
                     y: z(n * d),
                     r2: z(n),
                     h2: z(n * d),
-                    g: z(n * f),
-                    u: z(n * f),
+                    gu: z(n * 2 * f),
                     a: z(n * f),
                 })
                 .collect(),
             rf: z(n),
             hf: z(n * d),
             logits: z(n * cfg.vocab_size),
+            qkv: z(n * 3 * d),
             rows_a: z(n * d),
             rows_b: z(n * d),
-            rows_c: z(n * d),
             heads_a: z(n * d),
             heads_b: z(n * d),
             heads_c: z(n * d),
             heads_d: z(n * d),
             dp: z(b * h * t * t),
-            ff_a: z(n * f),
-            ff_b: z(n * f),
-            ff_c: z(n * f),
+            da: z(n * f),
+            dgu: z(n * 2 * f),
             dx: z(n * d),
         }
     }
 }
 
 /// The hand-written CPU forward and backward pass of one model configuration (see the module
-/// documentation). Holds the buffers of the last batch shape it ran.
+/// documentation), over parameters laid out by its [`FlatLayout`]. Holds the buffers of the
+/// last batch shape it ran.
 pub(crate) struct CpuStep {
     cfg: ModelConfig,
-    embed: usize,
-    norm: usize,
-    lm_head: usize,
-    layers: Vec<LayerIdx>,
+    layout: FlatLayout,
     rope: RopeTables,
     bufs: Option<Buffers>,
 }
 
 impl CpuStep {
-    /// A step for `cfg`, whose parameters come in the order of `names` (sorted).
+    /// A step for `cfg`, whose parameters are named `names` (sorted, as in [`crate::Params`]).
     pub(crate) fn new(cfg: &ModelConfig, names: &[String]) -> Result<CpuStep> {
-        let find = |name: String| -> Result<usize> {
-            names
-                .binary_search(&name)
-                .map_err(|_| ModelError::MissingTensor(name))
-        };
         if cfg.n_heads == 0
             || !cfg.d_model.is_multiple_of(cfg.n_heads)
             || !(cfg.d_model / cfg.n_heads).is_multiple_of(2)
@@ -590,28 +710,9 @@ impl CpuStep {
                 "d_model must split into an even head dimension per head".into(),
             ));
         }
-        let layers = (0..cfg.n_layers)
-            .map(|i| {
-                let p = format!("model.layers.{i}");
-                Ok(LayerIdx {
-                    attn_norm: find(format!("{p}.input_layernorm.weight"))?,
-                    q: find(format!("{p}.self_attn.q_proj.weight"))?,
-                    k: find(format!("{p}.self_attn.k_proj.weight"))?,
-                    v: find(format!("{p}.self_attn.v_proj.weight"))?,
-                    o: find(format!("{p}.self_attn.o_proj.weight"))?,
-                    mlp_norm: find(format!("{p}.post_attention_layernorm.weight"))?,
-                    gate: find(format!("{p}.mlp.gate_proj.weight"))?,
-                    up: find(format!("{p}.mlp.up_proj.weight"))?,
-                    down: find(format!("{p}.mlp.down_proj.weight"))?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
         Ok(CpuStep {
             cfg: cfg.clone(),
-            embed: find("model.embed_tokens.weight".into())?,
-            norm: find("model.norm.weight".into())?,
-            lm_head: find("lm_head.weight".into())?,
-            layers,
+            layout: FlatLayout::new(cfg, names)?,
             rope: RopeTables::new(
                 cfg.seq_len,
                 cfg.d_model / cfg.n_heads,
@@ -621,16 +722,21 @@ impl CpuStep {
         })
     }
 
+    /// The parameter layout `run` expects.
+    pub(crate) fn layout(&self) -> &FlatLayout {
+        &self.layout
+    }
+
     /// The mean next-token loss of `tokens` (`b` pages of `l` tokens, row-major; inputs
-    /// `[:, :l-1]`, targets `[:, 1:]`) under `params`, and, when `grads` is given, the gradient
-    /// of that loss for every parameter (overwritten, same order and sizes as `params`).
+    /// `[:, :l-1]`, targets `[:, 1:]`) under the flat `params`, and, when `grads` is given, the
+    /// gradient of that loss for every parameter (overwritten, same layout as `params`).
     pub(crate) fn run(
         &mut self,
-        params: &[Vec<f32>],
+        params: &[f32],
         tokens: &[u32],
         b: usize,
         l: usize,
-        grads: Option<&mut [Vec<f32>]>,
+        grads: Option<&mut [f32]>,
     ) -> Result<f32> {
         let cfg = &self.cfg;
         if l < 2 || l > cfg.seq_len + 1 || tokens.len() != b * l || b == 0 {
@@ -646,6 +752,13 @@ impl CpuStep {
                 cfg.vocab_size
             )));
         }
+        if params.len() != self.layout.total
+            || grads.as_ref().is_some_and(|g| g.len() != params.len())
+        {
+            return Err(ModelError::InvalidConfig(
+                "the parameters do not match the model config".into(),
+            ));
+        }
         let t = l - 1;
         if self.bufs.as_ref().is_none_or(|x| x.b != b || x.t != t) {
             // Free the old shape's buffers before allocating the new ones.
@@ -655,27 +768,16 @@ impl CpuStep {
         let Some(bufs) = self.bufs.as_mut() else {
             return Err(ModelError::Data("step buffers missing".into()));
         };
-        let loss = forward(
-            cfg,
-            &self.layers,
-            (self.embed, self.norm, self.lm_head),
-            &self.rope,
-            params,
-            tokens,
-            b,
-            t,
-            bufs,
-        );
+        let shape = Shape { b, t };
+        let loss = forward(cfg, &self.layout, &self.rope, params, tokens, shape, bufs);
         if let Some(grads) = grads {
             backward(
                 cfg,
-                &self.layers,
-                (self.embed, self.norm, self.lm_head),
+                &self.layout,
                 &self.rope,
                 params,
                 tokens,
-                b,
-                t,
+                shape,
                 bufs,
                 grads,
             );
@@ -684,18 +786,22 @@ impl CpuStep {
     }
 }
 
-/// The forward pass; fills `bufs` and returns the mean loss. On return `bufs.logits` holds the
-/// gradient of the mean loss with respect to the logits.
-#[allow(clippy::too_many_arguments)]
-fn forward(
-    cfg: &ModelConfig,
-    layers: &[LayerIdx],
-    (embed, norm, lm_head): (usize, usize, usize),
-    rope: &RopeTables,
-    params: &[Vec<f32>],
-    tokens: &[u32],
+/// Pages and tokens per page (inputs) of a step.
+#[derive(Clone, Copy)]
+struct Shape {
     b: usize,
     t: usize,
+}
+
+/// The forward pass; fills `bufs` and returns the mean loss. On return `bufs.logits` holds the
+/// gradient of the mean loss with respect to the logits.
+fn forward(
+    cfg: &ModelConfig,
+    at: &FlatLayout,
+    rope: &RopeTables,
+    params: &[f32],
+    tokens: &[u32],
+    Shape { b, t }: Shape,
     bufs: &mut Buffers,
 ) -> f32 {
     let (d, f, h, vsz) = (cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.vocab_size);
@@ -708,41 +814,38 @@ fn forward(
         scale: 1.0 / (hd as f32).sqrt(),
     };
     let input = |i: usize| tokens[(i / t) * (t + 1) + i % t] as usize;
+    let w = |r: &Range<usize>| &params[r.clone()];
 
     // Embeddings.
-    let e = &params[embed];
+    let e = w(&at.embed);
     bufs.xs[0]
         .par_chunks_mut(d)
         .enumerate()
         .for_each(|(i, row)| row.copy_from_slice(&e[input(i) * d..(input(i) + 1) * d]));
 
-    for (li, (ix, acts)) in layers.iter().zip(bufs.layers.iter_mut()).enumerate() {
+    for (li, (lw, acts)) in at.layers.iter().zip(bufs.layers.iter_mut()).enumerate() {
         let (before, after) = bufs.xs.split_at_mut(2 * li + 1);
         let x_in = &before[2 * li];
         let (x_mid, rest) = after.split_at_mut(1);
         let (x_mid, x_out) = (&mut x_mid[0], &mut rest[0]);
 
-        rms_norm_fwd(x_in, &params[ix.attn_norm], eps, &mut acts.h1, &mut acts.r1);
-        for (w, rows_buf) in [
-            (ix.q, &mut bufs.rows_a),
-            (ix.k, &mut bufs.rows_b),
-            (ix.v, &mut bufs.rows_c),
-        ] {
-            gemm(
-                (n, d, d),
-                rows_buf,
-                rows(d),
-                false,
-                &acts.h1,
-                rows(d),
-                &params[w],
-                cols(d),
-                true,
-            );
-        }
-        split_heads(&bufs.rows_a, &mut acts.q, t, h, hd, Some(rope));
-        split_heads(&bufs.rows_b, &mut acts.k, t, h, hd, Some(rope));
-        split_heads(&bufs.rows_c, &mut acts.v, t, h, hd, None);
+        rms_norm_fwd(x_in, w(&lw.attn_norm), eps, &mut acts.h1, &mut acts.r1);
+        let qkv = &mut bufs.qkv;
+        gemm(
+            (n, 3 * d, d),
+            qkv,
+            rows(3 * d),
+            false,
+            &acts.h1,
+            rows(d),
+            w(&lw.qkv),
+            cols(d),
+            true,
+        );
+        let col = |off: usize| Cols { ld: 3 * d, off };
+        split_heads(qkv, col(0), &mut acts.q, (t, h, hd), Some(rope));
+        split_heads(qkv, col(d), &mut acts.k, (t, h, hd), Some(rope));
+        split_heads(qkv, col(2 * d), &mut acts.v, (t, h, hd), None);
         let th = t * hd;
         acts.p
             .par_chunks_mut(t * t)
@@ -757,7 +860,8 @@ fn forward(
                 };
                 attention_fwd(head, p, o, dims);
             });
-        merge_heads(&bufs.heads_a, &mut acts.y, t, h, hd, None);
+        let plain = Cols { ld: d, off: 0 };
+        merge_heads(&bufs.heads_a, &mut acts.y, plain, (t, h, hd), None);
         x_mid.copy_from_slice(x_in);
         gemm(
             (n, d, d),
@@ -766,35 +870,25 @@ fn forward(
             true,
             &acts.y,
             rows(d),
-            &params[ix.o],
+            w(&lw.o),
             cols(d),
             true,
         );
 
-        rms_norm_fwd(x_mid, &params[ix.mlp_norm], eps, &mut acts.h2, &mut acts.r2);
+        rms_norm_fwd(x_mid, w(&lw.mlp_norm), eps, &mut acts.h2, &mut acts.r2);
+        let gu = &mut acts.gu;
         gemm(
-            (n, f, d),
-            &mut acts.g,
-            rows(f),
+            (n, 2 * f, d),
+            gu,
+            rows(2 * f),
             false,
             &acts.h2,
             rows(d),
-            &params[ix.gate],
+            w(&lw.gate_up),
             cols(d),
             true,
         );
-        gemm(
-            (n, f, d),
-            &mut acts.u,
-            rows(f),
-            false,
-            &acts.h2,
-            rows(d),
-            &params[ix.up],
-            cols(d),
-            true,
-        );
-        swiglu_fwd(&acts.g, &acts.u, &mut acts.a);
+        swiglu_fwd(&acts.gu, &mut acts.a, f);
         x_out.copy_from_slice(x_mid);
         gemm(
             (n, d, f),
@@ -803,22 +897,23 @@ fn forward(
             true,
             &acts.a,
             rows(f),
-            &params[ix.down],
+            w(&lw.down),
             cols(f),
             true,
         );
     }
 
-    let last = &bufs.xs[2 * layers.len()];
-    rms_norm_fwd(last, &params[norm], eps, &mut bufs.hf, &mut bufs.rf);
+    let last = &bufs.xs[2 * at.layers.len()];
+    rms_norm_fwd(last, w(&at.norm), eps, &mut bufs.hf, &mut bufs.rf);
+    let logits = &mut bufs.logits;
     gemm(
         (n, vsz, d),
-        &mut bufs.logits,
+        logits,
         rows(vsz),
         false,
         &bufs.hf,
         rows(d),
-        &params[lm_head],
+        w(&at.lm_head),
         cols(d),
         true,
     );
@@ -859,15 +954,13 @@ fn forward(
 #[allow(clippy::too_many_arguments)]
 fn backward(
     cfg: &ModelConfig,
-    layers: &[LayerIdx],
-    (embed, norm, lm_head): (usize, usize, usize),
+    at: &FlatLayout,
     rope: &RopeTables,
-    params: &[Vec<f32>],
+    params: &[f32],
     tokens: &[u32],
-    b: usize,
-    t: usize,
+    Shape { b, t }: Shape,
     bufs: &mut Buffers,
-    grads: &mut [Vec<f32>],
+    grads: &mut [f32],
 ) {
     let (d, f, h, vsz) = (cfg.d_model, cfg.d_ff, cfg.n_heads, cfg.vocab_size);
     let hd = d / h;
@@ -877,12 +970,14 @@ fn backward(
         hd,
         scale: 1.0 / (hd as f32).sqrt(),
     };
+    let w = |r: &Range<usize>| &params[r.clone()];
     let dlogits = &bufs.logits;
 
     // lm_head and the final norm.
+    let g_lm = &mut grads[at.lm_head.clone()];
     gemm(
         (vsz, d, n),
-        &mut grads[lm_head],
+        g_lm,
         rows(d),
         false,
         dlogits,
@@ -891,36 +986,40 @@ fn backward(
         rows(d),
         true,
     );
+    let dh = &mut bufs.rows_a;
     gemm(
         (n, d, vsz),
-        &mut bufs.rows_a,
+        dh,
         rows(d),
         false,
         dlogits,
         rows(vsz),
-        &params[lm_head],
+        w(&at.lm_head),
         rows(d),
         true,
     );
     bufs.dx.fill(0.0);
+    let last = &bufs.xs[2 * at.layers.len()];
+    let g_norm = &mut grads[at.norm.clone()];
     rms_norm_bwd(
-        &bufs.xs[2 * layers.len()],
-        &params[norm],
+        last,
+        w(&at.norm),
         &bufs.rf,
         &bufs.rows_a,
         &mut bufs.dx,
-        &mut grads[norm],
+        g_norm,
     );
 
-    for (li, (ix, acts)) in layers.iter().zip(bufs.layers.iter()).enumerate().rev() {
+    for (li, (lw, acts)) in at.layers.iter().zip(bufs.layers.iter()).enumerate().rev() {
         let x_in = &bufs.xs[2 * li];
         let x_mid = &bufs.xs[2 * li + 1];
         let dx = &mut bufs.dx;
 
-        // MLP: x_out = x_mid + a W_down^T.
+        // MLP: x_out = x_mid + a W_down^T, a = silu(g) * u, [g u] = h2 [W_gate W_up]^T.
+        let g_down = &mut grads[lw.down.clone()];
         gemm(
             (d, f, n),
-            &mut grads[ix.down],
+            g_down,
             rows(f),
             false,
             dx,
@@ -931,73 +1030,48 @@ fn backward(
         );
         gemm(
             (n, f, d),
-            &mut bufs.ff_a,
+            &mut bufs.da,
             rows(f),
             false,
             dx,
             rows(d),
-            &params[ix.down],
+            w(&lw.down),
             rows(f),
             true,
         );
-        swiglu_bwd(&acts.g, &acts.u, &bufs.ff_a, &mut bufs.ff_b, &mut bufs.ff_c);
+        swiglu_bwd(&acts.gu, &bufs.da, &mut bufs.dgu, f);
+        let g_gu = &mut grads[lw.gate_up.clone()];
         gemm(
-            (f, d, n),
-            &mut grads[ix.gate],
+            (2 * f, d, n),
+            g_gu,
             rows(d),
             false,
-            &bufs.ff_b,
-            cols(f),
+            &bufs.dgu,
+            cols(2 * f),
             &acts.h2,
             rows(d),
             true,
         );
+        let dh = &mut bufs.rows_a;
         gemm(
-            (f, d, n),
-            &mut grads[ix.up],
+            (n, d, 2 * f),
+            dh,
             rows(d),
             false,
-            &bufs.ff_c,
-            cols(f),
-            &acts.h2,
+            &bufs.dgu,
+            rows(2 * f),
+            w(&lw.gate_up),
             rows(d),
             true,
         );
-        gemm(
-            (n, d, f),
-            &mut bufs.rows_a,
-            rows(d),
-            false,
-            &bufs.ff_b,
-            rows(f),
-            &params[ix.gate],
-            rows(d),
-            true,
-        );
-        gemm(
-            (n, d, f),
-            &mut bufs.rows_a,
-            rows(d),
-            true,
-            &bufs.ff_c,
-            rows(f),
-            &params[ix.up],
-            rows(d),
-            true,
-        );
-        rms_norm_bwd(
-            x_mid,
-            &params[ix.mlp_norm],
-            &acts.r2,
-            &bufs.rows_a,
-            dx,
-            &mut grads[ix.mlp_norm],
-        );
+        let g_mn = &mut grads[lw.mlp_norm.clone()];
+        rms_norm_bwd(x_mid, w(&lw.mlp_norm), &acts.r2, &bufs.rows_a, dx, g_mn);
 
         // Attention: x_mid = x_in + y W_o^T.
+        let g_o = &mut grads[lw.o.clone()];
         gemm(
             (d, d, n),
-            &mut grads[ix.o],
+            g_o,
             rows(d),
             false,
             dx,
@@ -1008,16 +1082,17 @@ fn backward(
         );
         gemm(
             (n, d, d),
-            &mut bufs.rows_a,
+            &mut bufs.rows_b,
             rows(d),
             false,
             dx,
             rows(d),
-            &params[ix.o],
+            w(&lw.o),
             rows(d),
             true,
         );
-        split_heads(&bufs.rows_a, &mut bufs.heads_a, t, h, hd, None);
+        let plain = Cols { ld: d, off: 0 };
+        split_heads(&bufs.rows_b, plain, &mut bufs.heads_a, (t, h, hd), None);
         let th = t * hd;
         bufs.dp
             .par_chunks_mut(t * t)
@@ -1035,73 +1110,41 @@ fn backward(
                 };
                 attention_bwd(head, p, &bufs.heads_a[s], dp, (dq, dk, dv), dims);
             });
-        merge_heads(&bufs.heads_b, &mut bufs.rows_a, t, h, hd, Some(rope));
-        merge_heads(&bufs.heads_c, &mut bufs.rows_b, t, h, hd, Some(rope));
-        merge_heads(&bufs.heads_d, &mut bufs.rows_c, t, h, hd, None);
-        for (w, rows_buf) in [
-            (ix.q, &bufs.rows_a),
-            (ix.k, &bufs.rows_b),
-            (ix.v, &bufs.rows_c),
-        ] {
-            gemm(
-                (d, d, n),
-                &mut grads[w],
-                rows(d),
-                false,
-                rows_buf,
-                cols(d),
-                &acts.h1,
-                rows(d),
-                true,
-            );
-        }
-        // dh1 = dq Wq + dk Wk + dv Wv, into heads_a (free again) as rows.
-        let dh = &mut bufs.heads_a;
+        let col = |off: usize| Cols { ld: 3 * d, off };
+        let dqkv = &mut bufs.qkv;
+        merge_heads(&bufs.heads_b, dqkv, col(0), (t, h, hd), Some(rope));
+        merge_heads(&bufs.heads_c, dqkv, col(d), (t, h, hd), Some(rope));
+        merge_heads(&bufs.heads_d, dqkv, col(2 * d), (t, h, hd), None);
+        let g_qkv = &mut grads[lw.qkv.clone()];
         gemm(
-            (n, d, d),
+            (3 * d, d, n),
+            g_qkv,
+            rows(d),
+            false,
+            dqkv,
+            cols(3 * d),
+            &acts.h1,
+            rows(d),
+            true,
+        );
+        let dh = &mut bufs.rows_a;
+        gemm(
+            (n, d, 3 * d),
             dh,
             rows(d),
             false,
-            &bufs.rows_a,
-            rows(d),
-            &params[ix.q],
-            rows(d),
-            true,
-        );
-        gemm(
-            (n, d, d),
-            dh,
-            rows(d),
-            true,
-            &bufs.rows_b,
-            rows(d),
-            &params[ix.k],
+            dqkv,
+            rows(3 * d),
+            w(&lw.qkv),
             rows(d),
             true,
         );
-        gemm(
-            (n, d, d),
-            dh,
-            rows(d),
-            true,
-            &bufs.rows_c,
-            rows(d),
-            &params[ix.v],
-            rows(d),
-            true,
-        );
-        rms_norm_bwd(
-            x_in,
-            &params[ix.attn_norm],
-            &acts.r1,
-            dh,
-            dx,
-            &mut grads[ix.attn_norm],
-        );
+        let g_an = &mut grads[lw.attn_norm.clone()];
+        rms_norm_bwd(x_in, w(&lw.attn_norm), &acts.r1, &bufs.rows_a, dx, g_an);
     }
 
     // Embeddings: scatter-add the residual gradient, token by token in order.
-    let de = &mut grads[embed];
+    let de = &mut grads[at.embed.clone()];
     de.fill(0.0);
     for i in 0..n {
         let tok = tokens[(i / t) * (t + 1) + i % t] as usize;

@@ -278,10 +278,11 @@ fn adamw_params(train: &TrainConfig) -> ParamsAdamW {
 
 /// The CPU trainer's state.
 struct CpuEngine {
-    params: Vec<Vec<f32>>,
-    grads: Vec<Vec<f32>>,
-    /// First and second moments per parameter.
-    moments: Vec<(Vec<f32>, Vec<f32>)>,
+    /// All parameters in the step's flat layout ([`crate::cpu_step::FlatLayout`]).
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    /// AdamW's first and second moments, same layout.
+    moments: (Vec<f32>, Vec<f32>),
     step: CpuStep,
     adam: ParamsAdamW,
     /// Steps taken (AdamW bias correction).
@@ -377,15 +378,14 @@ impl Trainer {
         }
         let ctx = Ctx::new(cfg, device, fused)?;
         let engine = if ctx.fused {
-            let params = base.vecs()?;
+            let step = CpuStep::new(cfg, base.names())?;
+            let params = step.layout().flatten(&base.vecs()?)?;
+            let len = params.len();
             Engine::Cpu(Box::new(CpuEngine {
-                grads: params.iter().map(|p| vec![0f32; p.len()]).collect(),
-                moments: params
-                    .iter()
-                    .map(|p| (vec![0f32; p.len()], vec![0f32; p.len()]))
-                    .collect(),
-                step: CpuStep::new(cfg, base.names())?,
                 params,
+                grads: vec![0f32; len],
+                moments: (vec![0f32; len], vec![0f32; len]),
+                step,
                 adam: adamw_params(train),
                 t: 0,
             }))
@@ -440,10 +440,7 @@ impl Trainer {
                 let (flat, b, l) = flat_pages(&self.ctx.cfg, pages)?;
                 let value = finite_loss(step.run(params, &flat, b, l, Some(grads))?)?;
                 *t += 1;
-                for ((p, g), (m, v)) in params.iter_mut().zip(grads.iter()).zip(moments.iter_mut())
-                {
-                    ops::adamw_step(p, g, m, v, adam, *t);
-                }
+                ops::adamw_step(params, grads, &mut moments.0, &mut moments.1, adam, *t);
                 Ok(value)
             }
             Engine::Candle { weights, opt, .. } => {
@@ -463,7 +460,7 @@ impl Trainer {
     /// The current parameters, as f32 vectors on the CPU in name order.
     fn vecs(&self) -> Result<Vec<Vec<f32>>> {
         match &self.engine {
-            Engine::Cpu(e) => Ok(e.params.clone()),
+            Engine::Cpu(e) => Ok(e.step.layout().unflatten(&e.params)),
             Engine::Candle { vars, .. } => vars
                 .iter()
                 .map(|v| tensor_vec(&v.as_tensor().to_device(&Device::Cpu)?))
@@ -651,15 +648,15 @@ pub fn compute_gradient_on(
         }
     };
     if device.is_cpu() {
-        let params = base.vecs()?;
         let mut step = CpuStep::new(cfg, base.names())?;
-        let mut grads: Vec<Vec<f32>> = params.iter().map(|p| vec![0f32; p.len()]).collect();
+        let params = step.layout().flatten(&base.vecs()?)?;
+        let mut grads = vec![0f32; params.len()];
         for chunk in pages.chunks(train.batch_pages) {
             let (flat, b, l) = flat_pages(cfg, chunk)?;
             let loss = finite_loss(step.run(&params, &flat, b, l, Some(&mut grads))?)?;
             let w = chunk.len() as f64 / n;
             loss_sum += f64::from(loss) * w;
-            add(&mut acc, w, &grads);
+            add(&mut acc, w, &step.layout().unflatten(&grads));
         }
     } else {
         let ctx = Ctx::new(cfg, device, true)?;

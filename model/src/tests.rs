@@ -560,20 +560,18 @@ fn cpu_step_loss_and_grads(
     p: &Params,
     batch: &[Vec<u32>],
 ) -> (f32, Vec<Vec<f32>>) {
-    let params = p.vecs().expect("vecs");
-    let mut grads: Vec<Vec<f32>> = params.iter().map(|x| vec![f32::NAN; x.len()]).collect();
     let mut step = crate::cpu_step::CpuStep::new(cfg, p.names()).expect("step");
+    let params = step
+        .layout()
+        .flatten(&p.vecs().expect("vecs"))
+        .expect("flat");
+    let mut grads = vec![f32::NAN; params.len()];
     let flat: Vec<u32> = batch.concat();
+    let (b, l) = (batch.len(), batch[0].len());
     let loss = step
-        .run(
-            &params,
-            &flat,
-            batch.len(),
-            batch[0].len(),
-            Some(&mut grads),
-        )
+        .run(&params, &flat, b, l, Some(&mut grads))
         .expect("run");
-    (loss, grads)
+    (loss, step.layout().unflatten(&grads))
 }
 
 #[test]
@@ -629,8 +627,13 @@ fn cpu_step_matches_candle_autograd_in_loss_and_every_gradient() {
 fn cpu_step_rejects_bad_batches() {
     let cfg = tiny();
     let p = Params::init(&cfg).expect("init");
-    let params = p.vecs().expect("vecs");
     let mut step = crate::cpu_step::CpuStep::new(&cfg, p.names()).expect("step");
+    let params = step
+        .layout()
+        .flatten(&p.vecs().expect("vecs"))
+        .expect("flat");
+    assert_eq!(step.layout().unflatten(&params), p.vecs().expect("vecs"));
+    assert!(step.run(&params[1..], &[1, 2, 3], 1, 3, None).is_err());
     // Token outside the vocabulary, too long a page, length mismatch.
     let err = step
         .run(&params, &[1, 2, 300], 1, 3, None)
