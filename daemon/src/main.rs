@@ -2,7 +2,13 @@
 
 use clap::Parser;
 
+/// Large freed blocks (training activations, update and checkpoint buffers) are kept for reuse
+/// instead of being returned to the kernel and faulted back in (see apiary-alloc).
+#[global_allocator]
+static ALLOC: apiary_alloc::CachingAlloc = apiary_alloc::CachingAlloc::new();
+
 fn main() -> std::process::ExitCode {
+    apiary_alloc::register(&ALLOC);
     let cli = apiary_daemon::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
