@@ -138,9 +138,66 @@ fn exp(x: f32) -> f32 {
     crate::ops::fast_exp(x)
 }
 
+/// Independent accumulators of the reductions below. A plain `iter().sum()` over f32 is one
+/// serial chain of additions (the compiler may not reorder them), so it neither vectorizes nor
+/// pipelines; eight lanes summed in a fixed order do both and stay deterministic.
+const LANES: usize = 8;
+
+/// Folds `f(i)` for `i in 0..len` into [`LANES`] partial sums, then adds them in lane order.
+#[inline(always)]
+fn lane_sum(len: usize, mut f: impl FnMut(usize) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let full = len / LANES * LANES;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += f(i + l);
+        }
+        i += LANES;
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for j in full..len {
+        s += f(j);
+    }
+    s
+}
+
+/// Largest element (`-inf` for an empty slice), in lanes.
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    let m = acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    chunks.remainder().iter().fold(m, |a, &b| a.max(b))
+}
+
+/// Replaces each `x` by `e^(scale (x - m))` and returns their sum.
+#[inline(always)]
+fn exp_in_place(x: &mut [f32], m: f32, scale: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = exp((*v - m) * scale);
+            *a += *v;
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for v in chunks.into_remainder() {
+        *v = exp((*v - m) * scale);
+        s += *v;
+    }
+    s
+}
+
 /// `1 / sqrt(mean(row^2) + eps)`.
 fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ss: f32 = row.iter().map(|v| v * v).sum();
+    let ss = lane_sum(row.len(), |i| row[i] * row[i]);
     1.0 / (ss / row.len() as f32 + eps).sqrt()
 }
 
@@ -178,12 +235,8 @@ fn rms_norm_bwd(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32], dw:
                 .zip(dyc.chunks(d))
                 .zip(rc)
             {
-                let dot: f32 = dyr
-                    .iter()
-                    .zip(w)
-                    .zip(xr)
-                    .map(|((g, wv), xv)| g * wv * xv)
-                    .sum();
+                let (dyr, w, xr) = (&dyr[..d], &w[..d], &xr[..d]);
+                let dot = lane_sum(d, |i| dyr[i] * w[i] * xr[i]);
                 let c = inv * inv * inv * dot / d as f32;
                 for ((((o, &g), &wv), &xv), p) in
                     dxr.iter_mut().zip(dyr).zip(w).zip(xr).zip(pw.iter_mut())
@@ -362,14 +415,8 @@ fn attention_fwd(head: Head<'_>, p: &mut [f32], o: &mut [f32], dims: AttnDims) {
             // Entries past r1 are never read (every later use stops at the block's r1).
             let pr = &mut p[row * t..row * t + r1];
             let (live, masked) = pr.split_at_mut(row + 1);
-            let m = live.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut sum = 0f32;
-            for x in live.iter_mut() {
-                let e = exp((*x - m) * scale);
-                *x = e;
-                sum += e;
-            }
-            let inv = 1.0 / sum;
+            let m = lane_max(live);
+            let inv = 1.0 / exp_in_place(live, m, scale);
             live.iter_mut().for_each(|x| *x *= inv);
             masked.fill(0.0);
         }
@@ -421,7 +468,7 @@ fn attention_bwd(
         for row in r0..r1 {
             let pr = &p[row * t..row * t + row + 1];
             let dr = &mut dp[row * t..row * t + row + 1];
-            let dot: f32 = pr.iter().zip(dr.iter()).map(|(a, b)| a * b).sum();
+            let dot = lane_sum(pr.len(), |i| pr[i] * dr[i]);
             for (d, &pv) in dr.iter_mut().zip(pr) {
                 *d = scale * pv * (*d - dot);
             }
@@ -929,15 +976,10 @@ fn forward(
             let mut sum = 0f64;
             for (k, row) in lc.chunks_mut(vsz).enumerate() {
                 let i = c * ROWS_PER_TASK + k;
-                let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x));
+                let m = lane_max(row);
                 let tgt = target(i);
                 let x_t = row[tgt];
-                let mut z = 0f32;
-                for x in row.iter_mut() {
-                    let e = exp(*x - m);
-                    z += e;
-                    *x = e;
-                }
+                let z = exp_in_place(row, m, 1.0);
                 // -log softmax(x)_t = ln z - (x_t - m), without forming a tiny p_t.
                 sum += f64::from(z.ln() - (x_t - m));
                 let s = inv_n / z;
