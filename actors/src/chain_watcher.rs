@@ -6,7 +6,9 @@
 //! one cheap read per block) or when gossip arrives from a hotkey it does not know (at most once
 //! per block, so a flood of unknown senders costs one read). Peers whose on-chain record names
 //! a libp2p address and who are not connected are dialed, so a node needs no hand-written
-//! bootstrap list. The last seen block is persisted in the store.
+//! bootstrap list. The last seen block is persisted in the store. The hash of each window's
+//! first block is remembered in the context ([`NodeContext::window_seed`]): it seeds the
+//! window's sync slices.
 //!
 //! Blocks arrive in order (the subtensor follower replays what it missed while reconnecting).
 //! A block the watcher has already seen (same number and hash) is dropped; a gap is counted in
@@ -137,6 +139,10 @@ impl Actor for ChainWatcher {
                         );
                         st.ctx.metrics.chain_rewinds.fetch_add(1, Ordering::Relaxed);
                         st.recent.retain(|r| r.number < b.number);
+                        st.ctx.forget_window_seeds_from(window_of(
+                            b.number,
+                            st.ctx.cfg.chain.blocks_per_window,
+                        ));
                     } else if b.number > l.number + 1 {
                         let missed = b.number - l.number - 1;
                         tracing::warn!(last = l.number, now = b.number, missed, "blocks missed");
@@ -194,10 +200,25 @@ async fn on_block(st: &mut ChainWatcherState, b: BlockInfo) {
     ctx.emit(NodeEvent::Block(b));
     if st.last_window != Some(window) {
         st.last_window = Some(window);
+        // The window's sync-slice seed: the hash of its first block, which is this block
+        // unless the stream skipped it (then the chain is asked).
+        let first_block_hash = if b.number == window * ctx.cfg.chain.blocks_per_window.max(1) {
+            ctx.remember_window_seed(window, b.hash);
+            Some(b.hash)
+        } else {
+            match ctx.window_seed(window).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(window, error = %e, "the window's first block hash is unknown; its sync proofs cannot be made or checked yet");
+                    None
+                }
+            }
+        };
         tracing::debug!(window, block = b.number, "window started");
         ctx.emit(NodeEvent::WindowStarted {
             window,
             block: b.number,
+            first_block_hash,
         });
     }
 }

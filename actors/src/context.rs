@@ -26,6 +26,10 @@ pub enum NodeEvent {
         window: u64,
         /// Its first block seen.
         block: u64,
+        /// Hash of the window's first block (`window * blocks_per_window`), the seed of the
+        /// window's sync slices; `None` when the watcher skipped that block and the chain could
+        /// not tell it (see [`NodeContext::window_seed`]).
+        first_block_hash: Option<[u8; 32]>,
     },
     /// The metagraph was refreshed.
     MetagraphUpdated(Arc<Metagraph>),
@@ -128,6 +132,9 @@ metrics! {
     updates_bad,
     /// Updates computed on another base model.
     updates_wrong_base,
+    /// Updates rejected because the miner's sync proof (a slice of its base model) was missing,
+    /// malformed or did not match this validator's model.
+    updates_out_of_sync,
     /// Blob downloads that failed (no provider, timeout, hash mismatch).
     blob_fetch_failed,
     /// Blobs downloaded and verified.
@@ -208,7 +215,13 @@ pub struct NodeContext {
     pub metrics: Metrics,
     /// Current actor refs.
     pub actors: ActorSlots,
+    /// Hashes of recent windows' first blocks by window (the seeds of sync slices), filled by
+    /// the chain watcher and by [`NodeContext::window_seed`]; at most [`WINDOW_SEEDS_KEPT`].
+    window_seeds: RwLock<BTreeMap<u64, [u8; 32]>>,
 }
+
+/// Recent window seeds a node remembers.
+pub const WINDOW_SEEDS_KEPT: usize = 64;
 
 impl NodeContext {
     /// Builds the context; `events` capacity bounds the bus.
@@ -234,6 +247,7 @@ impl NodeContext {
             status: RwLock::new(NodeStatus::default()),
             metrics: Metrics::default(),
             actors: ActorSlots::default(),
+            window_seeds: RwLock::new(BTreeMap::new()),
         })
     }
 
@@ -259,6 +273,56 @@ impl NodeContext {
         self.dataset
             .held_out(self.cfg.train.held_out_pages)
             .map_err(|e| e.to_string())
+    }
+
+    /// The seed of window `window`'s sync slices: the hash of its first block
+    /// (`window * chain.blocks_per_window`). Nobody knows it before the window starts, so a
+    /// miner cannot prepare a sync proof for a model it does not hold. Remembered from the chain
+    /// watcher, else asked of the chain (the watcher skipped the block, the node started
+    /// mid-window); an error when the chain does not have that block (yet).
+    pub async fn window_seed(&self, window: u64) -> Result<[u8; 32], String> {
+        if let Some(h) = self
+            .window_seeds
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&window)
+        {
+            return Ok(*h);
+        }
+        let first = window
+            .checked_mul(self.cfg.chain.blocks_per_window)
+            .ok_or_else(|| format!("window {window} is beyond the last block number"))?;
+        match self.chain.block_hash(first).await {
+            Ok(Some(h)) => {
+                self.remember_window_seed(window, h);
+                Ok(h)
+            }
+            Ok(None) => Err(format!(
+                "block {first} (the first of window {window}) is not on the chain yet"
+            )),
+            Err(e) => Err(format!(
+                "cannot read block {first} (the first of window {window}): {e}"
+            )),
+        }
+    }
+
+    /// Remembers the hash of `window`'s first block (replacing an older one, e.g. after a
+    /// rewind), keeping the latest [`WINDOW_SEEDS_KEPT`] windows.
+    pub fn remember_window_seed(&self, window: u64, hash: [u8; 32]) {
+        let mut m = self.window_seeds.write().unwrap_or_else(|p| p.into_inner());
+        m.insert(window, hash);
+        while m.len() > WINDOW_SEEDS_KEPT {
+            m.pop_first();
+        }
+    }
+
+    /// Forgets the seeds of `window` and later windows (the chain went backwards: their first
+    /// blocks may be replaced).
+    pub fn forget_window_seeds_from(&self, window: u64) {
+        self.window_seeds
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w, _| *w < window);
     }
 
     /// The node's name for logs.

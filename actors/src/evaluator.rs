@@ -1,19 +1,24 @@
 //! Evaluator (validators): scores each miner's update and closes windows.
 //!
 //! For every announced update of the open window the evaluator fetches the blob (verified by
-//! id), rejects it if it does not decode to finite tensors of the model's shapes, then
+//! id), rejects it if it does not decode to finite tensors of the model's shapes, checks the
+//! miner's **sync proof** ([`crate::sync`]: the slice of the miner's base model seeded by the
+//! hash of the window's first block must match the same slice of the validator's base model;
+//! an update whose proof is missing, malformed or different is rejected, counted in
+//! `updates_out_of_sync` and recorded in the miner's [`ScoreEntry::sync`]), then
 //! **recomputes** the miner's work — the same local steps on the same deterministic pages from
 //! the same base model — and scores the miner's update by cosine similarity with its own. Honest
 //! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
 //!
 //! When the next window starts the evaluator closes the previous one (after in-flight scoring
 //! finishes, bounded by half a window): every miner uid gets this window's score (0 when it sent
-//! nothing, sent it late, or sent garbage), smoothed by EMA and persisted. The lead validator
+//! nothing, sent it late, sent garbage or was out of sync), smoothed by EMA and persisted. The lead validator
 //! then aggregates the updates that passed `min_score`, stores the next model checkpoint and
 //! gossips the signed [`WindowRecord`].
 
 use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
+use crate::sync::{SyncFailure, SyncStatus};
 use crate::trainer::{fetch_blob, ModelSnapshot, TrainerHandle};
 use crate::{join_err, ActorError};
 use apiary_model::Update;
@@ -36,6 +41,10 @@ pub struct ScoreEntry {
     pub last: f32,
     /// Last closed window.
     pub window: u64,
+    /// How the miner's sync proof fared in the last closed window (`None`: no update was
+    /// checked, e.g. it sent nothing, or its update was malformed or on another base model).
+    #[serde(default)]
+    pub sync: Option<SyncStatus>,
 }
 
 /// How one update fared.
@@ -49,9 +58,23 @@ pub enum Outcome {
         update: Arc<Update>,
         /// Its id.
         id: ContentId,
+        /// The sync proof's check: [`SyncStatus::InSync`], or [`SyncStatus::Unchecked`] when
+        /// this validator did not know the window's seed.
+        sync: SyncStatus,
     },
     /// Undecodable, wrong shapes, NaN/Inf, or not fetchable.
     Bad(String),
+    /// The sync proof was missing, malformed or did not match this validator's model: the
+    /// update is neither recomputed nor aggregated and scores 0.
+    OutOfSync(SyncFailure),
+}
+
+/// What the evaluator has of an update's sync proof before checking it.
+enum SyncProof {
+    /// This validator does not know the window's seed (why), so it cannot check.
+    Unknown(String),
+    /// The window's seed, and the proof's bytes or why there are none.
+    Fetched([u8; 32], Result<Vec<u8>, SyncFailure>),
 }
 
 /// Messages of the evaluator.
@@ -210,10 +233,34 @@ impl Actor for Evaluator {
                 if let Some(we) = st.windows.get_mut(&window) {
                     we.pending.remove(&uid);
                     Metrics::inc(&st.ctx.metrics.updates_evaluated);
-                    if let Outcome::Bad(e) = &outcome {
-                        Metrics::inc(&st.ctx.metrics.updates_bad);
-                        tracing::warn!(uid, window, error = %e, "rejected update");
-                        // Nothing of a bad update is kept: not its bytes, not its announcement.
+                    let rejected = match &outcome {
+                        Outcome::Scored { .. } => false,
+                        Outcome::Bad(e) => {
+                            Metrics::inc(&st.ctx.metrics.updates_bad);
+                            tracing::warn!(uid, window, error = %e, "rejected update");
+                            true
+                        }
+                        Outcome::OutOfSync(f) => {
+                            Metrics::inc(&st.ctx.metrics.updates_out_of_sync);
+                            let hotkey = st
+                                .ctx
+                                .metagraph()
+                                .and_then(|m| m.by_uid(uid).map(|n| n.hotkey.ss58()))
+                                .unwrap_or_default();
+                            tracing::warn!(
+                                uid,
+                                %hotkey,
+                                window,
+                                reason = %f,
+                                "rejected update: miner {uid} is out of sync in window {window} \
+                                 (its sync proof does not match this validator's model); scored 0"
+                            );
+                            true
+                        }
+                    };
+                    if rejected {
+                        // Nothing of a rejected update is kept: not its bytes, not its
+                        // announcement.
                         let key = apiary_storage::window_uid_key(window, uid);
                         if let Err(e) = st.ctx.store.delete(Column::Announcements, &key) {
                             tracing::warn!(error = %e, "could not drop a bad announcement");
@@ -336,8 +383,24 @@ fn spawn_eval(
         let outcome = match fetch_blob(&ctx, ann.update, Some(from), false).await {
             Err(e) => Outcome::Bad(e),
             Ok(bytes) => {
+                let proof = match ctx.window_seed(window).await {
+                    Err(e) => SyncProof::Unknown(e),
+                    Ok(seed) => SyncProof::Fetched(
+                        seed,
+                        match ann.sync_slice {
+                            None => Err(SyncFailure::Invalid(
+                                "the announcement names no sync slice".into(),
+                            )),
+                            Some(id) => {
+                                fetch_blob(&ctx, id, Some(from), false).await.map_err(|e| {
+                                    SyncFailure::Invalid(format!("cannot get the slice: {e}"))
+                                })
+                            }
+                        },
+                    ),
+                };
                 let ctx2 = Arc::clone(&ctx);
-                tokio::task::spawn_blocking(move || score_update(&ctx2, &base, &ann, &bytes))
+                tokio::task::spawn_blocking(move || score_update(&ctx2, &base, &ann, &bytes, proof))
                     .await
                     .unwrap_or_else(|e| Outcome::Bad(join_err(e)))
             }
@@ -350,16 +413,31 @@ fn spawn_eval(
     });
 }
 
+/// Decodes an update, checks the sync proof (before any costly work), stores the update and
+/// scores it against the recomputed one.
 fn score_update(
     ctx: &NodeContext,
     base: &ModelSnapshot,
     ann: &UpdateAnnouncement,
     bytes: &[u8],
+    proof: SyncProof,
 ) -> Outcome {
     let c = &ctx.cfg;
     let update = match crate::updates::decode(c, bytes) {
         Ok(u) => u,
         Err(e) => return Outcome::Bad(e),
+    };
+    let sync = match proof {
+        SyncProof::Unknown(e) => {
+            tracing::warn!(uid = ann.uid, window = ann.window, error = %e, "cannot check the sync proof; scoring the update without it");
+            SyncStatus::Unchecked
+        }
+        SyncProof::Fetched(seed, bytes) => {
+            match bytes.and_then(|b| crate::sync::check_proof(c, &base.params, &seed, &b)) {
+                Ok(()) => SyncStatus::InSync,
+                Err(f) => return Outcome::OutOfSync(f),
+            }
+        }
     };
     if let Err(e) = ctx.store.put_blob_verified(ann.update, bytes) {
         return Outcome::Bad(e.to_string());
@@ -377,6 +455,7 @@ fn score_update(
             score: s,
             update: Arc::new(update),
             id: ann.update,
+            sync,
         },
         Ok(_) => Outcome::Bad("cosine is not finite".into()),
         Err(e) => Outcome::Bad(e.to_string()),
@@ -420,9 +499,10 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         })
         .collect();
     for n in miners {
-        let s = match we.results.get(&n.uid) {
-            Some(Outcome::Scored { score, .. }) => *score,
-            _ => 0.0,
+        let (s, sync) = match we.results.get(&n.uid) {
+            Some(Outcome::Scored { score, sync, .. }) => (*score, Some(*sync)),
+            Some(Outcome::OutOfSync(f)) => (0.0, Some(f.status())),
+            _ => (0.0, None),
         };
         let prev = st.scores.get(&n.uid).map_or(0.0, |e| e.ema);
         let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev;
@@ -431,6 +511,7 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
             ema,
             last: s,
             window,
+            sync,
         };
         if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
             tracing::error!(error = %e, "could not persist a score");
@@ -442,7 +523,9 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         .results
         .iter()
         .filter_map(|(uid, o)| match o {
-            Outcome::Scored { score, update, id } if f64::from(*score) >= c.validator.min_score => {
+            Outcome::Scored {
+                score, update, id, ..
+            } if f64::from(*score) >= c.validator.min_score => {
                 Some((*uid, *id, Arc::clone(update)))
             }
             _ => None,

@@ -22,7 +22,8 @@
 //! `spawn_blocking`; its result comes back to the actor as a message, so mailboxes keep moving.
 //!
 //! ## A window, end to end
-//! 1. The chain watcher sees the first block of window `w` and broadcasts `WindowStarted(w)`.
+//! 1. The chain watcher sees the first block of window `w` and broadcasts `WindowStarted(w)`
+//!    with that block's hash (the seed of `w`'s sync proofs).
 //! 2. The lead validator's evaluator closes `w-1`: it waits for in-flight evaluations, keeps the
 //!    updates whose cosine score passes `min_score`, aggregates them (median-norm clipping, mean,
 //!    outer lr) into the next model, stores that checkpoint blob and gossips a signed
@@ -32,7 +33,9 @@
 //!    record's model id. A node that cannot (it missed a window, restarted) fetches the model
 //!    checkpoint itself by id — catch-up is one content-addressed download.
 //! 4. Miners train on their deterministic pages for `w` starting from that model and announce the
-//!    update blob; the validator fetches and scores it while the window is open.
+//!    update blob with a [`sync`] proof (a slice of that model seeded by the hash of `w`'s first
+//!    block); the validator checks the proof against its own model, then fetches and scores the
+//!    update while the window is open.
 
 pub mod chain_watcher;
 pub mod context;
@@ -40,6 +43,7 @@ pub mod evaluator;
 pub mod gossip;
 pub mod protocol;
 pub mod supervisor;
+pub mod sync;
 pub mod trainer;
 pub mod updates;
 pub mod weights;

@@ -1,7 +1,8 @@
 //! What nodes say on the gossip topic, inside a hotkey-signed envelope.
 //!
 //! Messages are small: they name content ids; the bytes travel by request-response and are
-//! verified against the id. Encoding is bincode 2 (standard config) with a decode limit.
+//! verified against the id (updates, checkpoints, sync proofs). Encoding is bincode 2 (standard
+//! config) with a decode limit.
 
 use apiary_storage::ContentId;
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,17 @@ pub struct UpdateAnnouncement {
     pub size: u64,
     /// The miner's training loss on its pages.
     pub loss: f32,
+    /// Content id of the miner's **sync proof** for this window: the slice of `base_model`
+    /// seeded by the hash of the window's first block ([`crate::sync`]); `None` when the miner
+    /// could not make one (validators then reject the update as out of sync).
+    ///
+    /// The slice travels as its own blob rather than inside this message because gossip
+    /// messages are capped (`net.max_message_bytes`, 64 KiB by default) while a slice grows
+    /// with the model: 0.1 % of a 67 M-parameter model is 268 KB. As a content id it follows
+    /// the rule of this protocol (messages name ids, bytes travel by request-response, verified
+    /// against the id), and the signed announcement still binds the miner to exactly one slice.
+    #[serde(default)]
+    pub sync_slice: Option<ContentId>,
 }
 
 /// The lead validator's record of a closed window: which updates went into the next model.
@@ -90,6 +102,22 @@ impl GossipMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn announcement_with_a_sync_slice_roundtrips() {
+        let m = GossipMsg::Update(UpdateAnnouncement {
+            netuid: 1,
+            window: 4,
+            uid: 2,
+            base_model: ContentId::of(b"a"),
+            update: ContentId::of(b"u"),
+            size: 10,
+            loss: 2.5,
+            sync_slice: Some(ContentId::of(b"s")),
+        });
+        let b = m.encode();
+        assert_eq!(GossipMsg::decode(&b, 4096).expect("decode"), m);
+    }
 
     #[test]
     fn roundtrip_and_garbage() {

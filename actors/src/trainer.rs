@@ -10,8 +10,10 @@
 //! the record's checkpoint by id and adopt it: a late joiner catches up in one verified download.
 //!
 //! Training (miners): when window `w` starts and the model for `w` is in (or half the window has
-//! passed), compute the update on this uid's pages for `w` in `spawn_blocking`, store it, and
-//! announce it on gossip.
+//! passed), compute the update on this uid's pages for `w` in `spawn_blocking`, store it with
+//! its sync proof (the [`crate::sync`] slice of the model it trained from, seeded by the hash of
+//! `w`'s first block), and announce both on gossip. Proofs older than [`SYNC_PROOFS_KEPT`]
+//! windows are deleted from the store.
 
 use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
@@ -124,7 +126,13 @@ pub struct Computed {
     base: ContentId,
     bytes: Vec<u8>,
     loss: f32,
+    /// The encoded sync proof, if one could be made.
+    sync_proof: Option<Vec<u8>>,
 }
+
+/// Windows whose sync proofs a miner keeps serving (validators fetch a proof while its window
+/// is open, or soon after it closes).
+pub const SYNC_PROOFS_KEPT: u64 = 4;
 
 /// The actor.
 pub struct Trainer;
@@ -147,6 +155,8 @@ pub struct TrainerState {
     /// Wire encoder; holds the compression residual between windows (used by one training
     /// task at a time).
     encoder: Arc<std::sync::Mutex<updates::Encoder>>,
+    /// Sync proofs this miner published, `(window, blob id)`, oldest first.
+    sync_proofs: std::collections::VecDeque<(u64, ContentId)>,
 }
 
 impl Actor for Trainer {
@@ -200,6 +210,7 @@ impl Actor for Trainer {
             training: false,
             applying: false,
             pending: BTreeMap::new(),
+            sync_proofs: std::collections::VecDeque::new(),
         })
     }
 
@@ -383,8 +394,23 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
     let encoder = Arc::clone(&st.encoder);
     let me = myself.clone();
     tokio::spawn(async move {
+        let seed = ctx2.window_seed(w).await;
         let res = tokio::task::spawn_blocking(move || -> Result<Computed, String> {
             let c = &ctx2.cfg;
+            // The proof is a slice of the model we train from, taken before training.
+            let sync_proof = match seed {
+                Ok(seed) => match crate::sync::make_proof(c, &params, &seed) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(window = w, error = %e, "could not make the sync proof; validators will reject this update");
+                        None
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(window = w, error = %e, "no seed for the sync proof; validators will reject this update");
+                    None
+                }
+            };
             let (update, loss) = if c.train.lazy {
                 (
                     apiary_model::Update::random_like(&c.model, w ^ u64::from(uid) << 32, 0.01)
@@ -404,6 +430,7 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
                 base,
                 bytes,
                 loss,
+                sync_proof,
             })
         })
         .await
@@ -426,6 +453,18 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
         st.last_loss = Some(c.loss);
         ctx.update_status(|s| s.last_loss = Some(c.loss));
     }
+    let sync_slice = match c.sync_proof.as_deref().map(|p| ctx.store.put_blob(p)) {
+        Some(Ok(proof)) => {
+            remember_sync_proof(st, c.window, proof);
+            Some(proof)
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "could not store our sync proof; validators will reject this update");
+            None
+        }
+        None => None,
+    };
+    let ctx = &st.ctx;
     let ann = UpdateAnnouncement {
         netuid: ctx.cfg.chain.netuid,
         window: c.window,
@@ -434,6 +473,7 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
         update: id,
         size: c.bytes.len() as u64,
         loss: c.loss,
+        sync_slice,
     };
     let _ = ctx.store.put(
         Column::Announcements,
@@ -464,6 +504,24 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
         update: id,
         loss: c.loss,
     });
+}
+
+/// Records a published sync proof and deletes the proofs of windows more than
+/// [`SYNC_PROOFS_KEPT`] before `window` (unless a kept window uses the same blob).
+fn remember_sync_proof(st: &mut TrainerState, window: u64, proof: ContentId) {
+    st.sync_proofs.push_back((window, proof));
+    while let Some(&(w, id)) = st.sync_proofs.front() {
+        if w + SYNC_PROOFS_KEPT > window {
+            break;
+        }
+        st.sync_proofs.pop_front();
+        if st.sync_proofs.iter().any(|(_, other)| *other == id) {
+            continue;
+        }
+        if let Err(e) = st.ctx.store.delete_blob(id) {
+            tracing::warn!(error = %e, window = w, "could not delete an old sync proof");
+        }
+    }
 }
 
 fn maybe_apply(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {

@@ -194,6 +194,10 @@ pub trait ChainClient: Send + Sync + 'static {
     async fn best_block(&self) -> Result<BlockInfo>;
     /// A stream of new blocks (bounded; a slow reader sees `Lagged` and should resync).
     fn subscribe_blocks(&self) -> tokio::sync::broadcast::Receiver<BlockInfo>;
+    /// The hash of block `number` on the chain's best fork, or `None` if the chain has no such
+    /// block (yet). Nodes seed window-dependent randomness (sync slices) with the hash of a
+    /// window's first block and ask for it here when their block stream skipped that block.
+    async fn block_hash(&self, number: u64) -> Result<Option<[u8; 32]>>;
     /// The subnet's metagraph now.
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph>;
     /// How many uids the subnet has (cheap: the watcher reads it every block and re-reads the

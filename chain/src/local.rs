@@ -533,6 +533,13 @@ impl ChainClient for LocalChain {
         self.blocks_tx.subscribe()
     }
 
+    async fn block_hash(&self, number: u64) -> Result<Option<[u8; 32]>> {
+        Ok(self
+            .store
+            .get::<StoredBlock>(Column::LocalBlocks, &u64_key(number))?
+            .map(|b| b.info.hash))
+    }
+
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph> {
         self.read_metagraph(netuid)
     }
@@ -621,7 +628,14 @@ mod tests {
             assert!(matches!(err, ChainError::NoValidatorPermit(..)), "{err}");
             chain.add_stake(1, &v.id(), 1000).expect("stake");
             chain.produce_block().expect("block");
-            assert_eq!(blocks.recv().await.expect("block").number, 1);
+            let b1 = blocks.recv().await.expect("block");
+            assert_eq!(b1.number, 1);
+            assert_eq!(chain.block_hash(1).await.expect("hash"), Some(b1.hash));
+            assert_eq!(
+                chain.block_hash(2).await.expect("hash"),
+                None,
+                "not produced yet"
+            );
             chain
                 .set_weights(1, &v, &[1], &[65535], 0)
                 .await

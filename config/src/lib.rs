@@ -304,6 +304,12 @@ pub struct TrainConfig {
     pub held_out_fraction: f64,
     /// Held-out pages used to report loss.
     pub held_out_pages: usize,
+    /// Fraction of every model tensor in a miner's **sync proof**: with each update a miner
+    /// publishes the values of its base model at `ceil(len * fraction)` positions per tensor,
+    /// drawn from the hash of the window's first block; validators compare them with the same
+    /// positions of their own model and reject updates from miners that are out of sync.
+    /// Subnet-wide (miners and validators must agree), in `(0, 1]`.
+    pub sync_slice_fraction: f64,
     /// Adversary simulation for devnets and tests: publish random noise of the right shape
     /// instead of training (a "lazy" miner that validators must catch).
     pub lazy: bool,
@@ -329,6 +335,7 @@ impl Default for TrainConfig {
             data_seed: 7,
             held_out_fraction: 0.05,
             held_out_pages: 16,
+            sync_slice_fraction: 0.001,
             lazy: false,
             device: "cpu".into(),
         }
@@ -593,6 +600,15 @@ impl NodeConfig {
         if t.held_out_pages == 0 {
             return bad("train.held_out_pages", "must be at least 1");
         }
+        if !(t.sync_slice_fraction.is_finite()
+            && t.sync_slice_fraction > 0.0
+            && t.sync_slice_fraction <= 1.0)
+        {
+            return bad(
+                "train.sync_slice_fraction",
+                "must be in (0, 1] (0.001 sends 0.1 % of the model as the sync proof)",
+            );
+        }
         if self.chain.blocks_per_window == 0 {
             return bad("chain.blocks_per_window", "must be at least 1");
         }
@@ -764,6 +780,19 @@ mod tests {
         let mut c = NodeConfig::default();
         c.node.hotkey_seed = Some("zz".into());
         assert!(c.validate().is_err());
+        for f in [0.0, -0.1, 1.5, f64::NAN, f64::INFINITY] {
+            let mut c = NodeConfig::default();
+            c.train.sync_slice_fraction = f;
+            let err = c.validate().expect_err("fraction out of (0, 1]");
+            assert!(
+                err.to_string().contains("train.sync_slice_fraction"),
+                "{err}"
+            );
+        }
+        let mut c = NodeConfig::default();
+        c.train.sync_slice_fraction = 1.0;
+        c.validate()
+            .expect("the whole model is a valid (if large) proof");
         let mut c = NodeConfig::default();
         c.net.listen = "127.0.0.1:4000".into();
         assert!(c

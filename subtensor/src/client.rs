@@ -953,6 +953,21 @@ impl ChainClient for SubtensorChain {
         self.shared.blocks.subscribe()
     }
 
+    async fn block_hash(&self, number: u64) -> Result<Option<[u8; 32]>> {
+        let url = self.shared.opts.url.clone();
+        self.shared
+            .with_conn("reading a block hash", |c| async move {
+                let hash: serde_json::Value = c
+                    .rpc
+                    .request("chain_getBlockHash", params(vec![number.into()]))
+                    .await
+                    .map_err(|e| from_rpc(&url, e))?;
+                // `null` for a block the chain does not have yet.
+                Ok((!hash.is_null()).then(|| parse_hash(&hash)))
+            })
+            .await
+    }
+
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph> {
         let at = self.at_latest().await?;
         let exists: bool = self

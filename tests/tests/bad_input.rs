@@ -1,6 +1,8 @@
 //! Bad input is rejected, counted and logged, and nothing of it is stored.
 
+use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::protocol::{GossipMsg, UpdateAnnouncement};
+use apiary_actors::sync::SyncStatus;
 use apiary_chain::keys::Hotkey;
 use apiary_chain::ChainClient;
 use apiary_config::{NodeConfig, Role};
@@ -96,6 +98,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         update,
         size: size as u64,
         loss: 1.0,
+        sync_slice: None,
     };
     let m = &vctx.metrics;
     let ns = || vctx.net.stats().snapshot();
@@ -226,6 +229,98 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
             .is_none());
         bad_ids.push(id);
     }
+    // (8) Well-formed updates with a bad sync proof: a slice of another model (a miner a window
+    // behind), and no slice at all. Rejected before recomputation, counted as out of sync, and
+    // nothing of them is stored.
+    let update = apiary_model::Update::random_like(&vcfg.model, 2, 0.01)
+        .expect("update")
+        .to_bytes()
+        .expect("bytes");
+    let update_id = ContentId::of(&update);
+    provider
+        .0
+        .lock()
+        .expect("lock")
+        .insert(update_id.0, update.clone());
+    let genesis = apiary_model::Params::init(&vcfg.model).expect("params");
+    let step = apiary_model::Update::random_like(&vcfg.model, 3, 0.01).expect("update");
+    let behind = apiary_model::aggregate(&genesis, &[step], 1.0).expect("params");
+    let bad_before = m.updates_bad.load(Ordering::Relaxed);
+    for (i, with_slice) in [true, false].into_iter().enumerate() {
+        let bpw = vcfg.chain.blocks_per_window;
+        let target = net.chain.head().number / bpw + 1;
+        net.advance_to(target * bpw);
+        wait_until(T, "validator in the new window", || async {
+            let s = vctx.status();
+            s.window == target && s.model_window == Some(target - 1)
+        })
+        .await;
+        let base = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+        let mut a = ann(update_id, update.len());
+        a.window = target;
+        a.base_model = base;
+        if with_slice {
+            let seed = net
+                .chain
+                .block_hash(target * bpw)
+                .await
+                .expect("chain")
+                .expect("the window's first block");
+            let proof = apiary_actors::sync::make_proof(&vcfg, &behind, &seed).expect("proof");
+            let proof_id = ContentId::of(&proof);
+            provider.0.lock().expect("lock").insert(proof_id.0, proof);
+            a.sync_slice = Some(proof_id);
+        }
+        publish(
+            &rogue,
+            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a.clone()).encode()),
+        )
+        .await;
+        let want = 1 + i as u64;
+        wait_until(T, "out-of-sync update counted", || async {
+            m.updates_out_of_sync.load(Ordering::Relaxed) >= want
+        })
+        .await;
+        assert!(
+            !vctx.store.has_blob(update_id).expect("store"),
+            "out-of-sync update stored"
+        );
+        if let Some(p) = a.sync_slice {
+            assert!(!vctx.store.has_blob(p).expect("store"), "sync proof stored");
+        }
+        assert!(vctx
+            .store
+            .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(a.window, rogue_uid))
+            .expect("store")
+            .is_none());
+    }
+    // The rogue's score records why: its sync proof failed (the last one was missing).
+    let next = net.chain.head().number / vcfg.chain.blocks_per_window + 1;
+    net.advance_to(next * vcfg.chain.blocks_per_window);
+    wait_until(T, "the out-of-sync window closed", || async {
+        EvaluatorHandle(vctx.clone())
+            .scores()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.uid == rogue_uid && e.window == next - 1)
+    })
+    .await;
+    let entry = EvaluatorHandle(vctx.clone())
+        .scores()
+        .await
+        .expect("scores")
+        .into_iter()
+        .find(|e| e.uid == rogue_uid)
+        .expect("rogue scored");
+    assert_eq!(entry.sync, Some(SyncStatus::Invalid), "{entry:?}");
+    assert_eq!(entry.last, 0.0);
+    assert_eq!(
+        m.updates_bad.load(Ordering::Relaxed),
+        bad_before,
+        "out-of-sync updates are not counted as malformed"
+    );
+
     // Nothing bad reached the model: records after the bad updates accept nothing.
     let bpw = vcfg.chain.blocks_per_window;
     let before = vctx.status().model_hash.clone();

@@ -42,6 +42,9 @@ impl ChainClient for Faulty {
             None => self.inner.subscribe_blocks(),
         }
     }
+    async fn block_hash(&self, number: u64) -> Result<Option<[u8; 32]>> {
+        self.inner.block_hash(number).await
+    }
     async fn metagraph(&self, netuid: u16) -> Result<Metagraph> {
         self.inner.metagraph(netuid).await
     }

@@ -2,6 +2,7 @@
 
 use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::protocol::UpdateAnnouncement;
+use apiary_actors::sync::SyncStatus;
 use apiary_actors::trainer::TrainerHandle;
 use apiary_chain::ChainClient;
 use apiary_config::Role;
@@ -89,6 +90,25 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
                 "validator lacks miner {uid}'s update for window {w}"
             );
         }
+    }
+    // Every miner held the validator's model: all sync proofs matched (the lazy miner too: it
+    // holds the model, it just does not train).
+    assert_eq!(
+        vctx.metrics.updates_out_of_sync.load(Ordering::Relaxed),
+        0,
+        "honest miners' sync proofs were rejected"
+    );
+    let scores = EvaluatorHandle(vctx.clone())
+        .scores()
+        .await
+        .expect("scores");
+    for &m in honest.iter().chain([&lazy]) {
+        let uid = net.nodes[m].ctx().uid().expect("uid");
+        let e = scores
+            .iter()
+            .find(|e| e.uid == uid)
+            .unwrap_or_else(|| panic!("no score for uid {uid}: {scores:?}"));
+        assert_eq!(e.sync, Some(SyncStatus::InSync), "uid {uid}: {e:?}");
     }
     let fetched = vctx.metrics.blobs_fetched.load(Ordering::Relaxed);
     assert!(
