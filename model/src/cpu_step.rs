@@ -196,7 +196,7 @@ fn exp_in_place(x: &mut [f32], m: f32, scale: f32) -> f32 {
 }
 
 /// `1 / sqrt(mean(row^2) + eps)`.
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
+pub(crate) fn inv_rms(row: &[f32], eps: f32) -> f32 {
     let ss = lane_sum(row.len(), |i| row[i] * row[i]);
     1.0 / (ss / row.len() as f32 + eps).sqrt()
 }
@@ -259,13 +259,13 @@ fn rms_norm_bwd(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32], dw:
 /// Where a `[B*T, H*hd]` block of rows lies in a wider row-major buffer: rows of `ld` elements,
 /// the block starting at column `off`.
 #[derive(Clone, Copy)]
-struct Cols {
-    ld: usize,
-    off: usize,
+pub(crate) struct Cols {
+    pub(crate) ld: usize,
+    pub(crate) off: usize,
 }
 
 /// Rows (batch-major, see [`Cols`]) to heads `[B, H, T, hd]`, rotating with `rope` if given.
-fn split_heads(
+pub(crate) fn split_heads(
     x: &[f32],
     at: Cols,
     y: &mut [f32],
@@ -297,7 +297,7 @@ fn split_heads(
 
 /// Heads `[B, H, T, hd]` back to rows (see [`Cols`]; other columns untouched), applying the
 /// transposed rotation of `rope` if given (the gradient of [`split_heads`]).
-fn merge_heads(
+pub(crate) fn merge_heads(
     g: &[f32],
     x: &mut [f32],
     at: Cols,

@@ -148,34 +148,9 @@ fn apply_rope_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor>
 }
 
 /// Checks pages and packs them into a `[B, L]` u32 tensor on `device`.
-fn pages_tensor(cfg: &ModelConfig, pages: &[&Vec<u32>], device: &Device) -> Result<Tensor> {
-    let len = match pages.first() {
-        Some(p) => p.len(),
-        None => return Err(ModelError::Data("no pages".into())),
-    };
-    if len < 2 || len > cfg.seq_len + 1 {
-        return Err(ModelError::Data(format!(
-            "pages must have between 2 and seq_len + 1 = {} tokens, got {len}",
-            cfg.seq_len + 1
-        )));
-    }
-    let mut flat = Vec::with_capacity(pages.len() * len);
-    for p in pages {
-        if p.len() != len {
-            return Err(ModelError::Data(format!(
-                "all pages must have the same length ({len}), got one of {}",
-                p.len()
-            )));
-        }
-        if let Some(tok) = p.iter().find(|&&t| t as usize >= cfg.vocab_size) {
-            return Err(ModelError::Data(format!(
-                "token {tok} is outside the vocabulary (size {})",
-                cfg.vocab_size
-            )));
-        }
-        flat.extend_from_slice(p);
-    }
-    Ok(Tensor::from_vec(flat, (pages.len(), len), device)?)
+fn pages_tensor(cfg: &ModelConfig, pages: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+    let (flat, b, l) = flat_pages(cfg, pages)?;
+    Ok(Tensor::from_vec(flat, (b, l), device)?)
 }
 
 /// Mean next-token cross-entropy of `tokens: [B, L]` (inputs `[:, :L-1]`, targets `[:, 1:]`),
@@ -414,11 +389,7 @@ impl Trainer {
         match &self.engine {
             Engine::Cpu(_) => eval_loss_on(&self.ctx.cfg, &self.params()?, pages, &self.ctx.device),
             Engine::Candle { weights, .. } => {
-                let tokens = pages_tensor(
-                    &self.ctx.cfg,
-                    &pages.iter().collect::<Vec<_>>(),
-                    &self.ctx.device,
-                )?;
+                let tokens = pages_tensor(&self.ctx.cfg, pages, &self.ctx.device)?;
                 let loss = forward_loss_ctx(&self.ctx, weights, &tokens)?;
                 finite_loss(loss.to_scalar::<f32>()?)
             }
@@ -444,11 +415,7 @@ impl Trainer {
                 Ok(value)
             }
             Engine::Candle { weights, opt, .. } => {
-                let tokens = pages_tensor(
-                    &self.ctx.cfg,
-                    &pages.iter().collect::<Vec<_>>(),
-                    &self.ctx.device,
-                )?;
+                let tokens = pages_tensor(&self.ctx.cfg, pages, &self.ctx.device)?;
                 let loss = forward_loss_ctx(&self.ctx, weights, &tokens)?;
                 let value = finite_loss(loss.to_scalar::<f32>()?)?;
                 opt.backward_step(&loss)?;
@@ -486,7 +453,7 @@ impl Trainer {
     }
 }
 
-/// Pages flattened row-major, with their count and (common) length; checks lengths.
+/// Pages flattened row-major, with their count and (common) length; checks lengths and tokens.
 fn flat_pages(cfg: &ModelConfig, pages: &[Vec<u32>]) -> Result<(Vec<u32>, usize, usize)> {
     let len = match pages.first() {
         Some(p) => p.len(),
@@ -502,6 +469,16 @@ fn flat_pages(cfg: &ModelConfig, pages: &[Vec<u32>]) -> Result<(Vec<u32>, usize,
         return Err(ModelError::Data(format!(
             "all pages must have the same length ({len}), got one of {}",
             p.len()
+        )));
+    }
+    if let Some(tok) = pages
+        .iter()
+        .flatten()
+        .find(|&&t| t as usize >= cfg.vocab_size)
+    {
+        return Err(ModelError::Data(format!(
+            "token {tok} is outside the vocabulary (size {})",
+            cfg.vocab_size
         )));
     }
     Ok((pages.concat(), pages.len(), len))
@@ -595,7 +572,7 @@ pub fn eval_loss_on(
     let weights = Weights::new(cfg, params.names(), &tensors)?;
     let mut total = 0.0f64;
     for chunk in pages.chunks(EVAL_BATCH) {
-        let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
+        let tokens = pages_tensor(cfg, chunk, device)?;
         let loss = forward_loss_ctx(&ctx, &weights, &tokens)?.to_scalar::<f32>()?;
         total += f64::from(loss) * chunk.len() as f64;
     }
@@ -638,50 +615,45 @@ pub fn compute_gradient_on(
     }
     let n = pages.len() as f64;
     let mut loss_sum = 0.0f64;
-    let mut acc: Vec<Vec<f64>> = base.vecs()?.iter().map(|t| vec![0.0; t.len()]).collect();
     // Adds one batch's gradient, weighted by its share of the pages.
-    let add = |acc: &mut [Vec<f64>], w: f64, grads: &[Vec<f32>]| {
-        for (a, g) in acc.iter_mut().zip(grads) {
-            for (x, &y) in a.iter_mut().zip(g) {
-                *x += w * f64::from(y);
-            }
+    let add = |acc: &mut [f64], w: f64, grads: &[f32]| {
+        for (x, &y) in acc.iter_mut().zip(grads) {
+            *x += w * f64::from(y);
         }
     };
-    if device.is_cpu() {
+    let to_f32 = |acc: &[f64]| -> Vec<f32> { acc.iter().map(|&x| x as f32).collect() };
+    let grad = if device.is_cpu() {
         let mut step = CpuStep::new(cfg, base.names())?;
         let params = step.layout().flatten(&base.vecs()?)?;
         let mut grads = vec![0f32; params.len()];
+        let mut acc = vec![0f64; params.len()];
         for chunk in pages.chunks(train.batch_pages) {
             let (flat, b, l) = flat_pages(cfg, chunk)?;
             let loss = finite_loss(step.run(&params, &flat, b, l, Some(&mut grads))?)?;
             let w = chunk.len() as f64 / n;
             loss_sum += f64::from(loss) * w;
-            add(&mut acc, w, &step.layout().unflatten(&grads));
+            add(&mut acc, w, &grads);
         }
+        step.layout().unflatten(&to_f32(&acc))
     } else {
         let ctx = Ctx::new(cfg, device, true)?;
         let vars = make_vars_on(base, device)?;
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let weights = Weights::new(cfg, base.names(), &tensors)?;
+        let mut acc: Vec<Vec<f64>> = tensors.iter().map(|t| vec![0.0; t.elem_count()]).collect();
         for chunk in pages.chunks(train.batch_pages) {
-            let tokens = pages_tensor(cfg, &chunk.iter().collect::<Vec<_>>(), device)?;
+            let tokens = pages_tensor(cfg, chunk, device)?;
             let loss = forward_loss_ctx(&ctx, &weights, &tokens)?;
             let w = chunk.len() as f64 / n;
             loss_sum += f64::from(finite_loss(loss.to_scalar::<f32>()?)?) * w;
             let grads = loss.backward()?;
-            let g = vars
-                .iter()
-                .map(|var| match grads.get(var.as_tensor()) {
-                    Some(g) => tensor_vec(&g.to_device(&Device::Cpu)?),
-                    None => Ok(vec![0f32; var.as_tensor().elem_count()]),
-                })
-                .collect::<Result<Vec<_>>>()?;
-            add(&mut acc, w, &g);
+            for (a, var) in acc.iter_mut().zip(&vars) {
+                if let Some(g) = grads.get(var.as_tensor()) {
+                    add(a, w, &tensor_vec(&g.to_device(&Device::Cpu)?)?);
+                }
+            }
         }
-    }
-    let grad = acc
-        .into_iter()
-        .map(|a| a.into_iter().map(|x| x as f32).collect())
-        .collect();
+        acc.iter().map(|a| to_f32(a)).collect()
+    };
     Ok((Update::from_vecs(cfg, grad)?, loss_sum as f32))
 }

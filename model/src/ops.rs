@@ -170,11 +170,7 @@ struct RmsNorm {
     eps: f32,
 }
 
-/// `1 / sqrt(mean(row^2) + eps)`.
-fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ss: f32 = row.iter().map(|v| v * v).sum();
-    1.0 / (ss / row.len() as f32 + eps).sqrt()
-}
+use crate::cpu_step::inv_rms;
 
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
@@ -479,31 +475,13 @@ impl CustomOp1 for SplitHeads {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice(s, l, self.name())?;
         self.check(x.len())?;
-        let (t, h, hd) = (self.t, self.h, self.hd);
-        let dm = h * hd;
-        let half = hd / 2;
         let mut y = vec![0f32; x.len()];
-        // One task per (batch, head): y[b, h] is a contiguous [T, hd] block.
-        y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yc)| {
-            let (bi, hi) = (bh / h, bh % h);
-            for (p, yr) in yc.chunks_mut(hd).enumerate() {
-                let src = (bi * t + p) * dm + hi * hd;
-                let xr = &x[src..src + hd];
-                match &self.rope {
-                    None => yr.copy_from_slice(xr),
-                    Some(r) => {
-                        let cos = &r.cos[p * half..(p + 1) * half];
-                        let sin = &r.sin[p * half..(p + 1) * half];
-                        let (x1, x2) = xr.split_at(half);
-                        let (y1, y2) = yr.split_at_mut(half);
-                        for i in 0..half {
-                            y1[i] = x1[i] * cos[i] - x2[i] * sin[i];
-                            y2[i] = x2[i] * cos[i] + x1[i] * sin[i];
-                        }
-                    }
-                }
-            }
-        });
+        let at = crate::cpu_step::Cols {
+            ld: self.h * self.hd,
+            off: 0,
+        };
+        let dims = (self.t, self.h, self.hd);
+        crate::cpu_step::split_heads(x, at, &mut y, dims, self.rope.as_ref());
         Ok((
             CpuStorage::F32(y),
             Shape::from((self.b, self.h, self.t, self.hd)),
@@ -523,35 +501,12 @@ impl CustomOp1 for SplitHeads {
 /// [`SplitHeads`]; without rope, the plain merge of heads).
 fn merge_impl(op: &SplitHeads, g: &[f32]) -> Result<Vec<f32>> {
     op.check(g.len())?;
-    let (t, h, hd) = (op.t, op.h, op.hd);
-    let dm = h * hd;
-    let half = hd / 2;
     let mut dx = vec![0f32; g.len()];
-    dx.par_chunks_mut(dm * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(c, dxc)| {
-            for (k, dxr) in dxc.chunks_mut(dm).enumerate() {
-                let row = c * ROWS_PER_TASK + k;
-                let (bi, p) = (row / t, row % t);
-                for (hi, dh) in dxr.chunks_mut(hd).enumerate() {
-                    let src = ((bi * h + hi) * t + p) * hd;
-                    let gr = &g[src..src + hd];
-                    match &op.rope {
-                        None => dh.copy_from_slice(gr),
-                        Some(r) => {
-                            let cos = &r.cos[p * half..(p + 1) * half];
-                            let sin = &r.sin[p * half..(p + 1) * half];
-                            let (g1, g2) = gr.split_at(half);
-                            let (d1, d2) = dh.split_at_mut(half);
-                            for i in 0..half {
-                                d1[i] = g1[i] * cos[i] + g2[i] * sin[i];
-                                d2[i] = g2[i] * cos[i] - g1[i] * sin[i];
-                            }
-                        }
-                    }
-                }
-            }
-        });
+    let at = crate::cpu_step::Cols {
+        ld: op.h * op.hd,
+        off: 0,
+    };
+    crate::cpu_step::merge_heads(g, &mut dx, at, (op.t, op.h, op.hd), op.rope.as_ref());
     Ok(dx)
 }
 

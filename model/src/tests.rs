@@ -535,11 +535,22 @@ fn fused_kernels_match_reference_path_in_loss_and_every_gradient() {
     }
     let (lf, gf) = loss_and_grads(&cfg, &p, &batch, true);
     let (lr, gr) = loss_and_grads(&cfg, &p, &batch, false);
+    assert_close(p.names(), (lf, &gf), (lr, &gr), "fused kernels");
+}
+
+/// Asserts a loss within 1e-5 (relative) and every gradient within 2e-4 of its largest
+/// reference entry, each reference gradient non-zero.
+fn assert_close(
+    names: &[String],
+    (l, g): (f32, &[Vec<f32>]),
+    (lr, gr): (f32, &[Vec<f32>]),
+    what: &str,
+) {
     assert!(
-        (lf - lr).abs() < 1e-5 * lr.abs().max(1.0),
-        "loss fused {lf} vs reference {lr}"
+        (l - lr).abs() < 1e-5 * lr.abs().max(1.0),
+        "{what}: loss {l} vs reference {lr}"
     );
-    for ((name, a), b) in p.names().iter().zip(&gf).zip(&gr) {
+    for ((name, a), b) in names.iter().zip(g).zip(gr) {
         let diff: f32 = a
             .iter()
             .zip(b)
@@ -549,7 +560,7 @@ fn fused_kernels_match_reference_path_in_loss_and_every_gradient() {
         assert!(scale > 0.0, "{name}: zero reference gradient");
         assert!(
             diff <= 2e-4 * scale + 1e-7,
-            "{name}: max |fused - reference| = {diff}, max |grad| = {scale}"
+            "{what}, {name}: max |grad - reference| = {diff}, max |grad| = {scale}"
         );
     }
 }
@@ -596,23 +607,8 @@ fn cpu_step_matches_candle_autograd_in_loss_and_every_gradient() {
         }
         let (lc, gc) = cpu_step_loss_and_grads(&cfg, &p, &batch);
         let (lr, gr) = loss_and_grads(&cfg, &p, &batch, false);
-        assert!(
-            (lc - lr).abs() < 1e-5 * lr.abs().max(1.0),
-            "len {len}: loss cpu step {lc} vs autograd {lr}"
-        );
-        for ((name, a), b) in p.names().iter().zip(&gc).zip(&gr) {
-            let diff: f32 = a
-                .iter()
-                .zip(b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0.0, f32::max);
-            let scale: f32 = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
-            assert!(scale > 0.0, "{name}: zero reference gradient");
-            assert!(
-                diff <= 2e-4 * scale + 1e-7,
-                "len {len}, {name}: max |cpu step - autograd| = {diff}, max |grad| = {scale}"
-            );
-        }
+        let what = format!("cpu step, pages of {len}");
+        assert_close(p.names(), (lc, &gc), (lr, &gr), &what);
         // Same inputs, same bits (buffers reused from the previous run).
         let (lc2, gc2) = cpu_step_loss_and_grads(&cfg, &p, &batch);
         assert_eq!(lc.to_bits(), lc2.to_bits());
