@@ -17,19 +17,26 @@
 //! - The element-wise parts (RMSNorm, rotary, causal softmax, SwiGLU, cross-entropy) are fused
 //!   loops, parallel over rows.
 //!
+//! This file holds the step itself: gemm, attention, the parameter layout, the buffers and the
+//! forward/backward passes. The element-wise math it shares with `ops.rs` (RMSNorm, rotary,
+//! softmax rows, SwiGLU, the lane-summed reductions) lives in the leaf module
+//! [`crate::kernels`].
+//!
 //! Results are deterministic: every output element is produced by one task in a fixed order and
 //! the cross-row reductions (norm-weight gradients, the loss) are summed in a fixed block order,
 //! so a step is bit-identical from run to run. The tests check loss and every gradient against
 //! candle's autograd on the composed reference path.
 
 use crate::error::{ModelError, Result};
-use crate::ops::RopeTables;
+use crate::kernels::{
+    exp_in_place, lane_max, merge_heads, rms_norm_bwd, rms_norm_fwd, softmax_bwd_in_place,
+    softmax_in_place, split_heads, swiglu_rows_bwd, swiglu_rows_fwd, Cols, RopeTables,
+    ROWS_PER_TASK,
+};
 use apiary_config::ModelConfig;
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Rows per rayon task in row-wise kernels.
-const ROWS_PER_TASK: usize = 16;
 /// Rows of a causal attention block: `Q K^T` and `P V` are computed per block of this many
 /// query rows, against only the keys at or before the block's last row.
 const ATTN_BLOCK: usize = 64;
@@ -130,249 +137,6 @@ fn gemm(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Element-wise kernels
-
-/// `e^x` (see `ops::fast_exp`).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    crate::ops::fast_exp(x)
-}
-
-/// Independent accumulators of the reductions below. A plain `iter().sum()` over f32 is one
-/// serial chain of additions (the compiler may not reorder them), so it neither vectorizes nor
-/// pipelines; eight lanes summed in a fixed order do both and stay deterministic.
-const LANES: usize = 8;
-
-/// Folds `f(i)` for `i in 0..len` into [`LANES`] partial sums, then adds them in lane order.
-#[inline(always)]
-fn lane_sum(len: usize, mut f: impl FnMut(usize) -> f32) -> f32 {
-    let mut acc = [0f32; LANES];
-    let full = len / LANES * LANES;
-    let mut i = 0;
-    while i < full {
-        for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
-        }
-        i += LANES;
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for j in full..len {
-        s += f(j);
-    }
-    s
-}
-
-/// Largest element (`-inf` for an empty slice), in lanes.
-#[inline(always)]
-fn lane_max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
-    for c in &mut chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = a.max(v);
-        }
-    }
-    let m = acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    chunks.remainder().iter().fold(m, |a, &b| a.max(b))
-}
-
-/// Replaces each `x` by `e^(scale (x - m))` and returns their sum.
-#[inline(always)]
-fn exp_in_place(x: &mut [f32], m: f32, scale: f32) -> f32 {
-    let mut acc = [0f32; LANES];
-    let mut chunks = x.chunks_exact_mut(LANES);
-    for c in &mut chunks {
-        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-            *v = exp((*v - m) * scale);
-            *a += *v;
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for v in chunks.into_remainder() {
-        *v = exp((*v - m) * scale);
-        s += *v;
-    }
-    s
-}
-
-/// `1 / sqrt(mean(row^2) + eps)`.
-pub(crate) fn inv_rms(row: &[f32], eps: f32) -> f32 {
-    let ss = lane_sum(row.len(), |i| row[i] * row[i]);
-    1.0 / (ss / row.len() as f32 + eps).sqrt()
-}
-
-/// `y = x * inv_rms(x) * w` row by row; stores each row's `inv_rms` in `r`.
-fn rms_norm_fwd(x: &[f32], w: &[f32], eps: f32, y: &mut [f32], r: &mut [f32]) {
-    let d = w.len();
-    y.par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .zip(r.par_chunks_mut(ROWS_PER_TASK))
-        .for_each(|((yc, xc), rc)| {
-            for ((yr, xr), rv) in yc.chunks_mut(d).zip(xc.chunks(d)).zip(rc.iter_mut()) {
-                let inv = inv_rms(xr, eps);
-                *rv = inv;
-                for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-                    *o = v * inv * g;
-                }
-            }
-        });
-}
-
-/// RMSNorm backward: `dx += d(norm)/dx . dy`, `dw = sum over rows of dy * x * inv_rms`
-/// (block partials summed in block order).
-fn rms_norm_bwd(x: &[f32], w: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32], dw: &mut [f32]) {
-    let d = w.len();
-    let partials: Vec<Vec<f32>> = dx
-        .par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .zip(dy.par_chunks(d * ROWS_PER_TASK))
-        .zip(r.par_chunks(ROWS_PER_TASK))
-        .map(|(((dxc, xc), dyc), rc)| {
-            let mut pw = vec![0f32; d];
-            for (((dxr, xr), dyr), &inv) in dxc
-                .chunks_mut(d)
-                .zip(xc.chunks(d))
-                .zip(dyc.chunks(d))
-                .zip(rc)
-            {
-                let (dyr, w, xr) = (&dyr[..d], &w[..d], &xr[..d]);
-                let dot = lane_sum(d, |i| dyr[i] * w[i] * xr[i]);
-                let c = inv * inv * inv * dot / d as f32;
-                for ((((o, &g), &wv), &xv), p) in
-                    dxr.iter_mut().zip(dyr).zip(w).zip(xr).zip(pw.iter_mut())
-                {
-                    *o += inv * g * wv - xv * c;
-                    *p += g * xv * inv;
-                }
-            }
-            pw
-        })
-        .collect();
-    dw.fill(0.0);
-    for pw in &partials {
-        for (a, b) in dw.iter_mut().zip(pw) {
-            *a += b;
-        }
-    }
-}
-
-/// Where a `[B*T, H*hd]` block of rows lies in a wider row-major buffer: rows of `ld` elements,
-/// the block starting at column `off`.
-#[derive(Clone, Copy)]
-pub(crate) struct Cols {
-    pub(crate) ld: usize,
-    pub(crate) off: usize,
-}
-
-/// Rows (batch-major, see [`Cols`]) to heads `[B, H, T, hd]`, rotating with `rope` if given.
-pub(crate) fn split_heads(
-    x: &[f32],
-    at: Cols,
-    y: &mut [f32],
-    (t, h, hd): (usize, usize, usize),
-    rope: Option<&RopeTables>,
-) {
-    let half = hd / 2;
-    y.par_chunks_mut(t * hd).enumerate().for_each(|(bh, yc)| {
-        let (bi, hi) = (bh / h, bh % h);
-        for (p, yr) in yc.chunks_mut(hd).enumerate() {
-            let src = (bi * t + p) * at.ld + at.off + hi * hd;
-            let xr = &x[src..src + hd];
-            match rope {
-                None => yr.copy_from_slice(xr),
-                Some(r) => {
-                    let cos = &r.cos[p * half..(p + 1) * half];
-                    let sin = &r.sin[p * half..(p + 1) * half];
-                    let (x1, x2) = xr.split_at(half);
-                    let (y1, y2) = yr.split_at_mut(half);
-                    for i in 0..half {
-                        y1[i] = x1[i] * cos[i] - x2[i] * sin[i];
-                        y2[i] = x2[i] * cos[i] + x1[i] * sin[i];
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Heads `[B, H, T, hd]` back to rows (see [`Cols`]; other columns untouched), applying the
-/// transposed rotation of `rope` if given (the gradient of [`split_heads`]).
-pub(crate) fn merge_heads(
-    g: &[f32],
-    x: &mut [f32],
-    at: Cols,
-    (t, h, hd): (usize, usize, usize),
-    rope: Option<&RopeTables>,
-) {
-    let half = hd / 2;
-    let dm = h * hd;
-    x.par_chunks_mut(at.ld * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(c, xc)| {
-            for (k, xr) in xc.chunks_mut(at.ld).enumerate() {
-                let row = c * ROWS_PER_TASK + k;
-                let (bi, p) = (row / t, row % t);
-                let xr = &mut xr[at.off..at.off + dm];
-                for (hi, dh) in xr.chunks_mut(hd).enumerate() {
-                    let src = ((bi * h + hi) * t + p) * hd;
-                    let gr = &g[src..src + hd];
-                    match rope {
-                        None => dh.copy_from_slice(gr),
-                        Some(r) => {
-                            let cos = &r.cos[p * half..(p + 1) * half];
-                            let sin = &r.sin[p * half..(p + 1) * half];
-                            let (g1, g2) = gr.split_at(half);
-                            let (d1, d2) = dh.split_at_mut(half);
-                            for i in 0..half {
-                                d1[i] = g1[i] * cos[i] + g2[i] * sin[i];
-                                d2[i] = g2[i] * cos[i] - g1[i] * sin[i];
-                            }
-                        }
-                    }
-                }
-            }
-        });
-}
-
-/// `a = silu(g) * u` row by row, `gu: [N, 2f]` holding `g` then `u` in each row, `a: [N, f]`.
-fn swiglu_fwd(gu: &[f32], a: &mut [f32], f: usize) {
-    a.par_chunks_mut(f * ROWS_PER_TASK)
-        .zip(gu.par_chunks(2 * f * ROWS_PER_TASK))
-        .for_each(|(ac, guc)| {
-            for (ar, gur) in ac.chunks_mut(f).zip(guc.chunks(2 * f)) {
-                let (g, u) = gur.split_at(f);
-                for ((o, &x), &y) in ar.iter_mut().zip(g).zip(u) {
-                    *o = x / (1.0 + exp(-x)) * y;
-                }
-            }
-        });
-}
-
-/// Gradients of [`swiglu_fwd`]: `dgu: [N, 2f]` (`dg` then `du` per row) from `da: [N, f]`.
-fn swiglu_bwd(gu: &[f32], da: &[f32], dgu: &mut [f32], f: usize) {
-    dgu.par_chunks_mut(2 * f * ROWS_PER_TASK)
-        .zip(gu.par_chunks(2 * f * ROWS_PER_TASK))
-        .zip(da.par_chunks(f * ROWS_PER_TASK))
-        .for_each(|((dc, guc), dac)| {
-            for ((dr, gur), dar) in dc
-                .chunks_mut(2 * f)
-                .zip(guc.chunks(2 * f))
-                .zip(dac.chunks(f))
-            {
-                let (g, u) = gur.split_at(f);
-                let (dg, du) = dr.split_at_mut(f);
-                for ((((a, b), &gv), &uv), &d) in
-                    dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(dar)
-                {
-                    let s = 1.0 / (1.0 + exp(-gv));
-                    *a = d * uv * s * (1.0 + gv * (1.0 - s));
-                    *b = d * gv * s;
-                }
-            }
-        });
-}
-
-// ---------------------------------------------------------------------------------------------
 // Attention
 
 /// One (page, head)'s rotated queries, rotated keys and values, `[T, hd]` each.
@@ -415,9 +179,7 @@ fn attention_fwd(head: Head<'_>, p: &mut [f32], o: &mut [f32], dims: AttnDims) {
             // Entries past r1 are never read (every later use stops at the block's r1).
             let pr = &mut p[row * t..row * t + r1];
             let (live, masked) = pr.split_at_mut(row + 1);
-            let m = lane_max(live);
-            let inv = 1.0 / exp_in_place(live, m, scale);
-            live.iter_mut().for_each(|x| *x *= inv);
+            softmax_in_place(live, scale);
             masked.fill(0.0);
         }
         gemm(
@@ -468,10 +230,7 @@ fn attention_bwd(
         for row in r0..r1 {
             let pr = &p[row * t..row * t + row + 1];
             let dr = &mut dp[row * t..row * t + row + 1];
-            let dot = lane_sum(pr.len(), |i| pr[i] * dr[i]);
-            for (d, &pv) in dr.iter_mut().zip(pr) {
-                *d = scale * pv * (*d - dot);
-            }
+            softmax_bwd_in_place(pr, dr, scale);
             // Masked entries of this block are read by the dQ/dK gemms below: zero them.
             dp[row * t + row + 1..row * t + r1].fill(0.0);
         }
@@ -935,7 +694,7 @@ fn forward(
             cols(d),
             true,
         );
-        swiglu_fwd(&acts.gu, &mut acts.a, f);
+        swiglu_rows_fwd(&acts.gu, &mut acts.a, f);
         x_out.copy_from_slice(x_mid);
         gemm(
             (n, d, f),
@@ -1081,7 +840,7 @@ fn backward(
             rows(f),
             true,
         );
-        swiglu_bwd(&acts.gu, &bufs.da, &mut bufs.dgu, f);
+        swiglu_rows_bwd(&acts.gu, &bufs.da, &mut bufs.dgu, f);
         let g_gu = &mut grads[lw.gate_up.clone()];
         gemm(
             (2 * f, d, n),

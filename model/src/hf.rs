@@ -28,15 +28,15 @@ pub struct HfConfig {
     /// Model classes; must contain `LlamaForCausalLM`.
     #[serde(default)]
     pub architectures: Vec<String>,
-    /// `"llama"`.
+    /// Model family; `"llama"`.
     pub model_type: String,
-    /// `d_model`.
+    /// Width of the residual stream (apiary's `d_model`).
     pub hidden_size: usize,
-    /// `d_ff`.
+    /// Width of the MLP's hidden layer (apiary's `d_ff`).
     pub intermediate_size: usize,
-    /// `n_layers`.
+    /// Number of decoder layers (apiary's `n_layers`).
     pub num_hidden_layers: usize,
-    /// `n_heads`.
+    /// Number of attention heads (apiary's `n_heads`).
     pub num_attention_heads: usize,
     /// Must equal `num_attention_heads` (no grouped-query attention); absent means equal.
     #[serde(default, skip_serializing_if = "Option::is_none")]

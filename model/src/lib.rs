@@ -12,11 +12,13 @@
 //! `lm_head`. No biases; linear weights are `[out, in]` and tensors carry Hugging Face names.
 //!
 //! Two implementations of the forward/backward pass (see `model.rs`):
-//! - **CPU (default)**: fused kernels in `ops.rs` — RMSNorm, split heads + rotary, causal
-//!   softmax, SwiGLU, merge heads — each a candle custom op with a hand-written backward pass,
-//!   plus an in-place AdamW. Rotary tables are built once per [`Trainer`]. Kernels are
-//!   row-parallel with rayon and every reduction has a fixed order, so [`compute_update`] is
-//!   bit-identical run to run (validators recompute miners' updates).
+//! - **CPU (default)**: training runs the hand-written forward/backward step of `cpu_step.rs`
+//!   plus an in-place AdamW; evaluation runs the fused candle custom ops of `ops.rs` (RMSNorm,
+//!   split heads + rotary, causal softmax, SwiGLU, merge heads, each with a hand-written
+//!   backward pass). Both build on the shared slice kernels of `kernels.rs`, a leaf module.
+//!   Rotary tables are built once per [`Trainer`]. Kernels are row-parallel with rayon and
+//!   every reduction has a fixed order, so [`compute_update`] is bit-identical run to run
+//!   (validators recompute miners' updates).
 //! - **Reference / GPU**: basic candle ops only (matmul, broadcast arithmetic, `exp`, `sqrt`,
 //!   `silu`, `narrow`, `cat`) and `candle_nn::AdamW`. candle-nn's own fused kernels
 //!   (`softmax_last_dim`, `rms_norm`, `rope`) have no backward pass and would silently drop
@@ -62,6 +64,7 @@ mod data;
 mod device;
 mod error;
 mod hf;
+mod kernels;
 mod model;
 mod ops;
 mod outer;

@@ -3,7 +3,8 @@
 //!
 //! Two implementations of the same forward pass share this file:
 //! - on the CPU, the fused kernels of [`crate::ops`] (RMSNorm, split heads + rotary, causal
-//!   softmax, SwiGLU, merge heads, in-place AdamW), each with a hand-written backward pass;
+//!   softmax, SwiGLU, merge heads), each with a hand-written backward pass (training on the CPU
+//!   runs [`crate::cpu_step`] and the in-place AdamW of [`crate::kernels`] instead);
 //! - on other devices (CUDA), basic candle tensor ops (matmul, broadcast arithmetic, `exp`,
 //!   `sqrt`, `silu`, `narrow`, `cat`) whose backward passes candle implements, and
 //!   `candle_nn::AdamW`. candle-nn's fused kernels (`softmax_last_dim`, `rms_norm`, `rope`)
@@ -14,7 +15,8 @@
 use crate::cpu_step::CpuStep;
 use crate::device::select_device;
 use crate::error::{ModelError, Result};
-use crate::ops::{self, RopeTables};
+use crate::kernels::{self, RopeTables};
+use crate::ops;
 use crate::params::{param_specs, tensor_vec, Params, Update};
 use apiary_config::{ModelConfig, TrainConfig};
 use candle_core::{DType, Device, Tensor, Var, D};
@@ -267,7 +269,7 @@ struct CpuEngine {
 /// How a [`Trainer`] computes.
 enum Engine {
     /// On the CPU: the hand-written forward/backward of [`CpuStep`] over plain vectors and an
-    /// in-place AdamW ([`ops::adamw_step`]).
+    /// in-place AdamW ([`kernels::adamw_step`]).
     Cpu(Box<CpuEngine>),
     /// Elsewhere (and the CPU reference path): candle autograd and `candle_nn::AdamW`.
     Candle {
@@ -411,7 +413,7 @@ impl Trainer {
                 let (flat, b, l) = flat_pages(&self.ctx.cfg, pages)?;
                 let value = finite_loss(step.run(params, &flat, b, l, Some(grads))?)?;
                 *t += 1;
-                ops::adamw_step(params, grads, &mut moments.0, &mut moments.1, adam, *t);
+                kernels::adamw_step(params, grads, &mut moments.0, &mut moments.1, adam, *t);
                 Ok(value)
             }
             Engine::Candle { weights, opt, .. } => {

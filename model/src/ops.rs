@@ -1,4 +1,5 @@
-//! Fused CPU kernels with hand-written backward passes, used by the training step on the CPU.
+//! Fused CPU kernels as candle custom ops with hand-written backward passes, used by the CPU
+//! forward pass of `model.rs` (evaluation) and checked against candle autograd in the tests.
 //!
 //! candle-nn's own fused kernels have no backward pass (they silently drop gradients), and the
 //! same computations written with basic candle ops allocate a tensor per elementary op, forward
@@ -7,17 +8,17 @@
 //! cross-row reductions (the RMSNorm weight gradient) sum fixed-size row blocks in block order,
 //! so results are bit-identical from run to run whatever the thread count.
 //!
+//! This file only adapts candle storage to slices; the math shared with the hand-written
+//! training step (`cpu_step.rs`) lives in the leaf module [`crate::kernels`].
+//!
 //! Each op is a candle `CustomOp` whose `bwd` calls a second, gradient-free op; candle's
 //! autograd chains them like its built-in ops. They only have CPU implementations: on other
 //! devices the model uses the composed reference path in `model.rs` (which the tests compare
 //! against these kernels, value and gradient).
 
+use crate::kernels::{self, fast_exp, inv_rms, Cols, RopeTables, ELEMS_PER_TASK, ROWS_PER_TASK};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Arc;
-
-/// Rows handled per rayon task in row-wise kernels.
-const ROWS_PER_TASK: usize = 16;
 
 /// The contiguous f32 elements of a CPU tensor argument.
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
@@ -26,32 +27,6 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{op}: input must be contiguous"),
     }
-}
-
-/// `e^x` for f32 in a form that vectorizes (no libm call): range reduction to
-/// `x = n ln2 + r`, a degree-6 polynomial for `e^r` and an exponent-bits `2^n`. Relative error
-/// about 2e-7; inputs are clamped to [-87, 88] (so it never returns 0 or inf).
-#[inline(always)]
-pub(crate) fn fast_exp(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting rounds to an integer
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
-
-/// `1 / (1 + e^-x)`.
-#[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + fast_exp(-x))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -89,6 +64,8 @@ impl CustomOp1 for CausalSoftmax {
                 for (k, (yr, xr)) in yc.chunks_mut(t).zip(xc.chunks(t)).enumerate() {
                     let n = causal_len(c * ROWS_PER_TASK + k, t);
                     let (xr, yr) = (&xr[..n], &mut yr[..n]);
+                    // A serial sum, not `kernels::softmax_in_place`'s lanes: evaluation losses
+                    // keep the bits they have always had.
                     let m = xr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
                     let mut sum = 0f32;
                     for (yv, &xv) in yr.iter_mut().zip(xr) {
@@ -170,8 +147,6 @@ struct RmsNorm {
     eps: f32,
 }
 
-use crate::cpu_step::inv_rms;
-
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
         "apiary-rms-norm"
@@ -186,19 +161,9 @@ impl CustomOp2 for RmsNorm {
     ) -> Result<(CpuStorage, Shape)> {
         let x = slice(s1, l1, self.name())?;
         let w = slice(s2, l2, self.name())?;
-        let d = w.len().max(1);
-        let eps = self.eps;
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(yc, xc)| {
-                for (yr, xr) in yc.chunks_mut(d).zip(xc.chunks(d)) {
-                    let r = inv_rms(xr, eps);
-                    for ((o, &v), &g) in yr.iter_mut().zip(xr).zip(w) {
-                        *o = v * r * g;
-                    }
-                }
-            });
+        let mut r = vec![0f32; x.len().div_ceil(w.len().max(1))];
+        kernels::rms_norm_fwd(x, w, self.eps, &mut y, &mut r);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -290,9 +255,6 @@ pub(crate) fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
 
 struct SwiGlu;
 
-/// Elements per rayon task in element-wise kernels.
-const ELEMS_PER_TASK: usize = 16 * 1024;
-
 impl CustomOp2 for SwiGlu {
     fn name(&self) -> &'static str {
         "apiary-swiglu"
@@ -316,7 +278,7 @@ impl CustomOp2 for SwiGlu {
             .zip(u.par_chunks(ELEMS_PER_TASK))
             .for_each(|((yc, gc), uc)| {
                 for ((o, &a), &b) in yc.iter_mut().zip(gc).zip(uc) {
-                    *o = a * sigmoid(a) * b;
+                    *o = kernels::swiglu(a, b);
                 }
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -369,9 +331,7 @@ impl CustomOp3 for SwiGluBwd {
                 for ((((a, b), &gv), &uv), &d) in
                     dgc.iter_mut().zip(duc.iter_mut()).zip(gc).zip(uc).zip(dyc)
                 {
-                    let s = sigmoid(gv);
-                    *a = d * uv * s * (1.0 + gv * (1.0 - s));
-                    *b = d * gv * s;
+                    (*a, *b) = kernels::swiglu_grad(gv, uv, d);
                 }
             });
         Ok((CpuStorage::F32(out), Shape::from((2, n))))
@@ -380,46 +340,6 @@ impl CustomOp3 for SwiGluBwd {
 
 // ---------------------------------------------------------------------------------------------
 // Split heads (+ rotary embedding)
-
-/// Rotary tables for positions `0..t`: `cos[p * half + i]`, `sin[p * half + i]` with frequency
-/// `theta^(-2i / head_dim)`, the half-split layout of HF LLaMA (frequency `i` drives dims `i`
-/// and `i + half`).
-#[derive(Clone)]
-pub(crate) struct RopeTables {
-    /// Half the head dimension.
-    pub half: usize,
-    /// Positions covered.
-    pub len: usize,
-    /// `cos(p * f_i)`, `[len, half]` row-major.
-    pub cos: Arc<Vec<f32>>,
-    /// `sin(p * f_i)`, `[len, half]` row-major.
-    pub sin: Arc<Vec<f32>>,
-}
-
-impl RopeTables {
-    /// Tables for `len` positions, head dimension `head_dim`, base `theta`.
-    pub(crate) fn new(len: usize, head_dim: usize, theta: f64) -> RopeTables {
-        let half = head_dim / 2;
-        let inv_freq: Vec<f64> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64))
-            .collect();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for pos in 0..len {
-            for f in &inv_freq {
-                let a = pos as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        RopeTables {
-            half,
-            len,
-            cos: Arc::new(cos),
-            sin: Arc::new(sin),
-        }
-    }
-}
 
 /// `x: [B * T, H * hd]` (rows batch-major) to `[B, H, T, hd]`, applying the rotary embedding
 /// `x * cos + rotate_half(x) * sin` when `rope` is given.
@@ -476,12 +396,12 @@ impl CustomOp1 for SplitHeads {
         let x = slice(s, l, self.name())?;
         self.check(x.len())?;
         let mut y = vec![0f32; x.len()];
-        let at = crate::cpu_step::Cols {
+        let at = Cols {
             ld: self.h * self.hd,
             off: 0,
         };
         let dims = (self.t, self.h, self.hd);
-        crate::cpu_step::split_heads(x, at, &mut y, dims, self.rope.as_ref());
+        kernels::split_heads(x, at, &mut y, dims, self.rope.as_ref());
         Ok((
             CpuStorage::F32(y),
             Shape::from((self.b, self.h, self.t, self.hd)),
@@ -502,11 +422,11 @@ impl CustomOp1 for SplitHeads {
 fn merge_impl(op: &SplitHeads, g: &[f32]) -> Result<Vec<f32>> {
     op.check(g.len())?;
     let mut dx = vec![0f32; g.len()];
-    let at = crate::cpu_step::Cols {
+    let at = Cols {
         ld: op.h * op.hd,
         off: 0,
     };
-    crate::cpu_step::merge_heads(g, &mut dx, at, (op.t, op.h, op.hd), op.rope.as_ref());
+    kernels::merge_heads(g, &mut dx, at, (op.t, op.h, op.hd), op.rope.as_ref());
     Ok(dx)
 }
 
@@ -554,39 +474,4 @@ impl CustomOp1 for MergeHeads {
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&self.0)?))
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// AdamW
-
-/// One in-place AdamW step on a CPU parameter `p` given its gradient `g` and moments `m`, `v`
-/// (all the same length), at 1-based step `step`.
-///
-/// Same formula as `candle_nn::AdamW`: `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
-/// `p = p (1 - lr wd) - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)`.
-pub(crate) fn adamw_step(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    params: &candle_nn::ParamsAdamW,
-    step: i32,
-) {
-    let (b1, b2) = (params.beta1 as f32, params.beta2 as f32);
-    let c1 = 1.0 / (1.0 - b1.powi(step));
-    let c2 = 1.0 / (1.0 - b2.powi(step));
-    let (lr, eps) = (params.lr as f32, params.eps as f32);
-    let decay = 1.0 - lr * params.weight_decay as f32;
-    p.par_chunks_mut(ELEMS_PER_TASK)
-        .zip(m.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(v.par_chunks_mut(ELEMS_PER_TASK))
-        .zip(g.par_chunks(ELEMS_PER_TASK))
-        .for_each(|(((pc, mc), vc), gc)| {
-            for (((pv, mv), vv), &gv) in pc.iter_mut().zip(mc).zip(vc).zip(gc) {
-                *mv = b1 * *mv + (1.0 - b1) * gv;
-                *vv = b2 * *vv + (1.0 - b2) * gv * gv;
-                let step = lr * (*mv * c1) / ((*vv * c2).sqrt() + eps);
-                *pv = *pv * decay - step;
-            }
-        });
 }
