@@ -1,0 +1,247 @@
+//! Setting weights: the subnet's rules checked locally before paying for a transaction
+//! (registration, `WeightsSetRateLimit` against `LastUpdate` and our own last submission,
+//! `ValidatorPermit`, `WeightsVersionKey`), plain `set_weights` or — when
+//! `CommitRevealWeightsEnabled` — a commit of [`commit_hash`] whose reveal
+//! ([`SubtensorChain::reveal_pending`]) follows on later calls.
+
+use super::chain::SubtensorChain;
+use super::ledger::PendingCommit;
+use super::rpc::At;
+use crate::values;
+use apiary_chain::keys::{Hotkey, HotkeyId};
+use apiary_chain::{ChainError, Result, TxReceipt};
+use subxt::ext::scale_value::Value;
+
+/// The commit hash pallet-subtensor checks on reveal:
+/// `blake2_256(SCALE(hotkey, netuid, uids, values, salt, version_key))`.
+pub fn commit_hash(
+    hotkey: &HotkeyId,
+    netuid: u16,
+    uids: &[u16],
+    values: &[u16],
+    salt: &[u16],
+    version_key: u64,
+) -> [u8; 32] {
+    use blake2::digest::consts::U32;
+    use blake2::{Blake2b, Digest};
+    use subxt::ext::codec::Encode;
+    let enc = (
+        hotkey.0,
+        netuid,
+        uids.to_vec(),
+        values.to_vec(),
+        salt.to_vec(),
+        version_key,
+    )
+        .encode();
+    let mut h = Blake2b::<U32>::new();
+    h.update(&enc);
+    h.finalize().into()
+}
+
+fn u16s(v: &[u16]) -> Value {
+    Value::unnamed_composite(v.iter().map(|x| Value::u128((*x).into())))
+}
+
+impl SubtensorChain {
+    /// Reveals this hotkey's pending commit-reveal commits whose reveal the chain accepts now;
+    /// returns how many were revealed. Commits the chain says are too early stay pending.
+    pub async fn reveal_pending(&self, hotkey: &Hotkey) -> Result<usize> {
+        let pending = self.ledger.pending(&hotkey.id());
+        let mut revealed = 0;
+        let mut keep = Vec::new();
+        for p in pending {
+            let r = self
+                .submit(
+                    hotkey,
+                    p.netuid,
+                    "SubtensorModule",
+                    "reveal_weights",
+                    &[
+                        ("netuid", Value::u128(p.netuid.into())),
+                        ("uids", u16s(&p.uids)),
+                        ("values", u16s(&p.values)),
+                        ("salt", u16s(&p.salt)),
+                        ("version_key", Value::u128(p.version_key.into())),
+                    ],
+                )
+                .await;
+            match r {
+                Ok(_) => revealed += 1,
+                Err(ChainError::Runtime(m)) if m.contains("RevealTooEarly") => keep.push(p),
+                Err(ChainError::Runtime(m))
+                    if m.contains("Expired") || m.contains("NoWeightsCommitFound") =>
+                {
+                    tracing::warn!(reason = %m, "dropping a weights commit the chain will not reveal");
+                }
+                Err(e) => {
+                    keep.push(p);
+                    self.ledger.set_pending(hotkey.id(), keep);
+                    return Err(e);
+                }
+            }
+        }
+        self.ledger.set_pending(hotkey.id(), keep);
+        Ok(revealed)
+    }
+
+    /// Reads the subnet's weight rules for `hotkey` and refuses locally what the runtime would.
+    /// Returns the hotkey's uid, the chain's version key and whether commit-reveal is on.
+    async fn check_weights(
+        &self,
+        at: &At,
+        netuid: u16,
+        hotkey: &HotkeyId,
+        uids: &[u16],
+    ) -> Result<(u16, u64, bool)> {
+        let uid = self
+            .uid_of(at, netuid, hotkey)
+            .await?
+            .ok_or(ChainError::NotRegistered(*hotkey, netuid))?;
+        let limit: u64 = self
+            .fetch(at, "SubtensorModule", "WeightsSetRateLimit", (netuid,))
+            .await?
+            .unwrap_or(0);
+        let last_updates: Vec<u64> = self
+            .fetch(at, "SubtensorModule", "LastUpdate", (netuid,))
+            .await?
+            .unwrap_or_default();
+        let on_chain = last_updates.get(uid as usize).copied().unwrap_or(0);
+        let ours = self.ledger.last_weights(netuid, hotkey);
+        let last = on_chain.max(ours);
+        // The extrinsic lands in the next block; the runtime allows it once
+        // `block - last >= limit`.
+        let next = at.block_number() + 1;
+        if limit > 0 && last > 0 {
+            let since = next.saturating_sub(last);
+            if since < limit {
+                return Err(ChainError::RateLimited {
+                    blocks_left: limit - since,
+                    limit,
+                });
+            }
+        }
+        let permits: Vec<bool> = self
+            .fetch(at, "SubtensorModule", "ValidatorPermit", (netuid,))
+            .await?
+            .unwrap_or_default();
+        let self_only = uids.iter().all(|u| *u == uid);
+        if !self_only && !permits.get(uid as usize).copied().unwrap_or(false) {
+            return Err(ChainError::NoValidatorPermit(*hotkey, netuid));
+        }
+        let chain_key: u64 = self
+            .fetch(at, "SubtensorModule", "WeightsVersionKey", (netuid,))
+            .await?
+            .unwrap_or(0);
+        let cr: bool = if values::has_storage(
+            at.metadata_ref(),
+            "SubtensorModule",
+            "CommitRevealWeightsEnabled",
+        ) {
+            self.fetch(
+                at,
+                "SubtensorModule",
+                "CommitRevealWeightsEnabled",
+                (netuid,),
+            )
+            .await?
+            .unwrap_or(false)
+        } else {
+            false
+        };
+        Ok((uid, chain_key, cr))
+    }
+
+    /// Sets `hotkey`'s weights on `netuid` (the body of [`apiary_chain::ChainClient::set_weights`]):
+    /// reveals due commits first, checks the subnet's rules, then submits `set_weights` or,
+    /// with commit-reveal on, `commit_weights` and remembers the commit for its reveal.
+    pub(crate) async fn submit_weights(
+        &self,
+        netuid: u16,
+        hotkey: &Hotkey,
+        uids: &[u16],
+        weights: &[u16],
+        version_key: u64,
+    ) -> Result<TxReceipt> {
+        if uids.len() != weights.len() {
+            return Err(ChainError::InvalidWeights(format!(
+                "{} uids but {} weights",
+                uids.len(),
+                weights.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if !uids.iter().all(|u| seen.insert(*u)) {
+            return Err(ChainError::InvalidWeights("duplicate uids".into()));
+        }
+        if self.ledger.pending_count(&hotkey.id()) > 0 {
+            if let Err(e) = self.reveal_pending(hotkey).await {
+                tracing::warn!(error = %e, "revealing pending weight commits failed");
+            }
+        }
+        let at = self.at_latest().await?;
+        let (_uid, chain_key, commit_reveal) =
+            self.check_weights(&at, netuid, &hotkey.id(), uids).await?;
+        let version_key = version_key.max(chain_key);
+        drop(at);
+        let receipt = if commit_reveal {
+            let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
+            let hash = commit_hash(&hotkey.id(), netuid, uids, weights, &salt, version_key);
+            let r = self
+                .submit(
+                    hotkey,
+                    netuid,
+                    "SubtensorModule",
+                    "commit_weights",
+                    &[
+                        ("netuid", Value::u128(netuid.into())),
+                        ("commit_hash", Value::from_bytes(hash)),
+                    ],
+                )
+                .await?;
+            self.ledger.push_pending(
+                hotkey.id(),
+                PendingCommit {
+                    netuid,
+                    uids: uids.to_vec(),
+                    values: weights.to_vec(),
+                    salt,
+                    version_key,
+                },
+            );
+            r
+        } else {
+            self.submit(
+                hotkey,
+                netuid,
+                "SubtensorModule",
+                "set_weights",
+                &[
+                    ("netuid", Value::u128(netuid.into())),
+                    ("dests", u16s(uids)),
+                    ("weights", u16s(weights)),
+                    ("version_key", Value::u128(version_key.into())),
+                ],
+            )
+            .await?
+        };
+        self.ledger
+            .set_last_weights(netuid, hotkey.id(), receipt.block);
+        Ok(receipt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_hash_is_scale_of_the_tuple() {
+        let h = commit_hash(&HotkeyId([1; 32]), 1, &[0, 1], &[10, 10], &[1, 2], 0);
+        assert_ne!(h, [0u8; 32]);
+        assert_ne!(
+            h,
+            commit_hash(&HotkeyId([1; 32]), 1, &[0, 1], &[10, 10], &[1, 3], 0)
+        );
+    }
+}
