@@ -40,10 +40,12 @@ impl ShardFormat {
 /// One shard file of a dataset.
 #[derive(Clone, Debug)]
 pub(crate) struct Shard {
-    pub path: PathBuf,
+    /// Where the file is.
+    pub(crate) path: PathBuf,
     /// File name (the key in the manifest).
-    pub name: String,
-    pub format: ShardFormat,
+    pub(crate) name: String,
+    /// How its documents are stored.
+    pub(crate) format: ShardFormat,
 }
 
 /// The shards at `path`: the file itself (a text file unless it ends in `.jsonl`/`.parquet`), or a
@@ -105,9 +107,9 @@ pub(crate) fn hash_file(path: &Path) -> Result<([u8; 32], u64)> {
 /// A piece of a document: a whole document, or (for plain text) a part of one.
 pub(crate) struct Piece {
     /// The text (UTF-8 unless read from a text shard with `need_utf8 == false`).
-    pub bytes: Vec<u8>,
+    pub(crate) bytes: Vec<u8>,
     /// Whether this piece starts a new document.
-    pub new_doc: bool,
+    pub(crate) new_doc: bool,
 }
 
 /// Streams the pieces of `shard` to `sink` in order. With `need_utf8`, plain-text pieces are

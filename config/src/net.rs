@@ -1,0 +1,100 @@
+//! `[net]`: libp2p settings ([`NetConfig`]).
+
+use crate::error::{check_seed, invalid, ConfigError};
+use serde::{Deserialize, Serialize};
+
+/// `[net]`: libp2p settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetConfig {
+    /// Listen multiaddr; port 0 picks a free port.
+    pub listen: String,
+    /// Multiaddrs (with `/p2p/<peer id>`) dialed at start.
+    pub bootstrap: Vec<String>,
+    /// Largest gossip message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Largest blob served or fetched, in bytes.
+    pub max_blob_bytes: usize,
+    /// Gossipsub heartbeat in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Timeout of one blob request, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Hex 32-byte seed of the libp2p ed25519 key; generated and kept in
+    /// `<data_dir>/p2p_key` if unset.
+    pub p2p_key_seed: Option<String>,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
+            bootstrap: Vec::new(),
+            max_message_bytes: 64 * 1024,
+            max_blob_bytes: 256 * 1024 * 1024,
+            heartbeat_ms: 500,
+            request_timeout_ms: 30_000,
+            p2p_key_seed: None,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks the `[net]` keys on their own; the error names the key (`net.*`).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.starts_with('/') {
+            return invalid(
+                "net.listen",
+                format!(
+                    "`{}` is not a multiaddr; use e.g. /ip4/127.0.0.1/tcp/0",
+                    self.listen
+                ),
+            );
+        }
+        if let Some(b) = self.bootstrap.iter().find(|b| !b.starts_with('/')) {
+            return invalid(
+                "net.bootstrap",
+                format!("`{b}` is not a multiaddr; use /ip4/IP/tcp/PORT/p2p/PEER_ID"),
+            );
+        }
+        if self.max_message_bytes < 1024 || self.max_message_bytes > 16 * 1024 * 1024 {
+            return invalid("net.max_message_bytes", "must be between 1 KiB and 16 MiB");
+        }
+        if self.max_blob_bytes < 1024 {
+            return invalid("net.max_blob_bytes", "must be at least 1 KiB");
+        }
+        if self.heartbeat_ms < 10 {
+            return invalid("net.heartbeat_ms", "must be at least 10 ms");
+        }
+        if self.request_timeout_ms < 100 {
+            return invalid("net.request_timeout_ms", "must be at least 100 ms");
+        }
+        check_seed("net.p2p_key_seed", self.p2p_key_seed.as_deref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::test_util::{assert_invalid, Case};
+
+    #[test]
+    fn bad_net_values_name_their_key() {
+        NetConfig::default().validate().expect("defaults valid");
+        let cases: [Case<NetConfig>; 7] = [
+            ("net.listen", |n| n.listen = "127.0.0.1:4000".into()),
+            ("net.bootstrap", |n| n.bootstrap = vec!["peer:1".into()]),
+            ("net.max_message_bytes", |n| {
+                n.max_message_bytes = 17 * 1024 * 1024
+            }),
+            ("net.max_blob_bytes", |n| n.max_blob_bytes = 1023),
+            ("net.heartbeat_ms", |n| n.heartbeat_ms = 9),
+            ("net.request_timeout_ms", |n| n.request_timeout_ms = 99),
+            ("net.p2p_key_seed", |n| n.p2p_key_seed = Some("zz".into())),
+        ];
+        for (key, spoil) in cases {
+            let mut n = NetConfig::default();
+            spoil(&mut n);
+            assert_invalid(n.validate(), key);
+        }
+    }
+}
