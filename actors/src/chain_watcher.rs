@@ -18,6 +18,7 @@
 //! `chain_rewinds`.
 
 use crate::context::{NodeContext, NodeEvent};
+use crate::handle::Slot;
 use crate::ActorError;
 use apiary_chain::{window_of, BlockInfo};
 use apiary_storage::Column;
@@ -40,6 +41,8 @@ pub enum ChainWatcherMsg {
     /// Re-read the metagraph unless it was already read at the current block (gossip from an
     /// unknown hotkey asks for this; a flood of them costs one read per block).
     RefreshUnlessFresh,
+    /// As [`ChainWatcherMsg::RefreshUnlessFresh`], answering once the metagraph is read.
+    RefreshUnlessFreshWait(RpcReplyPort<()>),
     /// Query: latest block seen.
     LatestBlock(RpcReplyPort<Option<BlockInfo>>),
 }
@@ -175,6 +178,13 @@ impl Actor for ChainWatcher {
                     refresh(st, now).await;
                 }
             }
+            ChainWatcherMsg::RefreshUnlessFreshWait(reply) => {
+                let now = st.latest().map_or(0, |b| b.number);
+                if st.refreshed_at != Some(now) {
+                    refresh(st, now).await;
+                }
+                let _ = reply.send(());
+            }
             ChainWatcherMsg::LatestBlock(reply) => {
                 let _ = reply.send(st.latest());
             }
@@ -275,34 +285,29 @@ async fn refresh_metagraph(ctx: &Arc<NodeContext>) -> Option<u16> {
 
 /// Typed front of the chain watcher.
 #[derive(Clone)]
-pub struct ChainWatcherHandle(pub Arc<NodeContext>);
+pub struct ChainWatcherHandle(pub Slot<ChainWatcherMsg>);
 
 impl ChainWatcherHandle {
-    fn actor(&self) -> Result<ActorRef<ChainWatcherMsg>, ActorError> {
-        crate::context::slot_get(&self.0.actors.chain_watcher)
-            .ok_or(ActorError::NotRunning("chain watcher"))
-    }
     /// The latest block the watcher has seen.
     pub async fn latest_block(&self) -> Result<Option<BlockInfo>, ActorError> {
-        ractor::call_t!(self.actor()?, ChainWatcherMsg::LatestBlock, 5_000).map_err(|e| {
-            ActorError::Call {
-                actor: "chain watcher",
-                message: e.to_string(),
-            }
-        })
+        ractor::call_t!(self.0.get()?, ChainWatcherMsg::LatestBlock, 5_000)
+            .map_err(|e| self.0.call_err(e))
     }
     /// Forces a metagraph refresh.
     pub fn refresh(&self) -> Result<(), ActorError> {
-        self.cast(ChainWatcherMsg::RefreshMetagraph)
+        self.0.cast(ChainWatcherMsg::RefreshMetagraph)
     }
     /// Asks for a metagraph refresh unless one happened at the current block.
     pub fn refresh_unless_fresh(&self) -> Result<(), ActorError> {
-        self.cast(ChainWatcherMsg::RefreshUnlessFresh)
+        self.0.cast(ChainWatcherMsg::RefreshUnlessFresh)
     }
-    fn cast(&self, msg: ChainWatcherMsg) -> Result<(), ActorError> {
-        self.actor()?.cast(msg).map_err(|e| ActorError::Call {
-            actor: "chain watcher",
-            message: e.to_string(),
-        })
+    /// Refreshes the metagraph unless it was read at the current block, and waits for it.
+    pub async fn refresh_unless_fresh_wait(&self) -> Result<(), ActorError> {
+        ractor::call_t!(
+            self.0.get()?,
+            ChainWatcherMsg::RefreshUnlessFreshWait,
+            10_000
+        )
+        .map_err(|e| self.0.call_err(e))
     }
 }

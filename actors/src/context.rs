@@ -1,7 +1,7 @@
-//! What a node's actors share: resources, the event bus, status, counters and actor slots.
+//! What a node's actors share: resources (store, chain client, net handle, keys, dataset), the
+//! event bus, the status board and counters. It imports no actor: actors reach each other
+//! through the handles the supervisor passes them ([`crate::handle`]).
 
-use crate::{chain_watcher::ChainWatcherMsg, weights::WeightSetterMsg};
-use crate::{evaluator::EvaluatorMsg, gossip::GossipMsgIn, trainer::TrainerMsg};
 use apiary_chain::keys::Hotkey;
 use apiary_chain::{BlockInfo, ChainClient, Metagraph};
 use apiary_config::NodeConfig;
@@ -12,7 +12,7 @@ use ractor::ActorRef;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use tokio::sync::{broadcast, mpsc, Mutex};
 
 /// Events broadcast to every actor of a node (and to observers such as `apiary devnet`).
@@ -166,29 +166,25 @@ impl Metrics {
     }
 }
 
-/// The current `ActorRef` of each child, filled by the supervisor.
-#[derive(Default)]
-pub struct ActorSlots {
-    /// Chain watcher.
-    pub chain_watcher: RwLock<Option<ActorRef<ChainWatcherMsg>>>,
-    /// Gossip peer.
-    pub gossip: RwLock<Option<ActorRef<GossipMsgIn>>>,
-    /// Trainer.
-    pub trainer: RwLock<Option<ActorRef<TrainerMsg>>>,
-    /// Evaluator (validators).
-    pub evaluator: RwLock<Option<ActorRef<EvaluatorMsg>>>,
-    /// Weight setter (validators).
-    pub weight_setter: RwLock<Option<ActorRef<WeightSetterMsg>>>,
-}
+/// Submissions refused by a mechanism's checks, counted per check name
+/// ([`crate::mechanism::Rejection::check`]); shown by `apiary admin metrics` as `rejected`.
+#[derive(Debug, Default)]
+pub struct Rejections(StdMutex<BTreeMap<&'static str, u64>>);
 
-/// Reads a slot.
-pub(crate) fn slot_get<T: Clone>(slot: &RwLock<Option<T>>) -> Option<T> {
-    slot.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
-
-/// Writes a slot.
-pub(crate) fn slot_set<T>(slot: &RwLock<Option<T>>, v: Option<T>) {
-    *slot.write().unwrap_or_else(|p| p.into_inner()) = v;
+impl Rejections {
+    /// Counts one refusal by `check`.
+    pub fn count(&self, check: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(check)
+            .or_default() += 1;
+    }
+    /// Check name → refusals.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// Everything a node's actors share.
@@ -213,8 +209,8 @@ pub struct NodeContext {
     pub status: RwLock<NodeStatus>,
     /// Counters.
     pub metrics: Metrics,
-    /// Current actor refs.
-    pub actors: ActorSlots,
+    /// Refusals per admission check.
+    pub rejections: Rejections,
     /// Hashes of recent windows' first blocks by window (the seeds of sync slices), filled by
     /// the chain watcher and by [`NodeContext::window_seed`]; at most [`WINDOW_SEEDS_KEPT`].
     window_seeds: RwLock<BTreeMap<u64, [u8; 32]>>,
@@ -246,7 +242,7 @@ impl NodeContext {
             events,
             status: RwLock::new(NodeStatus::default()),
             metrics: Metrics::default(),
-            actors: ActorSlots::default(),
+            rejections: Rejections::default(),
             window_seeds: RwLock::new(BTreeMap::new()),
         })
     }

@@ -10,25 +10,35 @@
 //! the same base model — and scores the miner's update by cosine similarity with its own. Honest
 //! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
 //!
-//! When the next window starts the evaluator closes the previous one (after in-flight scoring
-//! finishes, bounded by half a window): every miner uid gets this window's score (0 when it sent
-//! nothing, sent it late, sent garbage or was out of sync), smoothed by EMA and persisted. The lead validator
-//! then aggregates the updates that passed `min_score`, stores the next model checkpoint and
-//! gossips the signed [`WindowRecord`].
+//! The checks and the score are the mechanism's ([`crate::windowed::Windowed`]'s check list:
+//! `decodes` → `in_sync` → `recomputes`, then cosine); a refusal is counted under its check's
+//! name (`rejected` in `apiary admin metrics`).
+//!
+//! The node core ([`crate::window`]) decides when: it asks for an evaluation when an update
+//! was computed on the current model, closes a window once (after in-flight scoring finishes,
+//! bounded by half a window), and asks the lead validator to aggregate closed windows one at a
+//! time. Closing gives every miner uid this window's score (0 when it sent nothing, sent it
+//! late, sent garbage or was out of sync), smoothed by EMA and persisted. Aggregating applies
+//! the updates that passed `min_score`, stores the next model checkpoint and gossips the signed
+//! [`WindowRecord`].
 
-use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
+use crate::blobs::fetch_blob;
+use crate::context::{Metrics, NodeContext, NodeEvent};
+use crate::handle::{CoreHandle, Slot};
+use crate::mechanism::{Mechanism, Rejection};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::sync::{SyncFailure, SyncStatus};
-use crate::trainer::{fetch_blob, ModelSnapshot, TrainerHandle};
+use crate::trainer::{ModelSnapshot, TrainerHandle};
+use crate::window::Event;
+use crate::windowed::{Candidate, SyncProof, Windowed};
 use crate::{join_err, ActorError};
 use apiary_model::Update;
 use apiary_net::PeerId;
 use apiary_storage::{Column, ContentId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// A uid's persisted score.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,7 +60,7 @@ pub struct ScoreEntry {
 /// How one update fared.
 #[derive(Clone)]
 pub enum Outcome {
-    /// Cosine similarity with the recomputed update.
+    /// Admitted by every check and scored (cosine similarity with the recomputed update).
     Scored {
         /// The score.
         score: f32,
@@ -62,25 +72,24 @@ pub enum Outcome {
         /// this validator did not know the window's seed.
         sync: SyncStatus,
     },
-    /// Undecodable, wrong shapes, NaN/Inf, or not fetchable.
-    Bad(String),
-    /// The sync proof was missing, malformed or did not match this validator's model: the
-    /// update is neither recomputed nor aggregated and scores 0.
-    OutOfSync(SyncFailure),
+    /// Refused by a check (or not fetchable): scores 0, neither kept nor aggregated.
+    Rejected {
+        /// Which check refused it, and why.
+        rejection: Rejection,
+        /// How the sync proof fared, when the sync check refused it.
+        sync: Option<SyncStatus>,
+    },
 }
 
-/// What the evaluator has of an update's sync proof before checking it.
-enum SyncProof {
-    /// This validator does not know the window's seed (why), so it cannot check.
-    Unknown(String),
-    /// The window's seed, and the proof's bytes or why there are none.
-    Fetched([u8; 32], Result<Vec<u8>, SyncFailure>),
-}
+/// Check name of an update that could not be fetched.
+pub const FETCHABLE: &str = "fetchable";
+/// Check name of an update computed on a model other than this validator's.
+pub const BASE_MODEL: &str = "base_model";
 
 /// Messages of the evaluator.
 pub enum EvaluatorMsg {
-    /// A miner's update announcement, and the peer that relayed it.
-    Announce(Box<UpdateAnnouncement>, PeerId),
+    /// Evaluate a miner's update (computed on the current model), relayed by a peer.
+    Evaluate(Box<UpdateAnnouncement>, PeerId),
     /// Scoring of one update finished.
     Evaluated {
         /// Window.
@@ -90,63 +99,78 @@ pub enum EvaluatorMsg {
         /// Result.
         outcome: Outcome,
     },
-    /// A window started (closes the previous one).
-    WindowStarted(u64),
-    /// The model advanced (new base for evaluation).
-    ModelAdvanced,
-    /// Close a window even if some scoring is still running.
-    ForceClose(u64),
+    /// Close a window: score every miner, smooth, persist.
+    Close {
+        /// The window.
+        window: u64,
+        /// Uids whose updates were computed on another model.
+        wrong_base: Vec<u16>,
+        /// An aggregation of this window will be asked for: keep its accepted updates.
+        aggregate: bool,
+    },
+    /// Aggregate a closed window and publish its record (lead validator).
+    Aggregate(u64),
     /// The aggregate for a closed window is ready to publish, with the model it produced.
-    Aggregated(Box<Result<(WindowRecord, ModelSnapshot), String>>),
+    Aggregated(u64, Box<Result<(WindowRecord, ModelSnapshot), String>>),
     /// Query: smoothed scores.
     Scores(RpcReplyPort<Vec<ScoreEntry>>),
     /// Query: how many updates of a window have been scored so far.
     Scored(u64, RpcReplyPort<usize>),
+    /// Query: the latest window this evaluator closed.
+    LastClosed(RpcReplyPort<Option<u64>>),
 }
 
 impl std::fmt::Debug for EvaluatorMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            EvaluatorMsg::Announce(..) => "Announce",
+            EvaluatorMsg::Evaluate(..) => "Evaluate",
             EvaluatorMsg::Evaluated { .. } => "Evaluated",
-            EvaluatorMsg::WindowStarted(_) => "WindowStarted",
-            EvaluatorMsg::ModelAdvanced => "ModelAdvanced",
-            EvaluatorMsg::ForceClose(_) => "ForceClose",
-            EvaluatorMsg::Aggregated(_) => "Aggregated",
+            EvaluatorMsg::Close { .. } => "Close",
+            EvaluatorMsg::Aggregate(_) => "Aggregate",
+            EvaluatorMsg::Aggregated(..) => "Aggregated",
             EvaluatorMsg::Scores(_) => "Scores",
             EvaluatorMsg::Scored(..) => "Scored",
+            EvaluatorMsg::LastClosed(_) => "LastClosed",
         })
     }
-}
-
-#[derive(Default)]
-struct WindowEval {
-    pending: BTreeSet<u16>,
-    deferred: Vec<(UpdateAnnouncement, PeerId)>,
-    results: BTreeMap<u16, Outcome>,
-    closing: bool,
 }
 
 /// The actor.
 pub struct Evaluator;
 
+/// What the evaluator is started with.
+pub struct EvaluatorArgs {
+    /// The node.
+    pub ctx: Arc<NodeContext>,
+    /// Where it reports.
+    pub core: CoreHandle,
+    /// The model keeper it asks for the model.
+    pub trainer: TrainerHandle,
+    /// The incentive mechanism: checks and score.
+    pub mechanism: Arc<Windowed>,
+}
+
 /// Its state.
 pub struct EvaluatorState {
     ctx: Arc<NodeContext>,
+    core: CoreHandle,
+    trainer: TrainerHandle,
+    mechanism: Arc<Windowed>,
+    /// The model updates are evaluated against (the model keeper's, fetched when it changes).
     base: Option<ModelSnapshot>,
-    windows: BTreeMap<u64, WindowEval>,
+    /// Outcomes of the windows not yet closed.
+    results: BTreeMap<u64, BTreeMap<u16, Outcome>>,
     scores: BTreeMap<u16, ScoreEntry>,
     last_closed: Option<u64>,
     /// Scored-update counts of recently closed windows.
     closed_counts: BTreeMap<u64, usize>,
-    /// The model after the last record this validator built (or the trainer's, if newer): the
-    /// next record builds on it, so a trainer still applying the previous record can never make
-    /// the lead publish a record on a stale base (which would roll every follower back).
+    /// The model after the last record this validator built: the next record builds on it
+    /// (or on the keeper's model if that is newer), so a keeper still applying the previous
+    /// record can never make the lead publish a record on a stale base (which would roll every
+    /// follower back).
     tip: Option<ModelSnapshot>,
-    /// An aggregation is running; closed windows wait in `queued`, in order.
-    aggregating: bool,
-    /// Closed windows waiting for the running aggregation: (window, scores, accepted updates).
-    queued: std::collections::VecDeque<AggregationJob>,
+    /// Closed windows the core will ask to aggregate.
+    jobs: BTreeMap<u64, AggregationJob>,
 }
 
 /// A closed window the lead validator still has to aggregate.
@@ -159,13 +183,19 @@ struct AggregationJob {
 impl Actor for Evaluator {
     type Msg = EvaluatorMsg;
     type State = EvaluatorState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = EvaluatorArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        _myself: ActorRef<Self::Msg>,
+        args: EvaluatorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let EvaluatorArgs {
+            ctx,
+            core,
+            trainer,
+            mechanism,
+        } = args;
         let scores = ctx
             .store
             .scan::<ScoreEntry>(Column::Scores)?
@@ -173,23 +203,19 @@ impl Actor for Evaluator {
             .map(|(_, s)| (s.uid, s))
             .collect::<BTreeMap<_, _>>();
         let last_closed = scores.values().map(|s| s.window).max();
-        forward_events(&ctx, myself.clone(), |ev| match ev {
-            NodeEvent::WindowStarted { window, .. } => Some(EvaluatorMsg::WindowStarted(window)),
-            NodeEvent::ModelAdvanced { .. } => Some(EvaluatorMsg::ModelAdvanced),
-            _ => None,
-        });
-        // The trainer may be starting too; the first ModelAdvanced or window fills the base.
-        let _ = myself.cast(EvaluatorMsg::ModelAdvanced);
+        core.report(Event::EvaluatorReady { last_closed });
         Ok(EvaluatorState {
             ctx,
+            core,
+            trainer,
+            mechanism,
             base: None,
-            windows: BTreeMap::new(),
+            results: BTreeMap::new(),
             scores,
             last_closed,
             closed_counts: BTreeMap::new(),
             tip: None,
-            aggregating: false,
-            queued: std::collections::VecDeque::new(),
+            jobs: BTreeMap::new(),
         })
     }
 
@@ -200,29 +226,31 @@ impl Actor for Evaluator {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            EvaluatorMsg::Announce(ann, from) => {
-                ensure_base(st).await;
-                if st.last_closed.is_some_and(|c| ann.window <= c)
-                    || st.windows.get(&ann.window).is_some_and(|w| w.closing)
-                {
-                    Metrics::inc(&st.ctx.metrics.gossip_stale);
-                    tracing::info!(
-                        uid = ann.uid,
-                        window = ann.window,
-                        "update arrived after its window closed"
-                    );
-                    return Ok(());
-                }
-                let we = st.windows.entry(ann.window).or_default();
-                if we.results.contains_key(&ann.uid) || we.pending.contains(&ann.uid) {
-                    return Ok(());
+            EvaluatorMsg::Evaluate(ann, from) => {
+                if st.base.as_ref().is_none_or(|b| b.id != ann.base_model) {
+                    if let Ok(snap) = st.trainer.snapshot().await {
+                        st.base = Some(snap);
+                    }
                 }
                 match &st.base {
                     Some(b) if b.id == ann.base_model => {
-                        we.pending.insert(ann.uid);
-                        spawn_eval(&myself, &st.ctx, b.clone(), *ann, from);
+                        spawn_eval(&myself, st, b.clone(), *ann, from);
                     }
-                    _ => we.deferred.push((*ann, from)),
+                    _ => {
+                        // The model moved on between the core's decision and now.
+                        let outcome = Outcome::Rejected {
+                            rejection: Rejection::new(
+                                BASE_MODEL,
+                                "computed on a model other than this validator's",
+                            ),
+                            sync: None,
+                        };
+                        let _ = myself.cast(EvaluatorMsg::Evaluated {
+                            window: ann.window,
+                            uid: ann.uid,
+                            outcome,
+                        });
+                    }
                 }
             }
             EvaluatorMsg::Evaluated {
@@ -230,158 +258,123 @@ impl Actor for Evaluator {
                 uid,
                 outcome,
             } => {
-                if let Some(we) = st.windows.get_mut(&window) {
-                    we.pending.remove(&uid);
-                    Metrics::inc(&st.ctx.metrics.updates_evaluated);
-                    let rejected = match &outcome {
-                        Outcome::Scored { .. } => false,
-                        Outcome::Bad(e) => {
-                            Metrics::inc(&st.ctx.metrics.updates_bad);
-                            tracing::warn!(uid, window, error = %e, "rejected update");
-                            true
-                        }
-                        Outcome::OutOfSync(f) => {
-                            Metrics::inc(&st.ctx.metrics.updates_out_of_sync);
-                            let hotkey = st
-                                .ctx
-                                .metagraph()
-                                .and_then(|m| m.by_uid(uid).map(|n| n.hotkey.ss58()))
-                                .unwrap_or_default();
-                            tracing::warn!(
-                                uid,
-                                %hotkey,
-                                window,
-                                reason = %f,
-                                "rejected update: miner {uid} is out of sync in window {window} \
-                                 (its sync proof does not match this validator's model); scored 0"
-                            );
-                            true
-                        }
-                    };
-                    if rejected {
-                        // Nothing of a rejected update is kept: not its bytes, not its
-                        // announcement.
-                        let key = apiary_storage::window_uid_key(window, uid);
-                        if let Err(e) = st.ctx.store.delete(Column::Announcements, &key) {
-                            tracing::warn!(error = %e, "could not drop a bad announcement");
+                Metrics::inc(&st.ctx.metrics.updates_evaluated);
+                let rejected = match &outcome {
+                    Outcome::Scored { .. } => false,
+                    Outcome::Rejected { rejection, .. } => {
+                        count_rejection(&st.ctx, window, uid, rejection);
+                        true
+                    }
+                };
+                st.results.entry(window).or_default().insert(uid, outcome);
+                st.core.report(Event::Evaluated {
+                    window,
+                    uid,
+                    rejected,
+                });
+            }
+            EvaluatorMsg::Close {
+                window,
+                wrong_base,
+                aggregate,
+            } => finalize(st, window, &wrong_base, aggregate),
+            EvaluatorMsg::Aggregate(w) => match st.jobs.remove(&w) {
+                Some(job) => {
+                    // Build on the newer of our last record's model and the keeper's model.
+                    if let Ok(snap) = st.trainer.snapshot().await {
+                        if st.tip.as_ref().is_none_or(|t| snap.window >= t.window) {
+                            st.tip = Some(snap);
                         }
                     }
-                    we.results.insert(uid, outcome);
-                    if we.closing && we.pending.is_empty() {
-                        finalize(&myself, st, window);
-                    }
+                    start_aggregation(&myself, st, job);
                 }
-            }
-            EvaluatorMsg::WindowStarted(w) => {
-                ensure_base(st).await;
-                let open: Vec<u64> = st
-                    .windows
-                    .iter()
-                    .filter(|(k, v)| **k < w && !v.closing)
-                    .map(|(k, _)| *k)
-                    .collect();
-                let mut to_close = open;
-                // Close the previous window even if no update arrived for it.
-                if w > 0 && st.last_closed.is_none_or(|c| c < w - 1) {
-                    let prev = w - 1;
-                    if !to_close.contains(&prev)
-                        && !st.windows.get(&prev).is_some_and(|v| v.closing)
-                    {
-                        to_close.push(prev);
-                    }
+                None => {
+                    tracing::warn!(window = w, "nothing to aggregate for this window");
+                    st.core.report(Event::Aggregated(w));
                 }
-                for cw in to_close {
-                    let we = st.windows.entry(cw).or_default();
-                    we.closing = true;
-                    if we.pending.is_empty() {
-                        finalize(&myself, st, cw);
-                    } else {
-                        let c = &st.ctx.cfg.chain;
-                        let grace =
-                            Duration::from_millis(c.block_time_ms * c.blocks_per_window / 2);
-                        myself.send_after(grace, move || EvaluatorMsg::ForceClose(cw));
-                    }
-                }
-            }
-            EvaluatorMsg::ForceClose(w) => {
-                if st.windows.get(&w).is_some_and(|we| we.closing) {
-                    tracing::warn!(window = w, "closing window with scoring still in flight");
-                    finalize(&myself, st, w);
-                }
-            }
-            EvaluatorMsg::ModelAdvanced => {
-                if let Ok(snap) = TrainerHandle(Arc::clone(&st.ctx)).snapshot().await {
-                    if st.tip.as_ref().is_none_or(|t| snap.window >= t.window) {
-                        st.tip = Some(snap.clone());
-                    }
-                    st.base = Some(snap.clone());
-                    let mut ready = Vec::new();
-                    for (w, we) in st.windows.iter_mut() {
-                        let (now, later): (Vec<_>, Vec<_>) = we
-                            .deferred
-                            .drain(..)
-                            .partition(|(a, _)| a.base_model == snap.id);
-                        we.deferred = later;
-                        for (a, from) in now {
-                            we.pending.insert(a.uid);
-                            ready.push((*w, a, from));
-                        }
-                    }
-                    for (_, a, from) in ready {
-                        spawn_eval(&myself, &st.ctx, snap.clone(), a, from);
-                    }
-                }
-            }
-            EvaluatorMsg::Aggregated(res) => {
-                st.aggregating = false;
+            },
+            EvaluatorMsg::Aggregated(w, res) => {
                 match *res {
                     Ok((rec, snap)) => {
                         st.tip = Some(snap);
-                        publish_record(&st.ctx, rec).await;
+                        publish_record(&st.ctx, &st.core, rec).await;
                     }
-                    Err(e) => tracing::error!(error = %e, "could not aggregate the window"),
+                    Err(e) => {
+                        tracing::error!(window = w, error = %e, "could not aggregate the window")
+                    }
                 }
-                if let Some(job) = st.queued.pop_front() {
-                    start_aggregation(&myself, st, job);
-                }
+                st.core.report(Event::Aggregated(w));
             }
             EvaluatorMsg::Scores(reply) => {
                 let _ = reply.send(st.scores.values().cloned().collect());
             }
             EvaluatorMsg::Scored(w, reply) => {
-                let n = match st.windows.get(&w) {
-                    Some(we) => we.results.len(),
+                let n = match st.results.get(&w) {
+                    Some(r) => r.len(),
                     None => st.closed_counts.get(&w).copied().unwrap_or(0),
                 };
                 let _ = reply.send(n);
+            }
+            EvaluatorMsg::LastClosed(reply) => {
+                let _ = reply.send(st.last_closed);
             }
         }
         Ok(())
     }
 }
 
-/// Fetches the trainer's model if the evaluator has none yet (first start, or restart).
-async fn ensure_base(st: &mut EvaluatorState) {
-    if st.base.is_none() {
-        if let Ok(snap) = TrainerHandle(Arc::clone(&st.ctx)).snapshot().await {
-            st.base = Some(snap);
+/// Counts a refusal under its check and, for the checks that have one, its legacy counter.
+fn count_rejection(ctx: &NodeContext, window: u64, uid: u16, r: &Rejection) {
+    ctx.rejections.count(r.check);
+    let m = &ctx.metrics;
+    match r.check {
+        crate::windowed::IN_SYNC => {
+            Metrics::inc(&m.updates_out_of_sync);
+            let hotkey = ctx
+                .metagraph()
+                .and_then(|mg| mg.by_uid(uid).map(|n| n.hotkey.ss58()))
+                .unwrap_or_default();
+            tracing::warn!(
+                uid,
+                %hotkey,
+                window,
+                reason = %r.reason,
+                "rejected update: miner {uid} is out of sync in window {window} \
+                 (its sync proof does not match this validator's model); scored 0"
+            );
+        }
+        BASE_MODEL => {
+            Metrics::inc(&m.updates_wrong_base);
+            tracing::warn!(
+                uid,
+                window,
+                "update computed on another base model; scored 0"
+            );
+        }
+        _ => {
+            Metrics::inc(&m.updates_bad);
+            tracing::warn!(uid, window, error = %r, "rejected update");
         }
     }
 }
 
 fn spawn_eval(
     myself: &ActorRef<EvaluatorMsg>,
-    ctx: &Arc<NodeContext>,
+    st: &EvaluatorState,
     base: ModelSnapshot,
     ann: UpdateAnnouncement,
     from: PeerId,
 ) {
-    let ctx = Arc::clone(ctx);
+    let ctx = Arc::clone(&st.ctx);
+    let mechanism = Arc::clone(&st.mechanism);
     let me = myself.clone();
     tokio::spawn(async move {
         let (window, uid) = (ann.window, ann.uid);
         let outcome = match fetch_blob(&ctx, ann.update, Some(from), false).await {
-            Err(e) => Outcome::Bad(e),
+            Err(e) => Outcome::Rejected {
+                rejection: Rejection::new(FETCHABLE, e),
+                sync: None,
+            },
             Ok(bytes) => {
                 let proof = match ctx.window_seed(window).await {
                     Err(e) => SyncProof::Unknown(e),
@@ -399,10 +392,22 @@ fn spawn_eval(
                         },
                     ),
                 };
-                let ctx2 = Arc::clone(&ctx);
-                tokio::task::spawn_blocking(move || score_update(&ctx2, &base, &ann, &bytes, proof))
+                let candidate = Candidate {
+                    ctx: Arc::clone(&ctx),
+                    ann,
+                    base: Arc::clone(&base.params),
+                    bytes,
+                    proof,
+                    update: None,
+                    own: None,
+                    sync: None,
+                };
+                tokio::task::spawn_blocking(move || score_update(&mechanism, candidate))
                     .await
-                    .unwrap_or_else(|e| Outcome::Bad(join_err(e)))
+                    .unwrap_or_else(|e| Outcome::Rejected {
+                        rejection: Rejection::new("evaluation", join_err(e)),
+                        sync: None,
+                    })
             }
         };
         let _ = me.cast(EvaluatorMsg::Evaluated {
@@ -413,71 +418,56 @@ fn spawn_eval(
     });
 }
 
-/// Decodes an update, checks the sync proof (before any costly work), stores the update and
-/// scores it against the recomputed one.
-fn score_update(
-    ctx: &NodeContext,
-    base: &ModelSnapshot,
-    ann: &UpdateAnnouncement,
-    bytes: &[u8],
-    proof: SyncProof,
-) -> Outcome {
-    let c = &ctx.cfg;
-    let update = match crate::updates::decode(c, bytes) {
-        Ok(u) => u,
-        Err(e) => return Outcome::Bad(e),
-    };
-    let sync = match proof {
-        SyncProof::Unknown(e) => {
-            tracing::warn!(uid = ann.uid, window = ann.window, error = %e, "cannot check the sync proof; scoring the update without it");
-            SyncStatus::Unchecked
+/// Runs the mechanism's checks and score; an admitted update's bytes are stored (followers
+/// and the aggregation need them).
+fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
+    match mechanism.evaluate(&mut c) {
+        Err(rejection) => {
+            let sync = (rejection.check == crate::windowed::IN_SYNC)
+                .then_some(c.sync)
+                .flatten();
+            Outcome::Rejected { rejection, sync }
         }
-        SyncProof::Fetched(seed, bytes) => {
-            match bytes.and_then(|b| crate::sync::check_proof(c, &base.params, &seed, &b)) {
-                Ok(()) => SyncStatus::InSync,
-                Err(f) => return Outcome::OutOfSync(f),
+        Ok(score) => {
+            if let Err(e) = c.ctx.store.put_blob_verified(c.ann.update, &c.bytes) {
+                return Outcome::Rejected {
+                    rejection: Rejection::new("stored", e),
+                    sync: None,
+                };
+            }
+            match c.update {
+                Some(u) => Outcome::Scored {
+                    score,
+                    update: Arc::new(u),
+                    id: c.ann.update,
+                    sync: c.sync.unwrap_or(SyncStatus::Unchecked),
+                },
+                None => Outcome::Rejected {
+                    rejection: Rejection::new("decodes", "no decoded update"),
+                    sync: None,
+                },
             }
         }
-    };
-    if let Err(e) = ctx.store.put_blob_verified(ann.update, bytes) {
-        return Outcome::Bad(e.to_string());
-    }
-    let pages = match ctx.window_pages(ann.uid, ann.window) {
-        Ok(p) => p,
-        Err(e) => return Outcome::Bad(format!("recompute failed: cannot read the pages: {e}")),
-    };
-    let own = match crate::updates::compute(c, &base.params, &pages) {
-        Ok((u, _)) => u,
-        Err(e) => return Outcome::Bad(format!("recompute failed: {e}")),
-    };
-    match apiary_model::cosine(&update, &own) {
-        Ok(s) if s.is_finite() => Outcome::Scored {
-            score: s,
-            update: Arc::new(update),
-            id: ann.update,
-            sync,
-        },
-        Ok(_) => Outcome::Bad("cosine is not finite".into()),
-        Err(e) => Outcome::Bad(e.to_string()),
     }
 }
 
-fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u64) {
-    let Some(we) = st.windows.remove(&window) else {
-        return;
-    };
-    st.windows.retain(|w, _| *w > window);
-    st.closed_counts.insert(window, we.results.len());
+/// Closes `window` (the core does this once per window): scores every miner, smooths,
+/// persists, announces; keeps the accepted updates when the core will ask to aggregate them.
+fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate: bool) {
+    let results = st.results.remove(&window).unwrap_or_default();
+    st.results.retain(|w, _| *w > window);
+    st.closed_counts.insert(window, results.len());
     while st.closed_counts.len() > 64 {
         st.closed_counts.pop_first();
     }
     st.last_closed = Some(st.last_closed.map_or(window, |c| c.max(window)));
     let ctx = Arc::clone(&st.ctx);
     let c = &ctx.cfg;
-    for (a, _) in &we.deferred {
+    for uid in wrong_base {
+        ctx.rejections.count(BASE_MODEL);
         Metrics::inc(&ctx.metrics.updates_wrong_base);
         tracing::warn!(
-            uid = a.uid,
+            uid,
             window,
             "update computed on another base model; scored 0"
         );
@@ -494,15 +484,15 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         .filter(|n| {
             n.hotkey != me
                 && (!n.validator_permit
-                    || we.results.contains_key(&n.uid)
+                    || results.contains_key(&n.uid)
                     || st.scores.contains_key(&n.uid))
         })
         .collect();
     for n in miners {
-        let (s, sync) = match we.results.get(&n.uid) {
+        let (s, sync) = match results.get(&n.uid) {
             Some(Outcome::Scored { score, sync, .. }) => (*score, Some(*sync)),
-            Some(Outcome::OutOfSync(f)) => (0.0, Some(f.status())),
-            _ => (0.0, None),
+            Some(Outcome::Rejected { sync, .. }) => (0.0, *sync),
+            None => (0.0, None),
         };
         let prev = st.scores.get(&n.uid).map_or(0.0, |e| e.ema);
         let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev;
@@ -519,8 +509,7 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         st.scores.insert(n.uid, entry);
         report.push((n.uid, s, ema));
     }
-    let accepted: Vec<(u16, ContentId, Arc<Update>)> = we
-        .results
+    let accepted: Vec<(u16, ContentId, Arc<Update>)> = results
         .iter()
         .filter_map(|(uid, o)| match o {
             Outcome::Scored {
@@ -537,19 +526,21 @@ fn finalize(myself: &ActorRef<EvaluatorMsg>, st: &mut EvaluatorState, window: u6
         scores: report.clone(),
         accepted: accepted.len(),
     });
-    // Only the lead validator writes the record everyone follows.
-    if mg.lead_validator().map(|n| n.hotkey) != Some(me) {
-        return;
-    }
-    let job = AggregationJob {
-        window,
-        scores: report.iter().map(|(u, s, _)| (*u, *s)).collect(),
-        accepted,
-    };
-    if st.aggregating {
-        st.queued.push_back(job);
-    } else {
-        start_aggregation(myself, st, job);
+    // Only the lead validator writes the record everyone follows; the core says if we lead.
+    if aggregate {
+        st.jobs.insert(
+            window,
+            AggregationJob {
+                window,
+                scores: report.iter().map(|(u, s, _)| (*u, *s)).collect(),
+                accepted,
+            },
+        );
+        // The core asks for each right after the close or the running aggregation; anything
+        // older is left from a restart of the core and will not be asked for.
+        while st.jobs.len() > 4 {
+            st.jobs.pop_first();
+        }
     }
 }
 
@@ -565,9 +556,9 @@ fn start_aggregation(
             window = job.window,
             "no base model yet; no record for this window"
         );
+        st.core.report(Event::Aggregated(job.window));
         return;
     };
-    st.aggregating = true;
     let ctx = Arc::clone(&st.ctx);
     let me_ref = myself.clone();
     let AggregationJob {
@@ -612,51 +603,57 @@ fn start_aggregation(
         )
         .await
         .unwrap_or_else(|e| Err(join_err(e)));
-        let _ = me_ref.cast(EvaluatorMsg::Aggregated(Box::new(res)));
+        let _ = me_ref.cast(EvaluatorMsg::Aggregated(window, Box::new(res)));
     });
 }
 
-async fn publish_record(ctx: &Arc<NodeContext>, rec: WindowRecord) {
+/// Gossips a record and hands it to this node's core (the lead applies its own record too).
+async fn publish_record(ctx: &Arc<NodeContext>, core: &CoreHandle, rec: WindowRecord) {
     let payload = GossipMsg::Record(rec.clone()).encode();
     if let Err(e) = ctx.net.publish(payload).await {
         tracing::warn!(error = %e, window = rec.window, "could not gossip the window record");
     }
-    if let Err(e) = TrainerHandle(Arc::clone(ctx)).apply_record(rec, None) {
-        tracing::warn!(error = %e, "own trainer unavailable for the record");
-    }
+    core.report(Event::RecordReceived { rec, from: None });
 }
 
 /// Typed front of the evaluator.
 #[derive(Clone)]
-pub struct EvaluatorHandle(pub Arc<NodeContext>);
+pub struct EvaluatorHandle(pub Slot<EvaluatorMsg>);
 
 impl EvaluatorHandle {
-    fn actor(&self) -> Result<ActorRef<EvaluatorMsg>, ActorError> {
-        slot_get(&self.0.actors.evaluator).ok_or(ActorError::NotRunning("evaluator"))
+    /// Asks for an update to be evaluated.
+    pub fn evaluate(&self, ann: UpdateAnnouncement, from: PeerId) -> Result<(), ActorError> {
+        self.0.cast(EvaluatorMsg::Evaluate(Box::new(ann), from))
     }
-    /// Hands over an update announcement for scoring.
-    pub fn announce(&self, ann: UpdateAnnouncement, from: PeerId) -> Result<(), ActorError> {
-        self.actor()?
-            .cast(EvaluatorMsg::Announce(Box::new(ann), from))
-            .map_err(|e| ActorError::Call {
-                actor: "evaluator",
-                message: e.to_string(),
-            })
+    /// Asks for a window to be closed.
+    pub fn close(
+        &self,
+        window: u64,
+        wrong_base: Vec<u16>,
+        aggregate: bool,
+    ) -> Result<(), ActorError> {
+        self.0.cast(EvaluatorMsg::Close {
+            window,
+            wrong_base,
+            aggregate,
+        })
+    }
+    /// Asks for a closed window to be aggregated.
+    pub fn aggregate(&self, window: u64) -> Result<(), ActorError> {
+        self.0.cast(EvaluatorMsg::Aggregate(window))
     }
     /// How many updates of `window` have been scored.
     pub async fn scored_in(&self, window: u64) -> Result<usize, ActorError> {
-        ractor::call_t!(self.actor()?, EvaluatorMsg::Scored, 10_000, window).map_err(|e| {
-            ActorError::Call {
-                actor: "evaluator",
-                message: e.to_string(),
-            }
-        })
+        ractor::call_t!(self.0.get()?, EvaluatorMsg::Scored, 10_000, window)
+            .map_err(|e| self.0.call_err(e))
     }
     /// Smoothed scores by uid.
     pub async fn scores(&self) -> Result<Vec<ScoreEntry>, ActorError> {
-        ractor::call_t!(self.actor()?, EvaluatorMsg::Scores, 10_000).map_err(|e| ActorError::Call {
-            actor: "evaluator",
-            message: e.to_string(),
-        })
+        ractor::call_t!(self.0.get()?, EvaluatorMsg::Scores, 10_000).map_err(|e| self.0.call_err(e))
+    }
+    /// The latest window closed.
+    pub async fn last_closed(&self) -> Result<Option<u64>, ActorError> {
+        ractor::call_t!(self.0.get()?, EvaluatorMsg::LastClosed, 10_000)
+            .map_err(|e| self.0.call_err(e))
     }
 }

@@ -1,17 +1,18 @@
 //! Gossip peer: admits signed gossip from registered hotkeys and routes it.
 //!
 //! The net layer has already checked size and signature. Here a payload must decode, its
-//! hotkey must be registered on the subnet, an update's uid must belong to that hotkey, and a
-//! window record must come from the lead validator. What passes is stored (announcements, first
-//! one per `(window, uid)` wins) and routed: updates to the evaluator, records to the trainer.
-//! Everything else is counted in [`crate::Metrics`] and logged, and nothing of it is stored.
+//! hotkey must be registered on the subnet, an update's uid must belong to that hotkey and
+//! name this subnet, and a window record must come from the lead validator. What passes goes
+//! to the node core ([`crate::node_core`]), whose window machine applies the window rules
+//! (open window, first announcement per `(window, uid)`, records in order). Everything else is
+//! counted in [`crate::Metrics`] and logged, and nothing of it is stored.
 
-use crate::context::{slot_get, Metrics, NodeContext};
-use crate::evaluator::EvaluatorHandle;
+use crate::chain_watcher::ChainWatcherHandle;
+use crate::context::{Metrics, NodeContext};
+use crate::handle::CoreHandle;
 use crate::protocol::GossipMsg;
-use crate::trainer::TrainerHandle;
+use crate::window::Event;
 use apiary_net::{NetEvent, PeerId};
-use apiary_storage::{window_uid_key, Column};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 
@@ -25,22 +26,36 @@ pub enum GossipMsgIn {
 /// The actor.
 pub struct GossipPeer;
 
+/// What the gossip peer is started with.
+pub struct GossipArgs {
+    /// The node.
+    pub ctx: Arc<NodeContext>,
+    /// Where admitted messages go.
+    pub core: CoreHandle,
+    /// Who re-reads the metagraph.
+    pub chain_watcher: ChainWatcherHandle,
+}
+
 /// Its state.
 pub struct GossipState {
     ctx: Arc<NodeContext>,
-    /// Block at which an unknown hotkey last made us re-read the metagraph.
-    refreshed_at: Option<u64>,
+    core: CoreHandle,
+    chain_watcher: ChainWatcherHandle,
 }
 
 impl Actor for GossipPeer {
     type Msg = GossipMsgIn;
     type State = GossipState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = GossipArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        GossipArgs {
+            ctx,
+            core,
+            chain_watcher,
+        }: GossipArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ctx2 = Arc::clone(&ctx);
         tokio::spawn(async move {
@@ -55,7 +70,8 @@ impl Actor for GossipPeer {
         });
         Ok(GossipState {
             ctx,
-            refreshed_at: None,
+            core,
+            chain_watcher,
         })
     }
 
@@ -71,23 +87,18 @@ impl Actor for GossipPeer {
                 hotkey,
                 payload,
             }) => {
-                // A hotkey that registered after our last metagraph read: re-read once per block.
+                // A hotkey that registered after our last metagraph read: the chain watcher (the
+                // metagraph's owner) re-reads it, at most once per block, before we decide.
                 let known = st
                     .ctx
                     .metagraph()
                     .is_some_and(|m| m.by_hotkey(&hotkey).is_some());
-                let block = st.ctx.status().block;
-                if !known && st.refreshed_at != Some(block) {
-                    st.refreshed_at = Some(block);
-                    if let Ok(mg) = st.ctx.chain.metagraph(st.ctx.cfg.chain.netuid).await {
-                        let uid = mg.by_hotkey(&st.ctx.hotkey.id()).map(|n| n.uid);
-                        st.ctx.update_status(|s| {
-                            s.metagraph = Some(Arc::new(mg));
-                            s.uid = uid;
-                        });
+                if !known {
+                    if let Err(e) = st.chain_watcher.refresh_unless_fresh_wait().await {
+                        tracing::debug!(error = %e, "metagraph refresh for an unknown hotkey failed");
                     }
                 }
-                on_gossip(&st.ctx, from, hotkey, &payload)
+                on_gossip(st, from, hotkey, &payload)
             }
             GossipMsgIn::Net(NetEvent::PeerConnected(p)) => {
                 tracing::debug!(peer = %p, "peer connected");
@@ -100,12 +111,8 @@ impl Actor for GossipPeer {
     }
 }
 
-fn on_gossip(
-    ctx: &Arc<NodeContext>,
-    from: PeerId,
-    hotkey: apiary_chain::keys::HotkeyId,
-    payload: &[u8],
-) {
+fn on_gossip(st: &GossipState, from: PeerId, hotkey: apiary_chain::keys::HotkeyId, payload: &[u8]) {
+    let ctx = &st.ctx;
     let m = &ctx.metrics;
     let msg = match GossipMsg::decode(payload, ctx.cfg.net.max_message_bytes) {
         Ok(msg) => msg,
@@ -123,8 +130,6 @@ fn on_gossip(
     let Some(neuron) = mg.by_hotkey(&hotkey) else {
         Metrics::inc(&m.gossip_unregistered);
         tracing::warn!(peer = %from, %hotkey, "dropping gossip from a hotkey not registered on the subnet");
-        // It may have registered since the last read: the watcher re-reads (once per block).
-        let _ = crate::chain_watcher::ChainWatcherHandle(Arc::clone(ctx)).refresh_unless_fresh();
         return;
     };
     let netuid = ctx.cfg.chain.netuid;
@@ -135,30 +140,13 @@ fn on_gossip(
                 tracing::warn!(peer = %from, %hotkey, claimed = ann.uid, actual = neuron.uid, "dropping update: uid does not belong to the signer");
                 return;
             }
-            let window = ctx.window();
-            if ann.netuid != netuid || ann.window + 1 < window || ann.window > window + 1 {
+            if ann.netuid != netuid {
                 Metrics::inc(&m.gossip_stale);
-                tracing::warn!(peer = %from, uid = ann.uid, window = ann.window, current = window, "dropping update for a window that is not open");
+                tracing::warn!(peer = %from, uid = ann.uid, netuid = ann.netuid, "dropping update for another subnet");
                 return;
             }
-            let key = window_uid_key(ann.window, ann.uid);
-            match ctx
-                .store
-                .get::<crate::protocol::UpdateAnnouncement>(Column::Announcements, &key)
-            {
-                Ok(Some(_)) => return, // first announcement per (window, uid) wins
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "announcement lookup failed"),
-            }
-            if let Err(e) = ctx.store.put(Column::Announcements, &key, &ann) {
-                tracing::warn!(error = %e, "could not store an announcement");
-            }
-            if ctx.cfg.node.role == apiary_config::Role::Validator {
-                Metrics::inc(&m.updates_received);
-                if let Err(e) = EvaluatorHandle(Arc::clone(ctx)).announce(ann, from) {
-                    tracing::warn!(error = %e, "evaluator unavailable; update not scored");
-                }
-            }
+            // The window rules (open window, first per (window, uid)) are the core's.
+            st.core.report(Event::Announced { ann, from });
         }
         GossipMsg::Record(rec) => {
             let lead = mg.lead_validator().map(|n| n.hotkey);
@@ -167,12 +155,10 @@ fn on_gossip(
                 tracing::warn!(peer = %from, %hotkey, "dropping window record not signed by the lead validator");
                 return;
             }
-            if slot_get(&ctx.actors.trainer).is_none() {
-                tracing::warn!("trainer not running; window record will be caught up later");
-            }
-            if let Err(e) = TrainerHandle(Arc::clone(ctx)).apply_record(rec, Some(from)) {
-                tracing::warn!(error = %e, "could not hand the record to the trainer");
-            }
+            st.core.report(Event::RecordReceived {
+                rec,
+                from: Some(from),
+            });
         }
     }
 }

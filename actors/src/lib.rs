@@ -3,28 +3,41 @@
 //! The supervised actors that make a node (ractor), and the protocol they speak on gossip.
 //!
 //! ```text
-//!                    NodeSupervisor  (restart budget: max_restarts in restart_window)
-//!      ┌──────────────┬──────────┴──────┬───────────────┬────────────────┐
-//!  ChainWatcher   GossipPeer        Trainer        Evaluator*      WeightSetter*
-//!  blocks, windows  signed gossip   owns the model  re-computes     scores → u16 →
-//!  metagraph, dial  → registered?   trains (miner)  miners' updates  set_weights
-//!                   → route         applies records cosine, EMA,     (*validators)
-//!                                                   window records
+//!                         NodeSupervisor  (a table of children; restart budget)
+//!   ┌───────────┬──────────────┬───────────┬──────────┬────────────┬──────────────┐
+//! NodeCore   Trainer        ChainWatcher   GossipPeer  Evaluator*   WeightSetter*
+//! the window the model      blocks,        signed      mechanism    scores → u16
+//! machine:   keeper: trains metagraph,     gossip →    checks,      → set_weights
+//! decides    (miner), holds dial peers     admitted?   score, close (*validators)
+//! when       the model,                    → core      aggregate
+//!            applies records
 //! ```
 //!
-//! Actors never hold each other's `ActorRef`s. They meet through [`context::NodeContext`]:
-//! shared resources (store, chain client, net handle, keys, dataset), a bounded broadcast of
-//! [`context::NodeEvent`]s, and *slots* that the supervisor fills with the current `ActorRef` of
-//! each child, so a restarted child is found by everyone at once. In front of every actor is a
-//! handle with typed async methods ([`trainer::TrainerHandle`], ...).
+//! **Who decides, who does.** All window rules live in one pure type, [`window::WindowMachine`]
+//! (no tokio, no I/O; unit and property tests drive it with events). The [`node_core`] actor
+//! owns it: the other actors report what happened (a block, an admitted announcement, an
+//! evaluation, a record applied, a failed weight submission) and carry out the actions it
+//! returns (train window w, evaluate update u, close window w, aggregate, apply record r, submit
+//! weights). **What is scored and how** is the incentive mechanism's ([`mechanism::Mechanism`];
+//! windowed training, [`windowed::Windowed`], is the first).
+//!
+//! **Who owns what.** The metagraph is the chain watcher's; the model is the trainer's (the
+//! evaluator asks it through [`trainer::TrainerHandle`]); scores are the evaluator's; the weight
+//! history is the weight setter's; the `announcements` column is the core's. [`NodeContext`]
+//! holds resources only (store, chain client, net handle, keys, dataset) plus the event bus,
+//! the status board and counters. Actors never hold a registry: the supervisor passes each one
+//! the handles it needs ([`supervisor::Handles`], [`handle::Slot`]); module dependencies point
+//! one way (`window`, `protocol`, `mechanism`, `handle` are leaves; `node_core` and
+//! `supervisor` sit on top).
 //!
 //! Heavy work (training, evaluation, aggregation, hashing, RocksDB batches) runs in
 //! `spawn_blocking`; its result comes back to the actor as a message, so mailboxes keep moving.
 //!
 //! ## A window, end to end
-//! 1. The chain watcher sees the first block of window `w` and broadcasts `WindowStarted(w)`
-//!    with that block's hash (the seed of `w`'s sync proofs).
-//! 2. The lead validator's evaluator closes `w-1`: it waits for in-flight evaluations, keeps the
+//! 1. The chain watcher sees the first block of window `w`, remembers its hash (the seed of
+//!    `w`'s sync proofs) and broadcasts the block; the core's machine sees window `w` start.
+//! 2. The core has the lead validator's evaluator close `w-1` once its in-flight evaluations
+//!    are done (or their grace elapsed), then aggregate it; it keeps the
 //!    updates whose cosine score passes `min_score`, aggregates them (median-norm clipping, mean,
 //!    outer lr) into the next model, stores that checkpoint blob and gossips a signed
 //!    [`protocol::WindowRecord`] naming the accepted update ids and the resulting model id.
@@ -37,19 +50,25 @@
 //!    block); the validator checks the proof against its own model, then fetches and scores the
 //!    update while the window is open.
 
+pub mod blobs;
 pub mod chain_watcher;
 pub mod context;
 pub mod evaluator;
 pub mod gossip;
+pub mod handle;
+pub mod mechanism;
+pub mod node_core;
 pub mod protocol;
 pub mod supervisor;
 pub mod sync;
 pub mod trainer;
 pub mod updates;
 pub mod weights;
+pub mod window;
+pub mod windowed;
 
 pub use context::{Metrics, NodeContext, NodeEvent, NodeStatus};
-pub use supervisor::{spawn_supervisor, SupervisorHandle};
+pub use supervisor::{spawn_supervisor, Handles, SupervisorHandle};
 
 /// Errors an actor handle returns to its caller.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +76,9 @@ pub enum ActorError {
     /// The actor is not running (it is being restarted, or the node is stopping).
     #[error("{0} is not running (restarting or stopped); retry shortly")]
     NotRunning(&'static str),
+    /// The node's actors could not be started.
+    #[error("could not start the node's actors: {0}")]
+    Start(String),
     /// The call did not complete.
     #[error("call to {actor} failed: {message}")]
     Call {

@@ -4,46 +4,167 @@
 //! (`spawn_linked`) and restarts a child that fails (panics or returns an error) or stops
 //! unexpectedly. Restarts are counted in a sliding window: more than `max_restarts` within
 //! `restart_window_secs` and the node stops with a [`NodeEvent::Fatal`] error, which the daemon
-//! turns into a non-zero exit. Children find each other through the context's slots, which the
-//! supervisor updates on every (re)start, so a restarted trainer is reachable at once.
+//! turns into a non-zero exit.
+//!
+//! The children are a table ([`children`]): adding an actor is one entry there (and a slot in
+//! [`Handles`] if others must reach it). Every child gets the handles it needs as its
+//! arguments; the supervisor fills each handle's slot on every (re)start, so a restarted
+//! trainer is reachable at once.
 
-use crate::chain_watcher::ChainWatcher;
-use crate::context::{slot_set, Metrics, NodeContext, NodeEvent};
-use crate::evaluator::Evaluator;
-use crate::gossip::GossipPeer;
-use crate::trainer::Trainer;
-use crate::weights::WeightSetter;
+use crate::chain_watcher::{ChainWatcher, ChainWatcherHandle};
+use crate::context::{Metrics, NodeContext, NodeEvent};
+use crate::evaluator::{Evaluator, EvaluatorArgs, EvaluatorHandle};
+use crate::gossip::{GossipArgs, GossipMsgIn, GossipPeer};
+use crate::handle::{CoreHandle, Slot};
+use crate::node_core::{CoreArgs, NodeCore};
+use crate::trainer::{Trainer, TrainerArgs, TrainerHandle};
+use crate::weights::{WeightSetter, WeightSetterArgs, WeightSetterHandle};
+use crate::windowed::Windowed;
 use apiary_config::Role;
+use futures::future::BoxFuture;
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The kinds of children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChildKind {
+/// The handles of a node's actors: what the daemon, the admin socket and tests use, and what
+/// the supervisor hands to each child.
+#[derive(Clone)]
+pub struct Handles {
+    /// The node core (window machine).
+    pub core: CoreHandle,
     /// Chain watcher.
-    ChainWatcher,
+    pub chain_watcher: ChainWatcherHandle,
     /// Gossip peer.
-    Gossip,
-    /// Trainer.
-    Trainer,
-    /// Evaluator.
-    Evaluator,
-    /// Weight setter.
-    WeightSetter,
+    pub gossip: Slot<GossipMsgIn>,
+    /// Trainer (the model keeper).
+    pub trainer: TrainerHandle,
+    /// Evaluator (validators).
+    pub evaluator: EvaluatorHandle,
+    /// Weight setter (validators).
+    pub weight_setter: WeightSetterHandle,
+    /// The incentive mechanism the node runs.
+    pub mechanism: Arc<Windowed>,
 }
 
-impl ChildKind {
-    fn name(self) -> &'static str {
-        match self {
-            ChildKind::ChainWatcher => "chain-watcher",
-            ChildKind::Gossip => "gossip",
-            ChildKind::Trainer => "trainer",
-            ChildKind::Evaluator => "evaluator",
-            ChildKind::WeightSetter => "weight-setter",
+impl Handles {
+    fn new() -> Self {
+        Handles {
+            core: CoreHandle(Slot::new("node core")),
+            chain_watcher: ChainWatcherHandle(Slot::new("chain watcher")),
+            gossip: Slot::new("gossip"),
+            trainer: TrainerHandle(Slot::new("trainer")),
+            evaluator: EvaluatorHandle(Slot::new("evaluator")),
+            weight_setter: WeightSetterHandle(Slot::new("weight setter")),
+            mechanism: Arc::new(Windowed::new()),
         }
     }
+}
+
+/// Starts one child linked to the supervisor, fills its slot, returns its cell.
+type SpawnFn = fn(
+    Arc<NodeContext>,
+    Handles,
+    ActorCell,
+) -> BoxFuture<'static, Result<ActorCell, ActorProcessingErr>>;
+
+/// One row of the children table.
+pub struct ChildSpec {
+    /// Name in logs and errors.
+    pub name: &'static str,
+    /// Started only on validators.
+    pub validator_only: bool,
+    spawn: SpawnFn,
+    clear: fn(&Handles),
+}
+
+/// Spawns `actor` linked to `sup` and puts its ref in `slot`.
+async fn start<A: Actor>(
+    actor: A,
+    args: A::Arguments,
+    slot: Slot<A::Msg>,
+    sup: ActorCell,
+) -> Result<ActorCell, ActorProcessingErr> {
+    let (r, _) = Actor::spawn_linked(None, actor, args, sup).await?;
+    slot.set(Some(r.clone()));
+    Ok(r.get_cell())
+}
+
+/// The node's children in start order. The core starts first: every other child reports to
+/// it when it starts.
+pub fn children() -> Vec<ChildSpec> {
+    vec![
+        ChildSpec {
+            name: "node-core",
+            validator_only: false,
+            spawn: |ctx, h, sup| {
+                let args = CoreArgs {
+                    ctx,
+                    trainer: h.trainer.clone(),
+                    evaluator: h.evaluator.clone(),
+                    weights: h.weight_setter.clone(),
+                };
+                Box::pin(start(NodeCore, args, h.core.0, sup))
+            },
+            clear: |h| h.core.0.set(None),
+        },
+        ChildSpec {
+            name: "trainer",
+            validator_only: false,
+            spawn: |ctx, h, sup| {
+                let args = TrainerArgs { ctx, core: h.core };
+                Box::pin(start(Trainer, args, h.trainer.0, sup))
+            },
+            clear: |h| h.trainer.0.set(None),
+        },
+        ChildSpec {
+            name: "chain-watcher",
+            validator_only: false,
+            spawn: |ctx, h, sup| Box::pin(start(ChainWatcher, ctx, h.chain_watcher.0, sup)),
+            clear: |h| h.chain_watcher.0.set(None),
+        },
+        ChildSpec {
+            name: "gossip",
+            validator_only: false,
+            spawn: |ctx, h, sup| {
+                let args = GossipArgs {
+                    ctx,
+                    core: h.core,
+                    chain_watcher: h.chain_watcher,
+                };
+                Box::pin(start(GossipPeer, args, h.gossip, sup))
+            },
+            clear: |h| h.gossip.set(None),
+        },
+        ChildSpec {
+            name: "evaluator",
+            validator_only: true,
+            spawn: |ctx, h, sup| {
+                let args = EvaluatorArgs {
+                    ctx,
+                    core: h.core,
+                    trainer: h.trainer,
+                    mechanism: h.mechanism,
+                };
+                Box::pin(start(Evaluator, args, h.evaluator.0, sup))
+            },
+            clear: |h| h.evaluator.0.set(None),
+        },
+        ChildSpec {
+            name: "weight-setter",
+            validator_only: true,
+            spawn: |ctx, h, sup| {
+                let args = WeightSetterArgs {
+                    ctx,
+                    core: h.core,
+                    evaluator: h.evaluator,
+                    mechanism: h.mechanism,
+                };
+                Box::pin(start(WeightSetter, args, h.weight_setter.0, sup))
+            },
+            clear: |h| h.weight_setter.0.set(None),
+        },
+    ]
 }
 
 /// Messages of the supervisor.
@@ -59,90 +180,70 @@ pub struct NodeSupervisor;
 /// Its state.
 pub struct SupervisorState {
     ctx: Arc<NodeContext>,
-    children: HashMap<ActorId, ChildKind>,
+    handles: Handles,
+    table: Vec<ChildSpec>,
+    /// Running children: cell id → index in `table`.
+    children: HashMap<ActorId, usize>,
+    /// Running children's cells, by index in `table`.
+    cells: HashMap<usize, ActorCell>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
 
 async fn spawn_child(
-    ctx: &Arc<NodeContext>,
-    kind: ChildKind,
+    st: &mut SupervisorState,
+    i: usize,
     sup: ActorCell,
-) -> Result<ActorCell, ActorProcessingErr> {
-    let c = Arc::clone(ctx);
-    let span = tracing::info_span!("actor", node = %ctx.name(), actor = kind.name());
-    let _e = span.enter();
-    let cell = match kind {
-        ChildKind::ChainWatcher => {
-            let (r, _) = Actor::spawn_linked(None, ChainWatcher, c, sup).await?;
-            slot_set(&ctx.actors.chain_watcher, Some(r.clone()));
-            r.get_cell()
-        }
-        ChildKind::Gossip => {
-            let (r, _) = Actor::spawn_linked(None, GossipPeer, c, sup).await?;
-            slot_set(&ctx.actors.gossip, Some(r.clone()));
-            r.get_cell()
-        }
-        ChildKind::Trainer => {
-            let (r, _) = Actor::spawn_linked(None, Trainer, c, sup).await?;
-            slot_set(&ctx.actors.trainer, Some(r.clone()));
-            r.get_cell()
-        }
-        ChildKind::Evaluator => {
-            let (r, _) = Actor::spawn_linked(None, Evaluator, c, sup).await?;
-            slot_set(&ctx.actors.evaluator, Some(r.clone()));
-            r.get_cell()
-        }
-        ChildKind::WeightSetter => {
-            let (r, _) = Actor::spawn_linked(None, WeightSetter, c, sup).await?;
-            slot_set(&ctx.actors.weight_setter, Some(r.clone()));
-            r.get_cell()
-        }
+) -> Result<(), ActorProcessingErr> {
+    let Some(spec) = st.table.get(i) else {
+        return Err(format!("no child {i} in the table").into());
     };
-    tracing::debug!("started");
-    Ok(cell)
+    let span = tracing::info_span!("actor", node = %st.ctx.name(), actor = spec.name);
+    let cell = {
+        let _e = span.enter();
+        (spec.spawn)(Arc::clone(&st.ctx), st.handles.clone(), sup)
+    }
+    .await?;
+    tracing::debug!(node = %st.ctx.name(), actor = spec.name, "started");
+    st.children.insert(cell.get_id(), i);
+    st.cells.insert(i, cell);
+    Ok(())
 }
 
-fn clear_slot(ctx: &NodeContext, kind: ChildKind) {
-    match kind {
-        ChildKind::ChainWatcher => slot_set(&ctx.actors.chain_watcher, None),
-        ChildKind::Gossip => slot_set(&ctx.actors.gossip, None),
-        ChildKind::Trainer => slot_set(&ctx.actors.trainer, None),
-        ChildKind::Evaluator => slot_set(&ctx.actors.evaluator, None),
-        ChildKind::WeightSetter => slot_set(&ctx.actors.weight_setter, None),
-    }
+/// What the supervisor is started with.
+pub struct SupervisorArgs {
+    ctx: Arc<NodeContext>,
+    handles: Handles,
 }
 
 impl Actor for NodeSupervisor {
     type Msg = SupervisorMsg;
     type State = SupervisorState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        SupervisorArgs { ctx, handles }: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let mut kinds = vec![
-            ChildKind::Trainer,
-            ChildKind::ChainWatcher,
-            ChildKind::Gossip,
-        ];
-        if ctx.cfg.node.role == Role::Validator {
-            kinds.push(ChildKind::Evaluator);
-            kinds.push(ChildKind::WeightSetter);
-        }
-        let mut children = HashMap::new();
-        for k in kinds {
-            let cell = spawn_child(&ctx, k, myself.get_cell()).await?;
-            children.insert(cell.get_id(), k);
-        }
-        Ok(SupervisorState {
+        let validator = ctx.cfg.node.role == Role::Validator;
+        let table: Vec<ChildSpec> = children()
+            .into_iter()
+            .filter(|c| validator || !c.validator_only)
+            .collect();
+        let mut st = SupervisorState {
             ctx,
-            children,
+            handles,
+            table,
+            children: HashMap::new(),
+            cells: HashMap::new(),
             restarts: VecDeque::new(),
             stopping: false,
-        })
+        };
+        for i in 0..st.table.len() {
+            spawn_child(&mut st, i, myself.get_cell()).await?;
+        }
+        Ok(st)
     }
 
     async fn handle(
@@ -173,15 +274,20 @@ impl Actor for NodeSupervisor {
             }
             _ => return Ok(()),
         };
-        let Some(kind) = st.children.remove(&cell.get_id()) else {
+        let Some(i) = st.children.remove(&cell.get_id()) else {
             return Ok(());
         };
-        clear_slot(&st.ctx, kind);
+        st.cells.remove(&i);
+        let Some(spec) = st.table.get(i) else {
+            return Ok(());
+        };
+        let name = spec.name;
+        (spec.clear)(&st.handles);
         if st.stopping {
             return Ok(());
         }
-        tracing::error!(node = %st.ctx.name(), actor = kind.name(), %why, "actor died");
-        let sup = &st.ctx.cfg.supervisor;
+        tracing::error!(node = %st.ctx.name(), actor = name, %why, "actor died");
+        let sup = st.ctx.cfg.supervisor.clone();
         let window = Duration::from_secs(sup.restart_window_secs);
         loop {
             let now = Instant::now();
@@ -194,8 +300,7 @@ impl Actor for NodeSupervisor {
             }
             if st.restarts.len() >= sup.max_restarts as usize {
                 let msg = format!(
-                    "{} kept failing: {} restarts within {}s exceeded the budget (supervisor.max_restarts = {}); last error: {why}",
-                    kind.name(),
+                    "{name} kept failing: {} restarts within {}s exceeded the budget (supervisor.max_restarts = {}); last error: {why}",
                     st.restarts.len(),
                     sup.restart_window_secs,
                     sup.max_restarts
@@ -209,14 +314,13 @@ impl Actor for NodeSupervisor {
             }
             st.restarts.push_back(now);
             Metrics::inc(&st.ctx.metrics.restarts);
-            match spawn_child(&st.ctx, kind, myself.get_cell()).await {
-                Ok(cell) => {
-                    tracing::warn!(node = %st.ctx.name(), actor = kind.name(), "actor restarted");
-                    st.children.insert(cell.get_id(), kind);
+            match spawn_child(st, i, myself.get_cell()).await {
+                Ok(()) => {
+                    tracing::warn!(node = %st.ctx.name(), actor = name, "actor restarted");
                     return Ok(());
                 }
                 Err(e) => {
-                    tracing::error!(actor = kind.name(), error = %e, "restart failed");
+                    tracing::error!(actor = name, error = %e, "restart failed");
                 }
             }
         }
@@ -228,27 +332,14 @@ impl Actor for NodeSupervisor {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         st.stopping = true;
-        let ctx = &st.ctx;
-        for cell in [
-            crate::context::slot_get(&ctx.actors.weight_setter).map(|r| r.get_cell()),
-            crate::context::slot_get(&ctx.actors.evaluator).map(|r| r.get_cell()),
-            crate::context::slot_get(&ctx.actors.gossip).map(|r| r.get_cell()),
-            crate::context::slot_get(&ctx.actors.chain_watcher).map(|r| r.get_cell()),
-            crate::context::slot_get(&ctx.actors.trainer).map(|r| r.get_cell()),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            cell.stop(None);
+        // Stop in reverse start order.
+        for i in (0..st.table.len()).rev() {
+            if let Some(cell) = st.cells.remove(&i) {
+                cell.stop(None);
+            }
         }
-        for k in [
-            ChildKind::ChainWatcher,
-            ChildKind::Gossip,
-            ChildKind::Trainer,
-            ChildKind::Evaluator,
-            ChildKind::WeightSetter,
-        ] {
-            clear_slot(ctx, k);
+        for spec in &st.table {
+            (spec.clear)(&st.handles);
         }
         Ok(())
     }
@@ -259,21 +350,35 @@ pub struct SupervisorHandle {
     actor: ActorRef<SupervisorMsg>,
     join: Option<tokio::task::JoinHandle<()>>,
     ctx: Arc<NodeContext>,
+    handles: Handles,
 }
 
 /// Starts the node's supervisor and its children.
-pub async fn spawn_supervisor(ctx: Arc<NodeContext>) -> Result<SupervisorHandle, String> {
-    let (actor, join) = Actor::spawn(None, NodeSupervisor, Arc::clone(&ctx))
+pub async fn spawn_supervisor(
+    ctx: Arc<NodeContext>,
+) -> Result<SupervisorHandle, crate::ActorError> {
+    let handles = Handles::new();
+    let args = SupervisorArgs {
+        ctx: Arc::clone(&ctx),
+        handles: handles.clone(),
+    };
+    let (actor, join) = Actor::spawn(None, NodeSupervisor, args)
         .await
-        .map_err(|e| format!("could not start the node's actors: {e}"))?;
+        .map_err(|e| crate::ActorError::Start(e.to_string()))?;
     Ok(SupervisorHandle {
         actor,
         join: Some(join),
         ctx,
+        handles,
     })
 }
 
 impl SupervisorHandle {
+    /// The node's actor handles.
+    pub fn handles(&self) -> &Handles {
+        &self.handles
+    }
+
     /// Asks every actor to stop and waits for the supervisor to finish.
     pub async fn shutdown(self) {
         let _ = self.actor.cast(SupervisorMsg::Shutdown);

@@ -9,23 +9,29 @@
 //! hashes to the record's model id; otherwise (we missed windows, or our result differs) fetch
 //! the record's checkpoint by id and adopt it: a late joiner catches up in one verified download.
 //!
-//! Training (miners): when window `w` starts and the model for `w` is in (or half the window has
-//! passed), compute the update on this uid's pages for `w` in `spawn_blocking`, store it with
-//! its sync proof (the [`crate::sync`] slice of the model it trained from, seeded by the hash of
-//! `w`'s first block), and announce both on gossip. Proofs older than [`SYNC_PROOFS_KEPT`]
-//! windows are deleted from the store.
+//! Training (miners): when the node core says so ([`crate::window`] decides when: window `w`
+//! started and the model for `w` is in, or half the window has passed), compute the update on
+//! this uid's pages for `w` in `spawn_blocking`, store it with its sync proof (the
+//! [`crate::sync`] slice of the model it trained from, seeded by the hash of `w`'s first
+//! block), and announce both on gossip. Proofs older than [`SYNC_PROOFS_KEPT`] windows are
+//! deleted from the store.
+//!
+//! The trainer is the node's one **model keeper**: the evaluator asks it for the model
+//! ([`TrainerHandle::snapshot`]). It reports to the core what it holds at start
+//! ([`Event::ModelAt`]), each record applied or refused, and each window trained.
 
-use crate::context::{forward_events, slot_get, Metrics, NodeContext, NodeEvent};
+use crate::blobs::fetch_blob;
+use crate::context::{Metrics, NodeContext, NodeEvent};
+use crate::handle::{CoreHandle, Slot};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::updates;
+use crate::window::Event;
 use crate::{join_err, ActorError};
-use apiary_config::Role;
 use apiary_model::{OuterState, Params};
 use apiary_net::PeerId;
 use apiary_storage::{u64_key, Column, ContentId};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// What the trainer persists per applied window.
@@ -77,16 +83,14 @@ pub struct ModelSnapshot {
 
 /// Messages of the trainer.
 pub enum TrainerMsg {
-    /// A window started.
-    WindowStarted(u64),
-    /// A block was seen (re-checks whether training may start).
-    Tick,
+    /// Train for a window now (the core decided it is time).
+    Train(u64),
     /// A window record to apply, with the peer it came from.
     ApplyRecord(Box<WindowRecord>, Option<PeerId>),
-    /// Result of applying a record (off-runtime work finished).
-    RecordApplied(Box<Result<Applied, String>>),
-    /// Result of training (off-runtime work finished).
-    UpdateComputed(Box<Result<Computed, String>>),
+    /// Result of applying the record of a window (off-runtime work finished).
+    RecordApplied(u64, Box<Result<Applied, String>>),
+    /// Result of training for a window (off-runtime work finished).
+    UpdateComputed(u64, Box<Result<Computed, String>>),
     /// Query: status.
     Status(RpcReplyPort<TrainerStatus>),
     /// Query: the current model.
@@ -98,11 +102,10 @@ pub enum TrainerMsg {
 impl std::fmt::Debug for TrainerMsg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = match self {
-            TrainerMsg::WindowStarted(_) => "WindowStarted",
-            TrainerMsg::Tick => "Tick",
+            TrainerMsg::Train(_) => "Train",
             TrainerMsg::ApplyRecord(..) => "ApplyRecord",
-            TrainerMsg::RecordApplied(_) => "RecordApplied",
-            TrainerMsg::UpdateComputed(_) => "UpdateComputed",
+            TrainerMsg::RecordApplied(..) => "RecordApplied",
+            TrainerMsg::UpdateComputed(..) => "UpdateComputed",
             TrainerMsg::Status(_) => "Status",
             TrainerMsg::Snapshot(_) => "Snapshot",
             TrainerMsg::Panic => "Panic",
@@ -122,7 +125,6 @@ pub struct Applied {
 
 /// An update computed off the runtime.
 pub struct Computed {
-    window: u64,
     base: ContentId,
     bytes: Vec<u8>,
     loss: f32,
@@ -137,9 +139,18 @@ pub const SYNC_PROOFS_KEPT: u64 = 4;
 /// The actor.
 pub struct Trainer;
 
+/// What the trainer is started with.
+pub struct TrainerArgs {
+    /// The node.
+    pub ctx: Arc<NodeContext>,
+    /// Where it reports.
+    pub core: CoreHandle,
+}
+
 /// Its state.
 pub struct TrainerState {
     ctx: Arc<NodeContext>,
+    core: CoreHandle,
     params: Arc<Params>,
     model_id: ContentId,
     outer: Arc<OuterState>,
@@ -147,11 +158,9 @@ pub struct TrainerState {
     model_window: Option<u64>,
     held_out_loss: f32,
     last_loss: Option<f32>,
-    want_train: Option<u64>,
-    last_trained: Option<u64>,
+    /// A training task is running (the core asks for one at a time; a second ask while one
+    /// runs is refused at once rather than queued).
     training: bool,
-    applying: bool,
-    pending: BTreeMap<u64, (WindowRecord, Option<PeerId>)>,
     /// Wire encoder; holds the compression residual between windows (used by one training
     /// task at a time).
     encoder: Arc<std::sync::Mutex<updates::Encoder>>,
@@ -162,12 +171,12 @@ pub struct TrainerState {
 impl Actor for Trainer {
     type Msg = TrainerMsg;
     type State = TrainerState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = TrainerArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        _myself: ActorRef<Self::Msg>,
+        TrainerArgs { ctx, core }: TrainerArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         let ctx2 = Arc::clone(&ctx);
         let Loaded {
@@ -186,18 +195,15 @@ impl Actor for Trainer {
             s.held_out_loss = Some(held_out_loss);
         });
         tracing::info!(model = %model_id.short(), ?model_window, held_out_loss, "trainer ready");
-        forward_events(&ctx, myself, |ev| match ev {
-            NodeEvent::WindowStarted { window, .. } => Some(TrainerMsg::WindowStarted(window)),
-            NodeEvent::Block(_) => Some(TrainerMsg::Tick),
-            _ => None,
+        core.report(Event::ModelAt {
+            window: model_window,
+            model: model_id,
         });
-        // Before the chain watcher's first block the window is unknown (0): wait for its
-        // `WindowStarted` rather than train for window 0 on a chain far past it.
-        let want_train = (ctx.status().block > 0).then(|| ctx.window());
         let encoder = updates::Encoder::new(&ctx.cfg).map_err(ActorProcessingErr::from)?;
         Ok(TrainerState {
             encoder: Arc::new(std::sync::Mutex::new(encoder)),
             ctx,
+            core,
             params: Arc::new(params),
             model_id,
             outer: Arc::new(outer),
@@ -205,11 +211,7 @@ impl Actor for Trainer {
             model_window,
             held_out_loss,
             last_loss: None,
-            want_train,
-            last_trained: None,
             training: false,
-            applying: false,
-            pending: BTreeMap::new(),
             sync_proofs: std::collections::VecDeque::new(),
         })
     }
@@ -221,20 +223,28 @@ impl Actor for Trainer {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TrainerMsg::WindowStarted(w) => {
-                st.want_train = Some(w);
-                maybe_train(&myself, st);
+            TrainerMsg::Train(w) => {
+                if st.training {
+                    tracing::warn!(window = w, "asked to train while training; skipping");
+                    st.core.report(Event::Trained {
+                        window: w,
+                        published: None,
+                    });
+                } else {
+                    start_training(&myself, st, w);
+                }
             }
-            TrainerMsg::Tick => maybe_train(&myself, st),
             TrainerMsg::ApplyRecord(rec, from) => {
-                if st.model_window.is_some_and(|mw| rec.window <= mw) {
+                let w = rec.window;
+                if st.model_window.is_some_and(|mw| w <= mw) {
+                    st.core.report(Event::RecordFailed(w));
                     return Ok(());
                 }
                 let ours = ContentId(st.ctx.dataset.hash());
                 if rec.dataset != ours {
                     Metrics::inc(&st.ctx.metrics.dataset_mismatch);
                     tracing::error!(
-                        window = rec.window,
+                        window = w,
                         lead = %rec.dataset.short(),
                         ours = %ours.short(),
                         "this node's dataset differs from the lead validator's: its updates will \
@@ -242,29 +252,33 @@ impl Actor for Trainer {
                          model.seq_len"
                     );
                 }
-                st.pending.insert(rec.window, (*rec, from));
-                maybe_apply(&myself, st);
+                start_apply(&myself, st, *rec, from);
             }
-            TrainerMsg::RecordApplied(res) => {
-                st.applying = false;
-                match *res {
-                    Ok(a) => on_applied(st, a),
-                    Err(e) => {
-                        Metrics::inc(&st.ctx.metrics.records_rejected);
-                        tracing::warn!(error = %e, "could not apply a window record");
-                    }
+            TrainerMsg::RecordApplied(w, res) => match *res {
+                Ok(a) => {
+                    let model = a.record.model;
+                    on_applied(st, a);
+                    st.core.report(Event::RecordApplied { window: w, model });
                 }
-                maybe_apply(&myself, st);
-                maybe_train(&myself, st);
-            }
-            TrainerMsg::UpdateComputed(res) => {
+                Err(e) => {
+                    Metrics::inc(&st.ctx.metrics.records_rejected);
+                    tracing::warn!(window = w, error = %e, "could not apply a window record");
+                    st.core.report(Event::RecordFailed(w));
+                }
+            },
+            TrainerMsg::UpdateComputed(w, res) => {
                 st.training = false;
-                match *res {
-                    Ok(c) => publish_update(st, c).await,
-                    Err(e) => tracing::error!(error = %e, "training failed"),
-                }
-                // A window may have started while we trained.
-                maybe_train(&myself, st);
+                let published = match *res {
+                    Ok(c) => publish_update(st, w, c).await,
+                    Err(e) => {
+                        tracing::error!(window = w, error = %e, "training failed");
+                        None
+                    }
+                };
+                st.core.report(Event::Trained {
+                    window: w,
+                    published,
+                });
             }
             TrainerMsg::Status(reply) => {
                 let _ = reply.send(TrainerStatus {
@@ -364,30 +378,19 @@ fn genesis(cfg: &apiary_config::ModelConfig) -> Result<Params, ActorProcessingEr
     Ok(params)
 }
 
-fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
+/// Trains for window `w` from the current model off the runtime; the result comes back as
+/// [`TrainerMsg::UpdateComputed`].
+fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) {
     let ctx = &st.ctx;
-    if ctx.cfg.node.role != Role::Miner || st.training || st.applying {
+    let Some(uid) = ctx.uid() else {
+        tracing::warn!(window = w, "not registered (no uid); not training");
+        st.core.report(Event::Trained {
+            window: w,
+            published: None,
+        });
         return;
-    }
-    let Some(w) = st.want_train else { return };
-    if st.last_trained.is_some_and(|t| t >= w) {
-        return;
-    }
-    let Some(uid) = ctx.uid() else { return };
-    // Train on the model for `w` (the record of `w-1` applied; genesis is the model for window
-    // 0); past half the window, train on what we have rather than miss the window.
-    let bpw = ctx.cfg.chain.blocks_per_window;
-    let half_gone = bpw > 1 && ctx.status().block >= w * bpw + bpw / 2;
-    let ready = half_gone
-        || match st.model_window {
-            None => w == 0,
-            Some(mw) => mw + 1 >= w,
-        };
-    if !ready {
-        return;
-    }
+    };
     st.training = true;
-    st.last_trained = Some(w);
     let ctx2 = Arc::clone(ctx);
     let params = Arc::clone(&st.params);
     let base = st.model_id;
@@ -426,7 +429,6 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
                 .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
                 .encode(&update)?;
             Ok(Computed {
-                window: w,
                 base,
                 bytes,
                 loss,
@@ -435,18 +437,23 @@ fn maybe_train(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
         })
         .await
         .unwrap_or_else(|e| Err(join_err(e)));
-        let _ = me.cast(TrainerMsg::UpdateComputed(Box::new(res)));
+        let _ = me.cast(TrainerMsg::UpdateComputed(w, Box::new(res)));
     });
 }
 
-async fn publish_update(st: &mut TrainerState, c: Computed) {
+/// Stores and announces a computed update; the announcement, if it went out.
+async fn publish_update(
+    st: &mut TrainerState,
+    window: u64,
+    c: Computed,
+) -> Option<UpdateAnnouncement> {
     let ctx = &st.ctx;
-    let Some(uid) = ctx.uid() else { return };
+    let uid = ctx.uid()?;
     let id = match ctx.store.put_blob(&c.bytes) {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "could not store our update");
-            return;
+            return None;
         }
     };
     if c.loss.is_finite() {
@@ -455,7 +462,7 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
     }
     let sync_slice = match c.sync_proof.as_deref().map(|p| ctx.store.put_blob(p)) {
         Some(Ok(proof)) => {
-            remember_sync_proof(st, c.window, proof);
+            remember_sync_proof(st, window, proof);
             Some(proof)
         }
         Some(Err(e)) => {
@@ -467,7 +474,7 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
     let ctx = &st.ctx;
     let ann = UpdateAnnouncement {
         netuid: ctx.cfg.chain.netuid,
-        window: c.window,
+        window,
         uid,
         base_model: c.base,
         update: id,
@@ -475,12 +482,7 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
         loss: c.loss,
         sync_slice,
     };
-    let _ = ctx.store.put(
-        Column::Announcements,
-        &apiary_storage::window_uid_key(c.window, uid),
-        &ann,
-    );
-    let payload = GossipMsg::Update(ann).encode();
+    let payload = GossipMsg::Update(ann.clone()).encode();
     // The mesh may still be forming right after start: retry briefly.
     let mut attempt = 0;
     loop {
@@ -492,18 +494,19 @@ async fn publish_update(st: &mut TrainerState, c: Computed) {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, window = c.window, "could not announce our update");
-                return;
+                tracing::warn!(error = %e, window, "could not announce our update");
+                return None;
             }
         }
     }
     Metrics::inc(&ctx.metrics.updates_published);
-    tracing::info!(window = c.window, update = %id.short(), loss = c.loss, "update published");
+    tracing::info!(window, update = %id.short(), loss = c.loss, "update published");
     ctx.emit(NodeEvent::UpdatePublished {
-        window: c.window,
+        window,
         update: id,
         loss: c.loss,
     });
+    Some(ann)
 }
 
 /// Records a published sync proof and deletes the proofs of windows more than
@@ -524,19 +527,13 @@ fn remember_sync_proof(st: &mut TrainerState, window: u64, proof: ContentId) {
     }
 }
 
-fn maybe_apply(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
-    if st.applying {
-        return;
-    }
-    // Drop records we are past.
-    if let Some(mw) = st.model_window {
-        st.pending.retain(|w, _| *w > mw);
-    }
-    let Some((_, (rec, from))) = st.pending.pop_first() else {
-        return;
-    };
-    // A newer record supersedes older pending ones only via catch-up; apply in order.
-    st.applying = true;
+/// Applies a record off the runtime; the result comes back as [`TrainerMsg::RecordApplied`].
+fn start_apply(
+    myself: &ActorRef<TrainerMsg>,
+    st: &mut TrainerState,
+    rec: WindowRecord,
+    from: Option<PeerId>,
+) {
     let ctx = Arc::clone(&st.ctx);
     let base = Base {
         params: Arc::clone(&st.params),
@@ -544,40 +541,11 @@ fn maybe_apply(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState) {
         outer: Arc::clone(&st.outer),
     };
     let me = myself.clone();
+    let w = rec.window;
     tokio::spawn(async move {
         let res = apply_record(&ctx, base, rec, from).await;
-        let _ = me.cast(TrainerMsg::RecordApplied(Box::new(res)));
+        let _ = me.cast(TrainerMsg::RecordApplied(w, Box::new(res)));
     });
-}
-
-/// Reads a blob from the store or fetches it from peers (trying `from` first); the net layer
-/// verifies the bytes against `id`. With `keep`, fetched bytes are stored; otherwise the caller
-/// stores them once it has validated their content.
-pub(crate) async fn fetch_blob(
-    ctx: &Arc<NodeContext>,
-    id: ContentId,
-    from: Option<PeerId>,
-    keep: bool,
-) -> Result<Vec<u8>, String> {
-    if let Ok(Some(b)) = ctx.store.get_blob(id) {
-        return Ok(b);
-    }
-    let providers: Vec<PeerId> = from.into_iter().collect();
-    match ctx.net.fetch_blob_any(id.0, &providers).await {
-        Ok((bytes, _peer)) => {
-            if keep {
-                ctx.store
-                    .put_blob_verified(id, &bytes)
-                    .map_err(|e| e.to_string())?;
-            }
-            Metrics::inc(&ctx.metrics.blobs_fetched);
-            Ok(bytes)
-        }
-        Err(e) => {
-            Metrics::inc(&ctx.metrics.blob_fetch_failed);
-            Err(format!("could not fetch blob {}: {e}", id.short()))
-        }
-    }
 }
 
 /// The model a record is applied to.
@@ -757,36 +725,27 @@ fn prune_checkpoints(ctx: &NodeContext) -> Result<(), apiary_storage::StoreError
 
 /// Typed front of the trainer.
 #[derive(Clone)]
-pub struct TrainerHandle(pub Arc<NodeContext>);
+pub struct TrainerHandle(pub Slot<TrainerMsg>);
 
 impl TrainerHandle {
-    fn actor(&self) -> Result<ActorRef<TrainerMsg>, ActorError> {
-        slot_get(&self.0.actors.trainer).ok_or(ActorError::NotRunning("trainer"))
-    }
-    fn call_err(e: impl std::fmt::Display) -> ActorError {
-        ActorError::Call {
-            actor: "trainer",
-            message: e.to_string(),
-        }
-    }
     /// The trainer's status.
     pub async fn status(&self) -> Result<TrainerStatus, ActorError> {
-        ractor::call_t!(self.actor()?, TrainerMsg::Status, 10_000).map_err(Self::call_err)
+        ractor::call_t!(self.0.get()?, TrainerMsg::Status, 10_000).map_err(|e| self.0.call_err(e))
     }
     /// The current model.
     pub async fn snapshot(&self) -> Result<ModelSnapshot, ActorError> {
-        ractor::call_t!(self.actor()?, TrainerMsg::Snapshot, 10_000).map_err(Self::call_err)
+        ractor::call_t!(self.0.get()?, TrainerMsg::Snapshot, 10_000).map_err(|e| self.0.call_err(e))
+    }
+    /// Asks it to train for a window.
+    pub fn train(&self, window: u64) -> Result<(), ActorError> {
+        self.0.cast(TrainerMsg::Train(window))
     }
     /// Hands over a window record to apply.
     pub fn apply_record(&self, rec: WindowRecord, from: Option<PeerId>) -> Result<(), ActorError> {
-        self.actor()?
-            .cast(TrainerMsg::ApplyRecord(Box::new(rec), from))
-            .map_err(Self::call_err)
+        self.0.cast(TrainerMsg::ApplyRecord(Box::new(rec), from))
     }
     /// Fault injection: makes the trainer panic (the supervisor restarts it).
     pub fn inject_panic(&self) -> Result<(), ActorError> {
-        self.actor()?
-            .cast(TrainerMsg::Panic)
-            .map_err(Self::call_err)
+        self.0.cast(TrainerMsg::Panic)
     }
 }

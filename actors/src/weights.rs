@@ -4,11 +4,15 @@
 //! Bittensor does (largest = `u16::MAX`), submits `set_weights` signed by the hotkey, and records
 //! every submission — window, block, tx hash or error — in the `weights` column.
 //!
+//! When to submit is the node core's decision ([`crate::window`]): every
+//! `weights_every_windows` windows, once the previous window is closed, so the weights carry
+//! that window's scores (the setter and the evaluator no longer race on the window start).
+//!
 //! ## Retries
 //! A submission that fails transiently (endpoint unreachable, transaction dropped) is retried on
 //! the next block, and one refused by the rate limit is retried once the limit has passed (the
-//! chain backend says how many blocks that is), at most [`MAX_ATTEMPTS`] times per window and
-//! never past the next scheduled submission. Refusals that waiting does not fix (no permit, not
+//! chain backend says how many blocks that is; [`retry_after`]), at most [`MAX_ATTEMPTS`] times
+//! per window and never past the next scheduled submission. Refusals that waiting does not fix (no permit, not
 //! registered) are recorded and not retried. The backend itself never submits twice inside one
 //! rate-limit period.
 //!
@@ -16,8 +20,12 @@
 //! When the subnet uses commit-reveal the backend commits a hash; at every window start the
 //! setter asks it to reveal the commits whose reveal period has come.
 
-use crate::context::{forward_events, slot_get, NodeContext, NodeEvent};
+use crate::context::{NodeContext, NodeEvent};
 use crate::evaluator::EvaluatorHandle;
+use crate::handle::{CoreHandle, Slot};
+use crate::mechanism::Mechanism;
+use crate::window::Event;
+use crate::windowed::Windowed;
 use crate::ActorError;
 use apiary_chain::ChainError;
 use apiary_storage::{u64_key, Column};
@@ -46,10 +54,15 @@ pub const MAX_ATTEMPTS: u32 = 4;
 /// Messages of the weight setter.
 #[derive(Debug)]
 pub enum WeightSetterMsg {
-    /// A window started: submit if it is time; reveal pending commits.
-    WindowStarted(u64),
-    /// A new block: retry a failed submission when its time has come.
-    Block(u64),
+    /// Submit weights for a window (`attempt` 1 is the first try).
+    Submit {
+        /// The window that triggers it.
+        window: u64,
+        /// Attempt number.
+        attempt: u32,
+    },
+    /// Reveal pending commit-reveal commits (at each window start).
+    Reveal,
     /// Query: the last submission.
     Last(RpcReplyPort<Option<WeightSubmission>>),
 }
@@ -57,44 +70,56 @@ pub enum WeightSetterMsg {
 /// The actor.
 pub struct WeightSetter;
 
+/// What the weight setter is started with.
+pub struct WeightSetterArgs {
+    /// The node.
+    pub ctx: Arc<NodeContext>,
+    /// Where it reports.
+    pub core: CoreHandle,
+    /// Where the scores are.
+    pub evaluator: EvaluatorHandle,
+    /// The incentive mechanism: how scores become weights.
+    pub mechanism: Arc<Windowed>,
+}
+
 /// Its state.
 pub struct WeightSetterState {
     ctx: Arc<NodeContext>,
+    core: CoreHandle,
+    evaluator: EvaluatorHandle,
+    mechanism: Arc<Windowed>,
     last: Option<WeightSubmission>,
-    retry: Option<Retry>,
-}
-
-/// A failed submission waiting for its next try.
-#[derive(Debug, Clone, Copy)]
-struct Retry {
-    window: u64,
-    at_block: u64,
-    attempt: u32,
 }
 
 impl Actor for WeightSetter {
     type Msg = WeightSetterMsg;
     type State = WeightSetterState;
-    type Arguments = Arc<NodeContext>;
+    type Arguments = WeightSetterArgs;
 
     async fn pre_start(
         &self,
-        myself: ActorRef<Self::Msg>,
-        ctx: Arc<NodeContext>,
+        _myself: ActorRef<Self::Msg>,
+        args: WeightSetterArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let WeightSetterArgs {
+            ctx,
+            core,
+            evaluator,
+            mechanism,
+        } = args;
         let last = ctx
             .store
             .last::<WeightSubmission>(Column::Weights)?
             .map(|(_, v)| v);
-        forward_events(&ctx, myself, |ev| match ev {
-            NodeEvent::WindowStarted { window, .. } => Some(WeightSetterMsg::WindowStarted(window)),
-            NodeEvent::Block(b) => Some(WeightSetterMsg::Block(b.number)),
-            _ => None,
+        core.report(Event::WeightsReady {
+            last_window: last.as_ref().map(|l| l.window),
         });
         Ok(WeightSetterState {
             ctx,
+            core,
+            evaluator,
+            mechanism,
             last,
-            retry: None,
         })
     }
 
@@ -105,34 +130,13 @@ impl Actor for WeightSetter {
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WeightSetterMsg::WindowStarted(w) => {
-                reveal(&st.ctx).await;
-                let every = st.ctx.cfg.validator.weights_every_windows;
-                if w % every != 0 || st.last.as_ref().is_some_and(|l| l.window >= w) {
-                    return Ok(());
+            WeightSetterMsg::Submit { window, attempt } => {
+                if attempt > 1 {
+                    tracing::info!(window, attempt, "retrying set_weights");
                 }
-                st.retry = None;
-                submit(st, w, 1).await;
+                submit(st, window, attempt).await;
             }
-            WeightSetterMsg::Block(n) => {
-                let Some(r) = st.retry else { return Ok(()) };
-                if n < r.at_block {
-                    return Ok(());
-                }
-                st.retry = None;
-                let every = st.ctx.cfg.validator.weights_every_windows;
-                let next_scheduled = (r.window / every + 1) * every;
-                let window = apiary_chain::window_of(n, st.ctx.cfg.chain.blocks_per_window);
-                if window >= next_scheduled {
-                    return Ok(());
-                }
-                tracing::info!(
-                    window = r.window,
-                    attempt = r.attempt,
-                    "retrying set_weights"
-                );
-                submit(st, r.window, r.attempt).await;
-            }
+            WeightSetterMsg::Reveal => reveal(&st.ctx).await,
             WeightSetterMsg::Last(reply) => {
                 let _ = reply.send(st.last.clone());
             }
@@ -156,17 +160,19 @@ async fn reveal(ctx: &Arc<NodeContext>) {
 }
 
 /// When to try again after `err`, or `None` if waiting will not help.
-fn retry_after(err: &ChainError, block: u64) -> Option<u64> {
+pub fn retry_after(err: &ChainError, block: u64) -> Option<u64> {
     match err {
-        ChainError::RateLimited { blocks_left, .. } => Some(block + (*blocks_left).max(1)),
-        e if e.is_transient() => Some(block + 1),
+        ChainError::RateLimited { blocks_left, .. } => {
+            Some(block.saturating_add((*blocks_left).max(1)))
+        }
+        e if e.is_transient() => Some(block.saturating_add(1)),
         _ => None,
     }
 }
 
 async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
     let ctx = &st.ctx;
-    let scores = match EvaluatorHandle(Arc::clone(ctx)).scores().await {
+    let scores = match st.evaluator.scores().await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "no scores; weights not set this window");
@@ -174,7 +180,7 @@ async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
         }
     };
     let pairs: Vec<(u16, f64)> = scores.iter().map(|s| (s.uid, s.ema)).collect();
-    let (uids, weights) = apiary_chain::normalize_weights(&pairs);
+    let (uids, weights) = st.mechanism.weights(&pairs);
     if uids.is_empty() {
         return;
     }
@@ -209,17 +215,18 @@ async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
         Ok(r) => tracing::info!(window, block = r.block, weights = ?pairs, "weights set"),
         Err(e) => {
             let block = ctx.status().block;
-            match retry_after(e, block).filter(|_| attempt < MAX_ATTEMPTS) {
+            let retry_at = retry_after(e, block).filter(|_| attempt < MAX_ATTEMPTS);
+            match retry_at {
                 Some(at_block) => {
                     tracing::warn!(window, attempt, error = %e, retry_at_block = at_block, "set_weights failed; will retry");
-                    st.retry = Some(Retry {
-                        window,
-                        at_block,
-                        attempt: attempt + 1,
-                    });
                 }
                 None => tracing::warn!(window, attempt, error = %e, "set_weights refused"),
             }
+            st.core.report(Event::WeightsFailed {
+                window,
+                attempt,
+                retry_at,
+            });
         }
     }
     // One record per attempt: the key is (window, attempt), big-endian, so records sort by time.
@@ -238,16 +245,35 @@ async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
 
 /// Typed front of the weight setter.
 #[derive(Clone)]
-pub struct WeightSetterHandle(pub Arc<NodeContext>);
+pub struct WeightSetterHandle(pub Slot<WeightSetterMsg>);
 
 impl WeightSetterHandle {
+    /// Asks for a submission.
+    pub fn submit(&self, window: u64, attempt: u32) -> Result<(), ActorError> {
+        self.0.cast(WeightSetterMsg::Submit { window, attempt })
+    }
+    /// Asks for pending commits to be revealed.
+    pub fn reveal(&self) -> Result<(), ActorError> {
+        self.0.cast(WeightSetterMsg::Reveal)
+    }
     /// The last submission.
     pub async fn last(&self) -> Result<Option<WeightSubmission>, ActorError> {
-        let a = slot_get(&self.0.actors.weight_setter)
-            .ok_or(ActorError::NotRunning("weight setter"))?;
-        ractor::call_t!(a, WeightSetterMsg::Last, 10_000).map_err(|e| ActorError::Call {
-            actor: "weight setter",
-            message: e.to_string(),
-        })
+        ractor::call_t!(self.0.get()?, WeightSetterMsg::Last, 10_000)
+            .map_err(|e| self.0.call_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_waits_out_rate_limits_and_never_overflows() {
+        let limited = ChainError::RateLimited {
+            blocks_left: 5,
+            limit: 10,
+        };
+        assert_eq!(retry_after(&limited, 100), Some(105));
+        assert_eq!(retry_after(&limited, u64::MAX), Some(u64::MAX));
     }
 }

@@ -8,9 +8,9 @@
 
 use anyhow::{Context, Result};
 use apiary_actors::context::NodeContext;
-use apiary_actors::evaluator::EvaluatorHandle;
-use apiary_actors::trainer::{AppliedWindow, TrainerHandle};
+use apiary_actors::trainer::AppliedWindow;
 use apiary_actors::weights::WeightSubmission;
+use apiary_actors::Handles;
 use apiary_storage::Column;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -63,7 +63,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 }
 
 /// Serves admin connections until the task is aborted.
-pub async fn serve(listener: UnixListener, ctx: Arc<NodeContext>) {
+pub async fn serve(listener: UnixListener, ctx: Arc<NodeContext>, handles: Handles) {
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -77,8 +77,9 @@ pub async fn serve(listener: UnixListener, ctx: Arc<NodeContext>) {
             return;
         };
         let ctx = Arc::clone(&ctx);
+        let handles = handles.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle_conn(stream, ctx).await {
+            if let Err(e) = handle_conn(stream, ctx, handles).await {
                 tracing::debug!(error = %e, "admin connection ended");
             }
             drop(permit);
@@ -86,7 +87,7 @@ pub async fn serve(listener: UnixListener, ctx: Arc<NodeContext>) {
     }
 }
 
-async fn handle_conn(stream: UnixStream, ctx: Arc<NodeContext>) -> Result<()> {
+async fn handle_conn(stream: UnixStream, ctx: Arc<NodeContext>, handles: Handles) -> Result<()> {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = Vec::new();
@@ -106,7 +107,7 @@ async fn handle_conn(stream: UnixStream, ctx: Arc<NodeContext>) -> Result<()> {
             json!({"ok": false, "error": format!("request longer than {MAX_LINE} bytes")})
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => match dispatch(&ctx, &req).await {
+                Ok(req) => match dispatch(&ctx, &handles, &req).await {
                     Ok(v) => json!({"ok": true, "result": v}),
                     Err(e) => json!({"ok": false, "error": e.to_string()}),
                 },
@@ -184,7 +185,7 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
     }
 }
 
-async fn dispatch(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
+async fn dispatch(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> Result<Value> {
     let limit = req.limit.unwrap_or(20);
     Ok(match req.cmd.as_str() {
         "status" => serde_json::to_value(status(ctx).await)?,
@@ -211,7 +212,7 @@ async fn dispatch(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
             if ctx.cfg.node.role != apiary_config::Role::Validator {
                 anyhow::bail!("this node is a miner; scores live on validators");
             }
-            serde_json::to_value(EvaluatorHandle(Arc::clone(ctx)).scores().await?)?
+            serde_json::to_value(handles.evaluator.scores().await?)?
         }
         "windows" => {
             let all = ctx.store.scan::<AppliedWindow>(Column::Windows)?;
@@ -227,9 +228,11 @@ async fn dispatch(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
         "metrics" => {
             let mut m = serde_json::to_value(ctx.metrics.snapshot())?;
             m["net"] = serde_json::to_value(ctx.net.stats().snapshot())?;
+            // Submissions refused by the mechanism's checks, per check.
+            m["rejected"] = serde_json::to_value(ctx.rejections.snapshot())?;
             m
         }
-        "export" => export(ctx, req).await?,
+        "export" => export(ctx, handles, req).await?,
         other => anyhow::bail!(
             "unknown command `{other}`; use status, peers, scores, windows, weights, metrics or \
              export"
@@ -239,7 +242,7 @@ async fn dispatch(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
 
 /// Writes the node's current model as a Hugging Face LLaMA directory (`model.safetensors`,
 /// `config.json`, and `tokenizer.json` when the node uses one).
-async fn export(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
+async fn export(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> Result<Value> {
     let dir = req
         .path
         .as_deref()
@@ -249,7 +252,7 @@ async fn export(ctx: &Arc<NodeContext>, req: &Request) -> Result<Value> {
         "bf16" | "bfloat16" => apiary_model::HfDtype::BF16,
         other => anyhow::bail!("unknown dtype `{other}`; use f32 or bf16"),
     };
-    let snap = TrainerHandle(Arc::clone(ctx)).snapshot().await?;
+    let snap = handles.trainer.snapshot().await?;
     let dir = std::path::PathBuf::from(dir);
     let (cfg, tok) = (ctx.cfg.model.clone(), ctx.cfg.train.tokenizer.clone());
     let out = dir.clone();

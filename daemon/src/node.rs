@@ -3,7 +3,7 @@
 use crate::admin;
 use anyhow::{Context, Result};
 use apiary_actors::context::NodeContext;
-use apiary_actors::{spawn_supervisor, SupervisorHandle};
+use apiary_actors::{spawn_supervisor, Handles, SupervisorHandle};
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::{ChainClient, PeerRecord};
 use apiary_config::{ChainBackend, NodeConfig};
@@ -42,6 +42,7 @@ impl BlobProvider for StoreBlobs {
 /// A running node.
 pub struct Node {
     ctx: Arc<NodeContext>,
+    handles: Handles,
     supervisor: Option<SupervisorHandle>,
     admin: tokio::task::JoinHandle<()>,
     producer: Option<tokio::task::JoinHandle<()>>,
@@ -170,23 +171,28 @@ impl Node {
             hotkey,
             Arc::new(dataset),
         );
-        let supervisor = spawn_supervisor(Arc::clone(&ctx))
-            .await
-            .map_err(anyhow::Error::msg)?;
+        let supervisor = spawn_supervisor(Arc::clone(&ctx)).await?;
+        let handles = supervisor.handles().clone();
         let listener = admin::bind(&admin_path)?;
-        let admin = tokio::spawn(admin::serve(listener, Arc::clone(&ctx)));
+        let admin = tokio::spawn(admin::serve(listener, Arc::clone(&ctx), handles.clone()));
         tracing::info!(peer_id = %ctx.net.local_peer_id(), admin = %admin_path.display(), "node started");
         Ok(Node {
             ctx,
+            handles,
             supervisor: Some(supervisor),
             admin,
             producer,
         })
     }
 
-    /// The shared context (status, store, handles).
+    /// The shared context (status, store, counters).
     pub fn ctx(&self) -> &Arc<NodeContext> {
         &self.ctx
+    }
+
+    /// The node's actor handles (scores, model, metagraph refresh, fault injection).
+    pub fn handles(&self) -> &Handles {
+        &self.handles
     }
 
     /// Waits until the node stops on its own; `Err` if it stopped on a fatal error.

@@ -149,8 +149,7 @@ impl TestNet {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             for node in &self.nodes {
-                let _ =
-                    apiary_actors::chain_watcher::ChainWatcherHandle(node.ctx().clone()).refresh();
+                let _ = node.handles().chain_watcher.refresh();
             }
             let mut ok = true;
             for node in &self.nodes {

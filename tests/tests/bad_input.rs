@@ -1,6 +1,5 @@
 //! Bad input is rejected, counted and logged, and nothing of it is stored.
 
-use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::protocol::{GossipMsg, UpdateAnnouncement};
 use apiary_actors::sync::SyncStatus;
 use apiary_chain::keys::Hotkey;
@@ -58,6 +57,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     let vcfg = test_config(&dir, "validator", Role::Validator);
     let v = net.spawn(vcfg.clone()).await;
     let vctx = net.nodes[v].ctx().clone();
+    let vctx_handles = net.nodes[v].handles().clone();
 
     // A registered rogue and an unregistered stranger, on a raw libp2p node.
     let rogue_key = Hotkey::from_dev_label("rogue");
@@ -298,7 +298,9 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     let next = net.chain.head().number / vcfg.chain.blocks_per_window + 1;
     net.advance_to(next * vcfg.chain.blocks_per_window);
     wait_until(T, "the out-of-sync window closed", || async {
-        EvaluatorHandle(vctx.clone())
+        vctx_handles
+            .evaluator
+            .clone()
             .scores()
             .await
             .unwrap_or_default()
@@ -306,7 +308,9 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
             .any(|e| e.uid == rogue_uid && e.window == next - 1)
     })
     .await;
-    let entry = EvaluatorHandle(vctx.clone())
+    let entry = vctx_handles
+        .evaluator
+        .clone()
         .scores()
         .await
         .expect("scores")

@@ -2,7 +2,6 @@
 //! that injects them: a block stream with gaps, repeats and a rewind (the chain watcher), and
 //! `set_weights` calls that fail transiently (the weight setter's retries).
 
-use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::weights::WeightSubmission;
 use apiary_chain::keys::Hotkey;
 use apiary_chain::local::LocalChain;
@@ -184,12 +183,13 @@ async fn weight_setter_retries_transient_failures_and_records_every_attempt() {
     net.spawn(cfg("miner", Role::Miner)).await;
     net.wait_connected(T).await;
     let vctx = net.nodes[v].ctx().clone();
+    let vctx_handles = net.nodes[v].handles().clone();
     let uid = vctx.status().uid.expect("validator uid");
 
     // Windows until the validator submits: it scores the miner's update of each window, and
     // its scores reach the weight setter at a later window start.
     let bpw = vctx.cfg.chain.blocks_per_window;
-    let eval = EvaluatorHandle(vctx.clone());
+    let eval = vctx_handles.evaluator.clone();
     let mut w = net.chain.head().number / bpw + 1;
     while chain.weight_calls.load(Ordering::SeqCst) == 0 {
         assert!(w < 40, "the validator never submitted weights");

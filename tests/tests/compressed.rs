@@ -1,7 +1,6 @@
 //! A swarm that trains DiLoCo-style with compressed updates (top-k 1.56 % with error feedback,
 //! 8-bit values) and a Nesterov outer optimizer whose momentum is replicated state.
 
-use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::protocol::UpdateAnnouncement;
 use apiary_chain::ChainClient;
 use apiary_config::{NodeConfig, Role};
@@ -45,6 +44,8 @@ async fn compressed_diloco_swarm_learns_agrees_and_late_joiner_catches_up() {
     net.wait_connected(T).await;
 
     let vctx = net.nodes[v].ctx().clone();
+
+    let vctx_handles = net.nodes[v].handles().clone();
     let bpw = vctx.cfg.chain.blocks_per_window;
     let initial_loss = vctx.status().held_out_loss.expect("initial loss");
     let first = net.chain.head().number / bpw + 1;
@@ -74,7 +75,7 @@ async fn compressed_diloco_swarm_learns_agrees_and_late_joiner_catches_up() {
             break;
         }
         let expected = if late.is_some() { 5 } else { 4 };
-        let eval = EvaluatorHandle(vctx.clone());
+        let eval = vctx_handles.evaluator.clone();
         wait_until(T, &format!("validator scores window {w}"), || async {
             eval.scored_in(w).await.unwrap_or(0) >= expected
         })

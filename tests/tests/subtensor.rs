@@ -279,8 +279,7 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
             async move {
                 let mut ok = true;
                 for n in nodes {
-                    let _ =
-                        apiary_actors::chain_watcher::ChainWatcherHandle(n.ctx().clone()).refresh();
+                    let _ = n.handles().chain_watcher.refresh();
                     if n.ctx().net.connected_peers().await.len() + 1 < want {
                         ok = false;
                     }
@@ -417,7 +416,6 @@ async fn advance_to(chain: &SubtensorChain, n: u64) -> u64 {
 /// 1 validator over libp2p on 127.0.0.1, the test driving the chain's blocks window by window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
-    use apiary_actors::evaluator::EvaluatorHandle;
     use apiary_actors::protocol::UpdateAnnouncement;
     use apiary_storage::{window_uid_key, Column};
 
@@ -486,7 +484,7 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
         async move {
             let mut ok = true;
             for n in nodes {
-                let _ = apiary_actors::chain_watcher::ChainWatcherHandle(n.ctx().clone()).refresh();
+                let _ = n.handles().chain_watcher.refresh();
                 if n.ctx().net.connected_peers().await.len() + 1 < want
                     || n.ctx().net.gossip_peers().await + 1 < want
                 {
@@ -499,6 +497,8 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
     .await;
 
     let vctx = nodes[0].ctx().clone();
+
+    let vctx_handles = nodes[0].handles().clone();
     assert_eq!(vctx.uid(), Some(uids[0]));
     // With its peer record published, the validator leads.
     let mg = chain.metagraph(netuid).await.expect("metagraph");
@@ -518,7 +518,7 @@ async fn subtensor_five_node_swarm_trains_scores_and_sets_weights() {
     let head = chain.best_block().await.expect("head").number;
     let first = head / BPW + 1;
     let windows = 5u64;
-    let eval = EvaluatorHandle(vctx.clone());
+    let eval = vctx_handles.evaluator.clone();
     for (i, w) in (first..first + windows + 1).enumerate() {
         // Miners train a window once they hold the previous window's record, or from its
         // midpoint on; before the first window of the loop they may hold none.

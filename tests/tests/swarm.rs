@@ -1,9 +1,7 @@
 //! Whole-swarm acceptance tests: real nodes, libp2p on 127.0.0.1, the embedded chain.
 
-use apiary_actors::evaluator::EvaluatorHandle;
 use apiary_actors::protocol::UpdateAnnouncement;
 use apiary_actors::sync::SyncStatus;
-use apiary_actors::trainer::TrainerHandle;
 use apiary_chain::ChainClient;
 use apiary_config::Role;
 use apiary_storage::{window_uid_key, Column};
@@ -43,6 +41,7 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
 
     let bpw = net.nodes[v].ctx().cfg.chain.blocks_per_window;
     let vctx = net.nodes[v].ctx().clone();
+    let vctx_handles = net.nodes[v].handles().clone();
     let initial_loss = vctx.status().held_out_loss.expect("initial loss");
     // Start at the next window boundary.
     let first = net.chain.head().number / bpw + 1;
@@ -68,7 +67,7 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
             break;
         }
         // Every miner's update for `w` reaches the validator and is scored.
-        let eval = EvaluatorHandle(vctx.clone());
+        let eval = vctx_handles.evaluator.clone();
         wait_until(
             T,
             &format!("validator scores 4 updates of window {w}"),
@@ -98,7 +97,9 @@ async fn five_node_swarm_trains_scores_and_sets_weights() {
         0,
         "honest miners' sync proofs were rejected"
     );
-    let scores = EvaluatorHandle(vctx.clone())
+    let scores = vctx_handles
+        .evaluator
+        .clone()
         .scores()
         .await
         .expect("scores");
@@ -168,20 +169,24 @@ async fn restart_keeps_blobs_scores_and_chain_state() {
     for w in first..first + 3 {
         net.advance_to(w * bpw);
         let vctx = net.nodes[v].ctx().clone();
+        let vctx_handles = net.nodes[v].handles().clone();
         if w > first {
             wait_until(T, "record applied", || async {
                 vctx.status().model_window == Some(w - 1)
             })
             .await;
         }
-        let eval = EvaluatorHandle(vctx.clone());
+        let eval = vctx_handles.evaluator.clone();
         wait_until(T, "update scored", || async {
             eval.scored_in(w).await.unwrap_or(0) >= 1
         })
         .await;
     }
     let vctx = net.nodes[v].ctx().clone();
-    let scores_before = EvaluatorHandle(vctx.clone())
+    let vctx_handles = net.nodes[v].handles().clone();
+    let scores_before = vctx_handles
+        .evaluator
+        .clone()
         .scores()
         .await
         .expect("scores");
@@ -219,6 +224,7 @@ async fn restart_keeps_blobs_scores_and_chain_state() {
     }
     let node = restarted.expect("node restarts on its data dir");
     let ctx = node.ctx().clone();
+    let ctx_handles = node.handles().clone();
     assert!(ctx.store.blob_count().expect("count") >= blobs_before);
     wait_until(T, "trainer resumed", || async {
         ctx.status().model_hash.is_some()
@@ -229,7 +235,12 @@ async fn restart_keeps_blobs_scores_and_chain_state() {
         model_before,
         "model resumed from the store"
     );
-    let scores_after = EvaluatorHandle(ctx.clone()).scores().await.expect("scores");
+    let scores_after = ctx_handles
+        .evaluator
+        .clone()
+        .scores()
+        .await
+        .expect("scores");
     assert_eq!(scores_after, scores_before, "scores survive the restart");
     let block_after: apiary_chain::BlockInfo = ctx
         .store
@@ -253,6 +264,7 @@ async fn trainer_panics_are_supervised() {
     let socket = cfg.admin_socket_path();
     let i = net.spawn(cfg).await;
     let ctx = net.nodes[i].ctx().clone();
+    let ctx_handles = net.nodes[i].handles().clone();
     let status = || async {
         let r = apiary_daemon::admin::request(&socket, &serde_json::json!({"cmd": "status"}))
             .await
@@ -262,19 +274,23 @@ async fn trainer_panics_are_supervised() {
     };
     status().await;
     for n in 1..=2u64 {
-        TrainerHandle(ctx.clone())
+        ctx_handles
+            .trainer
+            .clone()
             .inject_panic()
             .expect("trainer running");
         wait_until(T, "trainer restarted", || async {
             ctx.metrics.restarts.load(Ordering::Relaxed) == n
-                && TrainerHandle(ctx.clone()).status().await.is_ok()
+                && ctx_handles.trainer.clone().status().await.is_ok()
         })
         .await;
         let r = status().await;
         assert!(r["result"]["model_hash"].is_string());
     }
     // The third failure within the window exceeds the budget.
-    TrainerHandle(ctx.clone())
+    ctx_handles
+        .trainer
+        .clone()
         .inject_panic()
         .expect("trainer running");
     let mut node = net.nodes.remove(i);

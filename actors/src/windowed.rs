@@ -1,0 +1,172 @@
+//! Windowed collaborative training (Boltzmann / Templar style) as a [`Mechanism`]: the first
+//! implementation of the seam.
+//!
+//! Per window each miner publishes an update. A validator admits it through the check list
+//! [`Windowed::new`] builds — `decodes` (finite tensors of the model's shapes), `in_sync` (the
+//! miner's [`crate::sync`] proof matches this validator's model), `recomputes` (the validator
+//! redoes the miner's work on its pages) — and scores it by the cosine of the miner's update
+//! with the recomputed one. Accepted updates are aggregated into the next model by the lead
+//! validator ([`crate::updates::outer_step`]).
+
+use crate::context::NodeContext;
+use crate::mechanism::{Cadence, Check, Mechanism, Rejection};
+use crate::protocol::UpdateAnnouncement;
+use crate::sync::{SyncFailure, SyncStatus};
+use apiary_model::{Params, Update};
+use std::sync::Arc;
+
+/// Name of the check that decodes an update.
+pub const DECODES: &str = "decodes";
+/// Name of the sync-proof check.
+pub const IN_SYNC: &str = "in_sync";
+/// Name of the recompute check.
+pub const RECOMPUTES: &str = "recomputes";
+
+/// What the evaluator has of an update's sync proof before checking it.
+pub enum SyncProof {
+    /// This validator does not know the window's seed (why), so it cannot check.
+    Unknown(String),
+    /// The window's seed, and the proof's bytes or why there are none.
+    Fetched([u8; 32], Result<Vec<u8>, SyncFailure>),
+}
+
+/// One miner's update while the validator checks and scores it.
+pub struct Candidate {
+    /// The node (config, data pages).
+    pub ctx: Arc<NodeContext>,
+    /// The announcement.
+    pub ann: UpdateAnnouncement,
+    /// The model the update claims to be computed on (this validator's copy).
+    pub base: Arc<Params>,
+    /// The update's bytes, verified against `ann.update`.
+    pub bytes: Vec<u8>,
+    /// The sync proof.
+    pub proof: SyncProof,
+    /// The decoded update (filled by `decodes`).
+    pub update: Option<Update>,
+    /// The validator's recompute (filled by `recomputes`).
+    pub own: Option<Update>,
+    /// How the sync proof fared (filled by `in_sync`, pass or fail).
+    pub sync: Option<SyncStatus>,
+}
+
+/// Check `decodes`: the bytes decode to finite tensors of the model's shapes.
+pub struct Decodes;
+
+impl Check<Candidate> for Decodes {
+    fn name(&self) -> &'static str {
+        DECODES
+    }
+    fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
+        let u = crate::updates::decode(&c.ctx.cfg, &c.bytes)
+            .map_err(|e| Rejection::new(self.name(), e))?;
+        c.update = Some(u);
+        Ok(())
+    }
+}
+
+/// Check `in_sync`: the miner's slice of its base model matches this validator's model
+/// (before any costly work). Without the window's seed the proof cannot be checked; the update
+/// goes on, recorded as [`SyncStatus::Unchecked`].
+pub struct InSync;
+
+impl Check<Candidate> for InSync {
+    fn name(&self) -> &'static str {
+        IN_SYNC
+    }
+    fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
+        let proof = std::mem::replace(&mut c.proof, SyncProof::Unknown(String::new()));
+        match proof {
+            SyncProof::Unknown(e) => {
+                tracing::warn!(uid = c.ann.uid, window = c.ann.window, error = %e, "cannot check the sync proof; scoring the update without it");
+                c.sync = Some(SyncStatus::Unchecked);
+                Ok(())
+            }
+            SyncProof::Fetched(seed, bytes) => {
+                match bytes.and_then(|b| crate::sync::check_proof(&c.ctx.cfg, &c.base, &seed, &b)) {
+                    Ok(()) => {
+                        c.sync = Some(SyncStatus::InSync);
+                        Ok(())
+                    }
+                    Err(f) => {
+                        c.sync = Some(f.status());
+                        Err(Rejection::new(self.name(), f))
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Check `recomputes`: the validator redoes the miner's work — the same local steps on the
+/// same deterministic pages from the same base model.
+pub struct Recomputes;
+
+impl Check<Candidate> for Recomputes {
+    fn name(&self) -> &'static str {
+        RECOMPUTES
+    }
+    fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
+        let pages = c.ctx.window_pages(c.ann.uid, c.ann.window).map_err(|e| {
+            Rejection::new(
+                self.name(),
+                format!("recompute failed: cannot read the pages: {e}"),
+            )
+        })?;
+        let (own, _) = crate::updates::compute(&c.ctx.cfg, &c.base, &pages)
+            .map_err(|e| Rejection::new(self.name(), format!("recompute failed: {e}")))?;
+        c.own = Some(own);
+        Ok(())
+    }
+}
+
+/// Windowed training.
+pub struct Windowed {
+    checks: Vec<Box<dyn Check<Candidate>>>,
+}
+
+impl Windowed {
+    /// The mechanism with its check list.
+    pub fn new() -> Self {
+        Windowed {
+            checks: vec![Box::new(Decodes), Box::new(InSync), Box::new(Recomputes)],
+        }
+    }
+}
+
+impl Default for Windowed {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Mechanism for Windowed {
+    type Submission = Candidate;
+
+    fn name(&self) -> &'static str {
+        "windowed"
+    }
+
+    fn cadence(&self) -> Cadence {
+        Cadence::PerWindow
+    }
+
+    fn checks(&self) -> &[Box<dyn Check<Candidate>>] {
+        &self.checks
+    }
+
+    /// Cosine similarity of the miner's update with the recompute.
+    fn score(&self, c: &mut Candidate) -> Result<f32, Rejection> {
+        let (Some(u), Some(own)) = (&c.update, &c.own) else {
+            return Err(Rejection::new(
+                "score",
+                "nothing to score: a check did not run",
+            ));
+        };
+        match apiary_model::cosine(u, own) {
+            Ok(s) if s.is_finite() => Ok(s),
+            Ok(_) => Err(Rejection::new("score", "cosine is not finite")),
+            Err(e) => Err(Rejection::new("score", e)),
+        }
+    }
+}
