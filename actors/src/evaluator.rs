@@ -11,7 +11,7 @@
 //! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
 //!
 //! The checks and the score are the mechanism's ([`crate::windowed::Windowed`]'s check list:
-//! `decodes` → `in_sync` → `recomputes`, then cosine); a refusal is counted under its check's
+//! `size` → `decodes` → `in_sync` → `recomputes`, then cosine); a refusal is counted under its check's
 //! name (`rejected` in `apiary admin metrics`).
 //!
 //! The node core ([`crate::window`]) decides when: it asks for an evaluation when an update

@@ -14,7 +14,7 @@
 //!    updates become the next model, [`crate::updates::outer_step`]).
 //!
 //! Windowed training ([`crate::windowed::Windowed`]) is the first implementation: per window,
-//! checks `decodes` → `in_sync` → `recomputes`, scored by cosine with the validator's
+//! checks `size` → `decodes` → `in_sync` → `recomputes`, scored by cosine with the validator's
 //! recompute, weights by normalized EMA, accepted updates aggregated. The others plug in as:
 //! - **Model competitions** (SN9 / AI-factory): cadence per submission (a model committed on
 //!   chain); checks: `fetchable`, `constraints` (architecture, parameter count, tokenizer),

@@ -271,6 +271,9 @@ pub struct WindowMachine {
     last_closed: Option<u64>,
     aggregate_queue: VecDeque<u64>,
     aggregating: Option<u64>,
+    /// The evaluator reported its state: windows may close and updates be evaluated (before
+    /// that, the machine does not know which windows it already closed).
+    evaluator_ready: bool,
     weights_ready: bool,
     weights_last: Option<u64>,
     weights_retry: Option<Retry>,
@@ -300,6 +303,7 @@ impl WindowMachine {
             last_closed: None,
             aggregate_queue: VecDeque::new(),
             aggregating: None,
+            evaluator_ready: false,
             weights_ready: false,
             weights_last: None,
             weights_retry: None,
@@ -375,6 +379,14 @@ impl WindowMachine {
                 // Its queued aggregations are lost with it.
                 self.aggregating = None;
                 self.aggregate_queue.clear();
+                if !self.evaluator_ready {
+                    // First report: what waited for it goes ahead.
+                    self.evaluator_ready = true;
+                    if let Some(w) = self.window {
+                        self.close_before(w, &mut out);
+                    }
+                    self.release_deferred(&mut out);
+                }
                 // Its running evaluations are lost: windows waiting for them close now.
                 let ready: Vec<u64> = self
                     .open
@@ -478,6 +490,13 @@ impl WindowMachine {
             return;
         }
         out.push(Action::RevealCommits);
+        if self.evaluator_ready {
+            self.close_before(w, out);
+        }
+    }
+
+    /// Starts closing every open window before `w`, and `w-1` even without updates.
+    fn close_before(&mut self, w: u64, out: &mut Vec<Action>) {
         let mut to_close: Vec<u64> = self
             .open
             .iter()
@@ -539,7 +558,7 @@ impl WindowMachine {
             return;
         }
         let ow = self.open.entry(window).or_default();
-        if self.model == Some(ann.base_model) {
+        if self.evaluator_ready && self.model == Some(ann.base_model) {
             ow.pending.insert(uid);
             out.push(Action::Evaluate { ann, from });
         } else {
@@ -550,6 +569,9 @@ impl WindowMachine {
     /// Evaluates deferred updates computed on the (new) current model.
     fn release_deferred(&mut self, out: &mut Vec<Action>) {
         let Some(model) = self.model else { return };
+        if !self.evaluator_ready {
+            return;
+        }
         for ow in self.open.values_mut().filter(|ow| !ow.closing) {
             let (now, later): (Vec<_>, Vec<_>) = ow
                 .deferred

@@ -15,6 +15,8 @@ use crate::sync::{SyncFailure, SyncStatus};
 use apiary_model::{Params, Update};
 use std::sync::Arc;
 
+/// Name of the check on the announced size.
+pub const SIZE: &str = "size";
 /// Name of the check that decodes an update.
 pub const DECODES: &str = "decodes";
 /// Name of the sync-proof check.
@@ -48,6 +50,47 @@ pub struct Candidate {
     pub own: Option<Update>,
     /// How the sync proof fared (filled by `in_sync`, pass or fail).
     pub sync: Option<SyncStatus>,
+}
+
+/// Largest update blob a model of `num_params` parameters can need: dense f32 twice over (a
+/// compressed encoding with every value kept carries indices too) plus 1 MiB of header.
+pub fn max_update_bytes(num_params: usize) -> u64 {
+    (num_params as u64)
+        .saturating_mul(8)
+        .saturating_add(1 << 20)
+}
+
+/// The rule of check `size`: the announcement states the blob's true size, and no update of
+/// the model needs more than `max` bytes.
+pub fn size_ok(announced: u64, actual: usize, max: u64) -> Result<(), String> {
+    if announced > max {
+        return Err(format!(
+            "announced {announced} bytes, more than any update of this model needs ({max})"
+        ));
+    }
+    if announced != actual as u64 {
+        return Err(format!(
+            "announced {announced} bytes but the blob has {actual}"
+        ));
+    }
+    Ok(())
+}
+
+/// Check `size`: the announced size is the blob's and within what the model's updates need.
+pub struct AnnouncedSize;
+
+impl Check<Candidate> for AnnouncedSize {
+    fn name(&self) -> &'static str {
+        SIZE
+    }
+    fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
+        size_ok(
+            c.ann.size,
+            c.bytes.len(),
+            max_update_bytes(c.base.num_params()),
+        )
+        .map_err(|e| Rejection::new(self.name(), e))
+    }
 }
 
 /// Check `decodes`: the bytes decode to finite tensors of the model's shapes.
@@ -129,7 +172,12 @@ impl Windowed {
     /// The mechanism with its check list.
     pub fn new() -> Self {
         Windowed {
-            checks: vec![Box::new(Decodes), Box::new(InSync), Box::new(Recomputes)],
+            checks: vec![
+                Box::new(AnnouncedSize),
+                Box::new(Decodes),
+                Box::new(InSync),
+                Box::new(Recomputes),
+            ],
         }
     }
 }
@@ -168,5 +216,24 @@ impl Mechanism for Windowed {
             Ok(_) => Err(Rejection::new("score", "cosine is not finite")),
             Err(e) => Err(Rejection::new("score", e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_size_must_be_true_and_plausible() {
+        let max = max_update_bytes(1000);
+        assert_eq!(max, 8000 + (1 << 20));
+        assert!(size_ok(100, 100, max).is_ok());
+        assert!(size_ok(100, 99, max)
+            .expect_err("a lie")
+            .contains("blob has 99"));
+        assert!(size_ok(u64::MAX, 100, max)
+            .expect_err("absurd")
+            .contains("more than any update"));
+        assert_eq!(max_update_bytes(usize::MAX), u64::MAX);
     }
 }

@@ -417,6 +417,38 @@ fn failed_weights_are_retried_at_the_named_block_within_the_schedule() {
 }
 
 #[test]
+fn nothing_closes_before_the_evaluator_says_what_it_closed() {
+    // A restarted node: the watcher's first block comes before the evaluator's report.
+    let mut m = WindowMachine::new(Schedule {
+        blocks_per_window: BPW,
+        miner: false,
+        validator: true,
+        weights_every_windows: 1,
+    });
+    m.handle(Event::ModelAt {
+        window: Some(1),
+        model: model(1),
+    });
+    let out = m.handle(Event::Block(30));
+    assert!(closes(&out).is_empty(), "window 2 may already be closed");
+    let out = m.handle(Event::Announced {
+        ann: ann(3, 1, model(1)),
+        from: peer(),
+    });
+    assert!(!out.iter().any(|a| matches!(a, Action::Evaluate { .. })));
+    let out = m.handle(Event::EvaluatorReady {
+        last_closed: Some(2),
+    });
+    assert!(
+        closes(&out).is_empty(),
+        "window 2 was closed before the restart"
+    );
+    assert!(out
+        .iter()
+        .any(|a| matches!(a, Action::Evaluate { ann, .. } if ann.window == 3)));
+}
+
+#[test]
 fn a_restarted_evaluator_does_not_leave_a_window_open_forever() {
     let mut m = validator(false);
     m.handle(Event::Block(0));
