@@ -41,8 +41,9 @@ pub enum ChainWatcherMsg {
     /// Re-read the metagraph unless it was already read at the current block (gossip from an
     /// unknown hotkey asks for this; a flood of them costs one read per block).
     RefreshUnlessFresh,
-    /// As [`ChainWatcherMsg::RefreshUnlessFresh`], answering once the metagraph is read.
-    RefreshUnlessFreshWait(RpcReplyPort<()>),
+    /// Re-read the metagraph now and answer once it is read (gossip from an unknown hotkey:
+    /// the gossip peer asks at most once per block).
+    RefreshWait(RpcReplyPort<()>),
     /// Query: latest block seen.
     LatestBlock(RpcReplyPort<Option<BlockInfo>>),
 }
@@ -178,11 +179,9 @@ impl Actor for ChainWatcher {
                     refresh(st, now).await;
                 }
             }
-            ChainWatcherMsg::RefreshUnlessFreshWait(reply) => {
+            ChainWatcherMsg::RefreshWait(reply) => {
                 let now = st.latest().map_or(0, |b| b.number);
-                if st.refreshed_at != Some(now) {
-                    refresh(st, now).await;
-                }
+                refresh(st, now).await;
                 let _ = reply.send(());
             }
             ChainWatcherMsg::LatestBlock(reply) => {
@@ -301,13 +300,9 @@ impl ChainWatcherHandle {
     pub fn refresh_unless_fresh(&self) -> Result<(), ActorError> {
         self.0.cast(ChainWatcherMsg::RefreshUnlessFresh)
     }
-    /// Refreshes the metagraph unless it was read at the current block, and waits for it.
-    pub async fn refresh_unless_fresh_wait(&self) -> Result<(), ActorError> {
-        ractor::call_t!(
-            self.0.get()?,
-            ChainWatcherMsg::RefreshUnlessFreshWait,
-            10_000
-        )
-        .map_err(|e| self.0.call_err(e))
+    /// Re-reads the metagraph and waits until it is read.
+    pub async fn refresh_wait(&self) -> Result<(), ActorError> {
+        ractor::call_t!(self.0.get()?, ChainWatcherMsg::RefreshWait, 10_000)
+            .map_err(|e| self.0.call_err(e))
     }
 }

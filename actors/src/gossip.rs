@@ -41,6 +41,8 @@ pub struct GossipState {
     ctx: Arc<NodeContext>,
     core: CoreHandle,
     chain_watcher: ChainWatcherHandle,
+    /// Block at which an unknown hotkey last made us re-read the metagraph.
+    refreshed_at: Option<u64>,
 }
 
 impl Actor for GossipPeer {
@@ -72,6 +74,7 @@ impl Actor for GossipPeer {
             ctx,
             core,
             chain_watcher,
+            refreshed_at: None,
         })
     }
 
@@ -93,8 +96,10 @@ impl Actor for GossipPeer {
                     .ctx
                     .metagraph()
                     .is_some_and(|m| m.by_hotkey(&hotkey).is_some());
-                if !known {
-                    if let Err(e) = st.chain_watcher.refresh_unless_fresh_wait().await {
+                let block = st.ctx.status().block;
+                if !known && st.refreshed_at != Some(block) {
+                    st.refreshed_at = Some(block);
+                    if let Err(e) = st.chain_watcher.refresh_wait().await {
                         tracing::debug!(error = %e, "metagraph refresh for an unknown hotkey failed");
                     }
                 }

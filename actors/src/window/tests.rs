@@ -502,7 +502,7 @@ fn arb_machine() -> impl Strategy<Value = WindowMachine> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
     /// A window closes once; nothing is evaluated for a closed window or twice per
     /// (window, uid); aggregations never overlap.
@@ -510,7 +510,7 @@ proptest! {
     fn windows_close_once_and_evaluations_are_unique(
         mut m in arb_machine(),
         first_model in 0u8..3,
-        events in proptest::collection::vec(arb_event(), 1..80),
+        events in proptest::collection::vec(arb_event(), 1..64),
     ) {
         m.handle(Event::ModelAt { window: None, model: model(first_model) });
         let mut closed = BTreeSet::new();
@@ -549,7 +549,7 @@ proptest! {
     #[test]
     fn training_respects_deadlines_and_records_apply_in_order(
         mut m in arb_machine(),
-        events in proptest::collection::vec(arb_event(), 1..80),
+        events in proptest::collection::vec(arb_event(), 1..64),
     ) {
         m.handle(Event::ModelAt { window: None, model: model(0) });
         let mut trained = BTreeSet::new();
@@ -596,7 +596,7 @@ proptest! {
     #[test]
     fn weights_follow_the_close_of_the_previous_window(
         mut m in arb_machine(),
-        events in proptest::collection::vec(arb_event(), 1..80),
+        events in proptest::collection::vec(arb_event(), 1..64),
     ) {
         let mut firsts = BTreeSet::new();
         let every = m.schedule.weights_every_windows;
