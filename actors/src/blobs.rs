@@ -2,6 +2,7 @@
 //! share (so neither imports the other for it).
 
 use crate::context::{Metrics, NodeContext};
+use crate::WorkError;
 use apiary_net::PeerId;
 use apiary_storage::ContentId;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ pub async fn fetch_blob(
     id: ContentId,
     from: Option<PeerId>,
     keep: bool,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, WorkError> {
     if let Ok(Some(b)) = ctx.store.get_blob(id) {
         return Ok(b);
     }
@@ -22,16 +23,17 @@ pub async fn fetch_blob(
     match ctx.net.fetch_blob_any(id.0, &providers).await {
         Ok((bytes, _peer)) => {
             if keep {
-                ctx.store
-                    .put_blob_verified(id, &bytes)
-                    .map_err(|e| e.to_string())?;
+                ctx.store.put_blob_verified(id, &bytes)?;
             }
             Metrics::inc(&ctx.metrics.blobs_fetched);
             Ok(bytes)
         }
         Err(e) => {
             Metrics::inc(&ctx.metrics.blob_fetch_failed);
-            Err(format!("could not fetch blob {}: {e}", id.short()))
+            Err(WorkError::Fetch(format!(
+                "could not fetch blob {}: {e}",
+                id.short()
+            )))
         }
     }
 }

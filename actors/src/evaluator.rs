@@ -31,7 +31,7 @@ use crate::sync::{SyncFailure, SyncStatus};
 use crate::trainer::{ModelSnapshot, TrainerHandle};
 use crate::window::Event;
 use crate::windowed::{Candidate, SyncProof, Windowed};
-use crate::{join_err, ActorError};
+use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
 use apiary_storage::{Column, ContentId};
@@ -111,7 +111,7 @@ pub enum EvaluatorMsg {
     /// Aggregate a closed window and publish its record (lead validator).
     Aggregate(u64),
     /// The aggregate for a closed window is ready to publish, with the model it produced.
-    Aggregated(u64, Box<Result<(WindowRecord, ModelSnapshot), String>>),
+    Aggregated(u64, Box<Result<(WindowRecord, ModelSnapshot), WorkError>>),
     /// Query: smoothed scores.
     Scores(RpcReplyPort<Vec<ScoreEntry>>),
     /// Query: how many updates of a window have been scored so far.
@@ -569,7 +569,7 @@ fn start_aggregation(
     tokio::spawn(async move {
         let ctx2 = Arc::clone(&ctx);
         let res = tokio::task::spawn_blocking(
-            move || -> Result<(WindowRecord, ModelSnapshot), String> {
+            move || -> Result<(WindowRecord, ModelSnapshot), WorkError> {
                 let c = &ctx2.cfg;
                 let updates: Vec<Update> = accepted.iter().map(|(_, _, u)| (**u).clone()).collect();
                 let (next, outer) =

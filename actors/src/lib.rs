@@ -89,11 +89,35 @@ pub enum ActorError {
     },
 }
 
-/// Heavy work that failed or panicked inside `spawn_blocking`.
-pub(crate) fn join_err(e: tokio::task::JoinError) -> String {
-    if e.is_panic() {
-        "blocking task panicked".to_string()
-    } else {
-        "blocking task cancelled".to_string()
+/// Why work an actor asked for failed: training, applying a record, aggregating, fetching a
+/// blob. It travels between actors in their result messages.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkError {
+    /// A blob could not be had from the store or from any peer.
+    #[error("{0}")]
+    Fetch(String),
+    /// The store refused a read or a write.
+    #[error("store: {0}")]
+    Store(#[from] apiary_storage::StoreError),
+    /// The model, data or update code refused its input (shapes, NaN, pages, hashes).
+    #[error("{0}")]
+    Compute(String),
+    /// The blocking task panicked or was cancelled.
+    #[error("{0}")]
+    Join(&'static str),
+}
+
+impl From<String> for WorkError {
+    fn from(e: String) -> Self {
+        WorkError::Compute(e)
     }
+}
+
+/// Heavy work that failed or panicked inside `spawn_blocking`.
+pub(crate) fn join_err(e: tokio::task::JoinError) -> WorkError {
+    WorkError::Join(if e.is_panic() {
+        "blocking task panicked"
+    } else {
+        "blocking task cancelled"
+    })
 }

@@ -26,7 +26,7 @@ use crate::handle::{CoreHandle, Slot};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::updates;
 use crate::window::Event;
-use crate::{join_err, ActorError};
+use crate::{join_err, ActorError, WorkError};
 use apiary_model::{OuterState, Params};
 use apiary_net::PeerId;
 use apiary_storage::{u64_key, Column, ContentId};
@@ -88,9 +88,9 @@ pub enum TrainerMsg {
     /// A window record to apply, with the peer it came from.
     ApplyRecord(Box<WindowRecord>, Option<PeerId>),
     /// Result of applying the record of a window (off-runtime work finished).
-    RecordApplied(u64, Box<Result<Applied, String>>),
+    RecordApplied(u64, Box<Result<Applied, WorkError>>),
     /// Result of training for a window (off-runtime work finished).
-    UpdateComputed(u64, Box<Result<Computed, String>>),
+    UpdateComputed(u64, Box<Result<Computed, WorkError>>),
     /// Query: status.
     Status(RpcReplyPort<TrainerStatus>),
     /// Query: the current model.
@@ -398,7 +398,7 @@ fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) 
     let me = myself.clone();
     tokio::spawn(async move {
         let seed = ctx2.window_seed(w).await;
-        let res = tokio::task::spawn_blocking(move || -> Result<Computed, String> {
+        let res = tokio::task::spawn_blocking(move || -> Result<Computed, WorkError> {
             let c = &ctx2.cfg;
             // The proof is a slice of the model we train from, taken before training.
             let sync_proof = match seed {
@@ -560,7 +560,7 @@ async fn apply_record(
     base: Base,
     rec: WindowRecord,
     from: Option<PeerId>,
-) -> Result<Applied, String> {
+) -> Result<Applied, WorkError> {
     // The validator that made the record (and any node that already has it) loads it directly.
     let have_model = ctx.store.has_blob(rec.model).unwrap_or(false)
         && ctx.store.has_blob(rec.outer_state).unwrap_or(false);
@@ -571,7 +571,7 @@ async fn apply_record(
         }
         let ctx2 = Arc::clone(ctx);
         let rec2 = rec.clone();
-        let res = tokio::task::spawn_blocking(move || -> Result<Option<Applied>, String> {
+        let res = tokio::task::spawn_blocking(move || -> Result<Option<Applied>, WorkError> {
             let c = &ctx2.cfg;
             let updates = blobs
                 .iter()
@@ -614,7 +614,7 @@ async fn apply_record(
     let bytes = fetch_blob(ctx, rec.model, from, false).await?;
     let outer_bytes = fetch_blob(ctx, rec.outer_state, from, false).await?;
     let ctx2 = Arc::clone(ctx);
-    let applied = tokio::task::spawn_blocking(move || -> Result<Applied, String> {
+    let applied = tokio::task::spawn_blocking(move || -> Result<Applied, WorkError> {
         let c = &ctx2.cfg;
         let p = Params::from_bytes(&c.model, &bytes).map_err(|e| e.to_string())?;
         let outer = OuterState::from_bytes(&c.model, &outer_bytes).map_err(|e| e.to_string())?;

@@ -160,6 +160,26 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     })
     .await;
 
+    // (4b) Window numbers at the end of time from a registered hotkey. They used to overflow
+    // `window + 1` in the gossip actor (a panic; seven of them used up the restart budget and
+    // stopped the node): now they are late, counted, and the node runs on.
+    let stale_before = m.gossip_stale.load(Ordering::Relaxed);
+    for i in 0..10u8 {
+        let mut a = ann(ContentId::of(&[b'w', i]), 1);
+        a.window = u64::MAX - u64::from(i % 2);
+        publish(
+            &rogue,
+            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a).encode()),
+        )
+        .await;
+    }
+    wait_until(T, "absurd windows counted as late", || async {
+        m.gossip_stale.load(Ordering::Relaxed) >= stale_before + 10
+    })
+    .await;
+    assert_eq!(m.restarts.load(Ordering::Relaxed), 0, "no actor died");
+    assert!(vctx.status().fatal.is_none());
+
     // (5) A blob whose bytes do not match its id.
     let honest = apiary_model::Update::random_like(&vcfg.model, 1, 0.01)
         .expect("update")
