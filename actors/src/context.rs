@@ -132,6 +132,8 @@ metrics! {
     updates_bad,
     /// Updates computed on another base model.
     updates_wrong_base,
+    /// Updates whose id another uid announced first in the same window (copies).
+    updates_copied,
     /// Updates rejected because the miner's sync proof (a slice of its base model) was missing,
     /// malformed or did not match this validator's model.
     updates_out_of_sync,

@@ -171,6 +171,9 @@ pub struct EvaluatorState {
     tip: Option<ModelSnapshot>,
     /// Closed windows the core will ask to aggregate.
     jobs: BTreeMap<u64, AggregationJob>,
+    /// Bounds the evaluations that fetch and recompute at once (one per core): a flood of
+    /// announcements queues here instead of starting that many recomputes.
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// A closed window the lead validator still has to aggregate.
@@ -216,6 +219,9 @@ impl Actor for Evaluator {
             closed_counts: BTreeMap::new(),
             tip: None,
             jobs: BTreeMap::new(),
+            permits: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         })
     }
 
@@ -367,12 +373,29 @@ fn spawn_eval(
 ) {
     let ctx = Arc::clone(&st.ctx);
     let mechanism = Arc::clone(&st.mechanism);
+    let permits = Arc::clone(&st.permits);
     let me = myself.clone();
     tokio::spawn(async move {
         let (window, uid) = (ann.window, ann.uid);
-        let outcome = match fetch_blob(&ctx, ann.update, Some(from), false).await {
-            Err(e) => Outcome::Rejected {
-                rejection: Rejection::new(FETCHABLE, e),
+        let _permit = permits.acquire_owned().await;
+        // An absurd announced size is refused before anything is fetched.
+        let max = crate::windowed::max_update_bytes(base.params.num_params());
+        let fetched = if ann.size > max {
+            Err(Rejection::new(
+                crate::windowed::SIZE,
+                format!(
+                    "announced {} bytes, more than any update of this model needs ({max}); not fetched",
+                    ann.size
+                ),
+            ))
+        } else {
+            fetch_blob(&ctx, ann.update, Some(from), false)
+                .await
+                .map_err(|e| Rejection::new(FETCHABLE, e))
+        };
+        let outcome = match fetched {
+            Err(rejection) => Outcome::Rejected {
+                rejection,
                 sync: None,
             },
             Ok(bytes) => {

@@ -15,6 +15,9 @@ use crate::sync::{SyncFailure, SyncStatus};
 use apiary_model::{Params, Update};
 use std::sync::Arc;
 
+/// Name of the rule that accepts an update id once per window (applied by the window machine,
+/// [`crate::window`], where every announcement of a window is seen).
+pub const UNIQUE_CONTENT: &str = "unique_content";
 /// Name of the check on the announced size.
 pub const SIZE: &str = "size";
 /// Name of the check that decodes an update.

@@ -310,6 +310,31 @@ fn validator_evaluates_closes_once_aggregates_and_then_sets_weights() {
 }
 
 #[test]
+fn a_reannounced_update_id_is_a_copy_and_the_first_announcer_keeps_it() {
+    let mut m = validator(false);
+    m.handle(Event::Block(0));
+    let original = ann(0, 1, model(0));
+    m.handle(Event::Announced {
+        ann: original.clone(),
+        from: peer(),
+    });
+    let mut copy = original.clone();
+    copy.uid = 2;
+    let out = m.handle(Event::Announced {
+        ann: copy,
+        from: peer(),
+    });
+    assert_eq!(
+        out,
+        vec![Action::Copy {
+            window: 0,
+            uid: 2,
+            first_uid: 1
+        }]
+    );
+}
+
+#[test]
 fn grace_forces_a_close_and_deferred_updates_count_as_wrong_base() {
     let mut m = validator(false);
     m.handle(Event::Block(0));
