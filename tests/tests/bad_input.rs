@@ -63,6 +63,12 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     let rogue_key = Hotkey::from_dev_label("rogue");
     let stranger = Hotkey::from_dev_label("stranger");
     let rogue_uid = net.chain.register(1, &rogue_key).await.expect("register");
+    // Two more registered hotkeys published through the rogue's node: one announces an
+    // update, the other re-announces the same bytes as its own (a copier).
+    let first_key = Hotkey::from_dev_label("first");
+    let copier_key = Hotkey::from_dev_label("copier");
+    let first_uid = net.chain.register(1, &first_key).await.expect("register");
+    let copier_uid = net.chain.register(1, &copier_key).await.expect("register");
     let provider = Arc::new(Rogue::default());
     let mut params = NetParams::new(
         "/ip4/127.0.0.1/tcp/0".parse().expect("addr"),
@@ -85,7 +91,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     net.block(); // the validator's metagraph learns the rogue
     wait_until(T, "rogue in metagraph", || async {
         vctx.metagraph()
-            .is_some_and(|m| m.by_uid(rogue_uid).is_some())
+            .is_some_and(|m| m.by_uid(rogue_uid).is_some() && m.by_uid(copier_uid).is_some())
     })
     .await;
     let model = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
@@ -179,6 +185,38 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     .await;
     assert_eq!(m.restarts.load(Ordering::Relaxed), 0, "no actor died");
     assert!(vctx.status().fatal.is_none());
+
+    // (4c) A copier re-announces another miner's update id in the same window: the first
+    // announcer observed keeps it; the copy is counted, not stored and never fetched.
+    let received_before = m.updates_received.load(Ordering::Relaxed);
+    let mut original = ann(ContentId::of(b"an update worth copying"), 16);
+    original.uid = first_uid;
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&first_key, GossipMsg::Update(original.clone()).encode()),
+    )
+    .await;
+    wait_until(T, "the original announcement admitted", || async {
+        m.updates_received.load(Ordering::Relaxed) > received_before
+    })
+    .await;
+    let mut copy = original.clone();
+    copy.uid = copier_uid;
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&copier_key, GossipMsg::Update(copy).encode()),
+    )
+    .await;
+    wait_until(T, "the copy counted", || async {
+        m.updates_copied.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(vctx.rejections.snapshot().get("unique_content"), Some(&1));
+    assert!(vctx
+        .store
+        .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(window, copier_uid))
+        .expect("store")
+        .is_none());
 
     // (5) A blob whose bytes do not match its id.
     let honest = apiary_model::Update::random_like(&vcfg.model, 1, 0.01)
