@@ -250,14 +250,23 @@ impl NodeContext {
     }
 
     /// The training pages assigned to `uid` in `window` (`train.pages_per_window` of them,
-    /// drawn by [`apiary_model::assign_pages`] from `(uid, window, train.data_seed)`): what a
-    /// miner trains on and what a validator recomputes.
-    pub fn window_pages(&self, uid: u16, window: u64) -> Result<Vec<Vec<u32>>, String> {
+    /// drawn by [`apiary_model::assign_pages`] from `(uid, window, train.data_seed)` mixed with
+    /// `window_hash`, the hash of the window's first block): what a miner trains on and what a
+    /// validator recomputes. Nobody knows that hash before the window starts, so no miner can
+    /// compute (or buy, or reuse) its work for a window ahead of time.
+    pub fn window_pages(
+        &self,
+        uid: u16,
+        window: u64,
+        window_hash: &[u8; 32],
+    ) -> Result<Vec<Vec<u32>>, String> {
         let t = &self.cfg.train;
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&window_hash[..8]);
         apiary_model::assign_pages(
             uid,
             window,
-            t.data_seed,
+            t.data_seed ^ u64::from_le_bytes(head),
             self.dataset.train_pages(),
             t.pages_per_window,
         )

@@ -415,8 +415,13 @@ fn spawn_eval(
                         },
                     ),
                 };
+                let window_hash = match &proof {
+                    SyncProof::Fetched(seed, _) => Some(*seed),
+                    SyncProof::Unknown(_) => None,
+                };
                 let candidate = Candidate {
                     ctx: Arc::clone(&ctx),
+                    window_hash,
                     ann,
                     base: Arc::clone(&base.params),
                     bytes,

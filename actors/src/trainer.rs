@@ -401,8 +401,8 @@ fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) 
         let res = tokio::task::spawn_blocking(move || -> Result<Computed, WorkError> {
             let c = &ctx2.cfg;
             // The proof is a slice of the model we train from, taken before training.
-            let sync_proof = match seed {
-                Ok(seed) => match crate::sync::make_proof(c, &params, &seed) {
+            let sync_proof = match &seed {
+                Ok(seed) => match crate::sync::make_proof(c, &params, seed) {
                     Ok(p) => Some(p),
                     Err(e) => {
                         tracing::warn!(window = w, error = %e, "could not make the sync proof; validators will reject this update");
@@ -421,7 +421,10 @@ fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) 
                     f32::NAN,
                 )
             } else {
-                let pages = ctx2.window_pages(uid, w)?;
+                let hash = seed.as_ref().map_err(|e| {
+                    format!("the window's first block hash is unknown, and with it the window's pages: {e}")
+                })?;
+                let pages = ctx2.window_pages(uid, w, hash)?;
                 updates::compute(c, &params, &pages)?
             };
             let bytes = encoder

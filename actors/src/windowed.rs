@@ -47,6 +47,9 @@ pub struct Candidate {
     pub bytes: Vec<u8>,
     /// The sync proof.
     pub proof: SyncProof,
+    /// The hash of the window's first block (it seeds the window's pages), if this validator
+    /// knows it.
+    pub window_hash: Option<[u8; 32]>,
     /// The decoded update (filled by `decodes`).
     pub update: Option<Update>,
     /// The validator's recompute (filled by `recomputes`).
@@ -112,8 +115,9 @@ impl Check<Candidate> for Decodes {
 }
 
 /// Check `in_sync`: the miner's slice of its base model matches this validator's model
-/// (before any costly work). Without the window's seed the proof cannot be checked; the update
-/// goes on, recorded as [`SyncStatus::Unchecked`].
+/// (before any costly work). Without the window's seed the proof cannot be checked; it is
+/// recorded as [`SyncStatus::Unchecked`] and `recomputes` refuses the update (the seed also
+/// draws the miner's pages).
 pub struct InSync;
 
 impl Check<Candidate> for InSync {
@@ -153,12 +157,22 @@ impl Check<Candidate> for Recomputes {
         RECOMPUTES
     }
     fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
-        let pages = c.ctx.window_pages(c.ann.uid, c.ann.window).map_err(|e| {
-            Rejection::new(
+        let Some(hash) = c.window_hash else {
+            return Err(Rejection::new(
                 self.name(),
-                format!("recompute failed: cannot read the pages: {e}"),
-            )
-        })?;
+                "this validator does not know the window's first block hash, so it cannot tell \
+                 the miner's pages",
+            ));
+        };
+        let pages = c
+            .ctx
+            .window_pages(c.ann.uid, c.ann.window, &hash)
+            .map_err(|e| {
+                Rejection::new(
+                    self.name(),
+                    format!("recompute failed: cannot read the pages: {e}"),
+                )
+            })?;
         let (own, _) = crate::updates::compute(&c.ctx.cfg, &c.base, &pages)
             .map_err(|e| Rejection::new(self.name(), format!("recompute failed: {e}")))?;
         c.own = Some(own);

@@ -186,38 +186,6 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     assert_eq!(m.restarts.load(Ordering::Relaxed), 0, "no actor died");
     assert!(vctx.status().fatal.is_none());
 
-    // (4c) A copier re-announces another miner's update id in the same window: the first
-    // announcer observed keeps it; the copy is counted, not stored and never fetched.
-    let received_before = m.updates_received.load(Ordering::Relaxed);
-    let mut original = ann(ContentId::of(b"an update worth copying"), 16);
-    original.uid = first_uid;
-    publish(
-        &rogue,
-        SignedEnvelope::sign(&first_key, GossipMsg::Update(original.clone()).encode()),
-    )
-    .await;
-    wait_until(T, "the original announcement admitted", || async {
-        m.updates_received.load(Ordering::Relaxed) > received_before
-    })
-    .await;
-    let mut copy = original.clone();
-    copy.uid = copier_uid;
-    publish(
-        &rogue,
-        SignedEnvelope::sign(&copier_key, GossipMsg::Update(copy).encode()),
-    )
-    .await;
-    wait_until(T, "the copy counted", || async {
-        m.updates_copied.load(Ordering::Relaxed) >= 1
-    })
-    .await;
-    assert_eq!(vctx.rejections.snapshot().get("unique_content"), Some(&1));
-    assert!(vctx
-        .store
-        .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(window, copier_uid))
-        .expect("store")
-        .is_none());
-
     // (5) A blob whose bytes do not match its id.
     let honest = apiary_model::Update::random_like(&vcfg.model, 1, 0.01)
         .expect("update")
@@ -443,6 +411,42 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
             .await
             .is_err()
     );
+
+    // (10) A copier re-announces another miner's update id in the same window: the first
+    // announcer observed keeps it; the copy is counted, not stored and never fetched.
+    let received_before = m.updates_received.load(Ordering::Relaxed);
+    let mut original = ann(ContentId::of(b"an update worth copying"), 16);
+    original.uid = first_uid;
+    original.window = vctx.window();
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&first_key, GossipMsg::Update(original.clone()).encode()),
+    )
+    .await;
+    wait_until(T, "the original announcement admitted", || async {
+        m.updates_received.load(Ordering::Relaxed) > received_before
+    })
+    .await;
+    let mut copy = original.clone();
+    copy.uid = copier_uid;
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&copier_key, GossipMsg::Update(copy).encode()),
+    )
+    .await;
+    wait_until(T, "the copy counted", || async {
+        m.updates_copied.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(vctx.rejections.snapshot().get("unique_content"), Some(&1));
+    assert!(vctx
+        .store
+        .get::<UpdateAnnouncement>(
+            Column::Announcements,
+            &window_uid_key(original.window, copier_uid)
+        )
+        .expect("store")
+        .is_none());
 
     rogue.shutdown().await;
     net.shutdown().await;
