@@ -26,6 +26,7 @@ use std::time::Duration;
 pub struct NodeCore;
 
 /// What the core is started with: the node and the handles of the actors it drives.
+#[derive(Clone)]
 pub struct CoreArgs {
     /// The node.
     pub ctx: Arc<NodeContext>,
@@ -113,17 +114,46 @@ impl Actor for NodeCore {
         ev: Event,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Actions for an actor that is not running yet (it reports its state from its
+        // `pre_start`, before the supervisor has filled its slot) or is restarting are retried
+        // in order, briefly.
+        let mut undelivered = Vec::new();
         for action in st.machine.handle(ev) {
-            execute(&myself, &st.args, action);
+            if let Some(a) = execute(&myself, &st.args, action) {
+                undelivered.push(a);
+            }
+        }
+        if !undelivered.is_empty() {
+            let (me, args) = (myself.clone(), st.args.clone());
+            tokio::spawn(async move {
+                for action in undelivered {
+                    let mut pending = Some(action);
+                    for _ in 0..RETRIES {
+                        let Some(a) = pending.take() else { break };
+                        tokio::time::sleep(RETRY_EVERY).await;
+                        pending = execute(&me, &args, a);
+                    }
+                    if pending.is_some() {
+                        tracing::warn!("an actor stayed down; the window machine redoes its work when it reports back");
+                    }
+                }
+            });
         }
         Ok(())
     }
 }
 
-/// Carries out one action. Failures are logged: an actor that is restarting reports its state
-/// when it is back, and the machine re-issues what was lost.
-fn execute(myself: &ActorRef<Event>, a: &CoreArgs, action: Action) {
+/// Tries to hand over an action for an actor that is not running this many times...
+const RETRIES: u32 = 40;
+/// ...this far apart.
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+
+/// Carries out one action; returns it when its actor is not running (to be retried). Other
+/// failures are logged: an actor that restarts reports its state when it is back, and the
+/// machine re-issues what was lost.
+fn execute(myself: &ActorRef<Event>, a: &CoreArgs, action: Action) -> Option<Action> {
     let ctx = &a.ctx;
+    let retry = action.clone();
     let res = match action {
         Action::Train { window } => a.trainer.train(window),
         Action::KeepAnnouncement(ann) => {
@@ -196,8 +226,16 @@ fn execute(myself: &ActorRef<Event>, a: &CoreArgs, action: Action) {
         Action::SubmitWeights { window, attempt } => a.weights.submit(window, attempt),
         Action::RevealCommits => a.weights.reveal(),
     };
-    if let Err(e) = res {
-        tracing::warn!(error = %e, "could not hand an action to an actor; it is redone when the actor is back");
+    match res {
+        Ok(()) => None,
+        Err(crate::ActorError::NotRunning(actor)) => {
+            tracing::debug!(actor, "actor not running; retrying the action shortly");
+            Some(retry)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not hand an action to an actor");
+            None
+        }
     }
 }
 
