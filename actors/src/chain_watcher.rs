@@ -38,9 +38,6 @@ pub enum ChainWatcherMsg {
     Block(BlockInfo),
     /// Re-read the metagraph now.
     RefreshMetagraph,
-    /// Re-read the metagraph unless it was already read at the current block (gossip from an
-    /// unknown hotkey asks for this; a flood of them costs one read per block).
-    RefreshUnlessFresh,
     /// Re-read the metagraph now and answer once it is read (gossip from an unknown hotkey:
     /// the gossip peer asks at most once per block).
     RefreshWait(RpcReplyPort<()>),
@@ -59,8 +56,6 @@ pub struct ChainWatcherState {
     recent: VecDeque<BlockInfo>,
     /// Uid count at the last metagraph read.
     neurons: Option<u16>,
-    /// Block of the last metagraph read.
-    refreshed_at: Option<u64>,
 }
 
 impl ChainWatcherState {
@@ -112,9 +107,8 @@ impl Actor for ChainWatcher {
             last_window: None,
             recent: VecDeque::with_capacity(RECENT_BLOCKS),
             neurons: None,
-            refreshed_at: None,
         };
-        refresh(&mut st, best.number).await;
+        refresh(&mut st).await;
         on_block(&mut st, best).await;
         Ok(st)
     }
@@ -165,23 +159,15 @@ impl Actor for ChainWatcher {
                     }
                 };
                 if due || registered {
-                    refresh(st, b.number).await;
+                    refresh(st).await;
                 }
                 on_block(st, b).await;
             }
             ChainWatcherMsg::RefreshMetagraph => {
-                let now = st.latest().map_or(0, |b| b.number);
-                refresh(st, now).await;
-            }
-            ChainWatcherMsg::RefreshUnlessFresh => {
-                let now = st.latest().map_or(0, |b| b.number);
-                if st.refreshed_at != Some(now) {
-                    refresh(st, now).await;
-                }
+                refresh(st).await;
             }
             ChainWatcherMsg::RefreshWait(reply) => {
-                let now = st.latest().map_or(0, |b| b.number);
-                refresh(st, now).await;
+                refresh(st).await;
                 let _ = reply.send(());
             }
             ChainWatcherMsg::LatestBlock(reply) => {
@@ -232,9 +218,8 @@ async fn on_block(st: &mut ChainWatcherState, b: BlockInfo) {
     }
 }
 
-/// Re-reads the metagraph (noting the block and uid count) and dials new peers.
-async fn refresh(st: &mut ChainWatcherState, block: u64) {
-    st.refreshed_at = Some(block);
+/// Re-reads the metagraph (noting the uid count) and dials new peers.
+async fn refresh(st: &mut ChainWatcherState) {
     if let Some(n) = refresh_metagraph(&st.ctx).await {
         st.neurons = Some(n);
     }
@@ -295,10 +280,6 @@ impl ChainWatcherHandle {
     /// Forces a metagraph refresh.
     pub fn refresh(&self) -> Result<(), ActorError> {
         self.0.cast(ChainWatcherMsg::RefreshMetagraph)
-    }
-    /// Asks for a metagraph refresh unless one happened at the current block.
-    pub fn refresh_unless_fresh(&self) -> Result<(), ActorError> {
-        self.0.cast(ChainWatcherMsg::RefreshUnlessFresh)
     }
     /// Re-reads the metagraph and waits until it is read.
     pub async fn refresh_wait(&self) -> Result<(), ActorError> {
