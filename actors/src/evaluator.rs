@@ -7,12 +7,14 @@
 //! an update whose proof is missing, malformed or different is rejected, counted in
 //! `updates_out_of_sync` and recorded in the miner's [`ScoreEntry::sync`]), then
 //! **recomputes** the miner's work — the same local steps on the same deterministic pages from
-//! the same base model — and scores the miner's update by cosine similarity with its own. Honest
-//! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
+//! the same base model — and, once per window, the same work on the window's control pages,
+//! and scores the update by [`crate::windowed::score_parts`]: honest work scores 1; a copy,
+//! replay, stale base or other pages ≈ 0; a fraction of the work a fraction of the score.
 //!
 //! The checks and the score are the mechanism's ([`crate::windowed::Windowed`]'s check list:
-//! `size` → `decodes` → `in_sync` → `recomputes`, then cosine); a refusal is counted under its check's
-//! name (`rejected` in `apiary admin metrics`).
+//! `size` → `decodes` → `in_sync` → `recomputes` → `norm`); a refusal is counted under its
+//! check's name (`rejected` in `apiary admin metrics`). When the window closes, of two updates
+//! far more alike than honest miners' are, the copy is refused (`near_duplicate`).
 //!
 //! The node core ([`crate::window`]) decides when: it asks for an evaluation when an update
 //! was computed on the current model, closes a window once (after in-flight scoring finishes,
@@ -30,7 +32,7 @@ use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::sync::{SyncFailure, SyncStatus};
 use crate::trainer::{ModelSnapshot, TrainerHandle};
 use crate::window::Event;
-use crate::windowed::{Candidate, SyncProof, Windowed};
+use crate::windowed::{Candidate, Controls, Residuals, ScoreParts, SyncProof, Windowed};
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
@@ -55,6 +57,20 @@ pub struct ScoreEntry {
     /// checked, e.g. it sent nothing, or its update was malformed or on another base model).
     #[serde(default)]
     pub sync: Option<SyncStatus>,
+    /// The last scored update's score parts (fidelity, control, magnitude …): why the score is
+    /// what it is. `None` when the last window's update was not scored.
+    #[serde(default)]
+    pub parts: Option<ScoreParts>,
+    /// Why the last window scored 0, when it did (the refusing check and its reason, or that
+    /// nothing was received).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Windows closed with this miner listed.
+    #[serde(default)]
+    pub windows: u64,
+    /// Of those, windows in which this validator recomputed the miner's update.
+    #[serde(default)]
+    pub recomputed: u64,
 }
 
 /// How one update fared.
@@ -64,6 +80,10 @@ pub enum Outcome {
     Scored {
         /// The score.
         score: f32,
+        /// Its parts.
+        parts: ScoreParts,
+        /// Order in which this validator started evaluating it (earlier observed first).
+        seq: u64,
         /// The decoded update (kept for aggregation).
         update: Arc<Update>,
         /// Its id.
@@ -174,6 +194,12 @@ pub struct EvaluatorState {
     /// Bounds the evaluations that fetch and recompute at once (one per core): a flood of
     /// announcements queues here instead of starting that many recomputes.
     permits: Arc<tokio::sync::Semaphore>,
+    /// The windows' control recomputes.
+    controls: Arc<Controls>,
+    /// Miners' error-feedback residuals, replayed.
+    residuals: Arc<Residuals>,
+    /// Evaluations started so far (gives each its `seq`).
+    started: u64,
 }
 
 /// A closed window the lead validator still has to aggregate.
@@ -222,6 +248,9 @@ impl Actor for Evaluator {
             permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            controls: Arc::default(),
+            residuals: Arc::default(),
+            started: 0,
         })
     }
 
@@ -238,9 +267,10 @@ impl Actor for Evaluator {
                         st.base = Some(snap);
                     }
                 }
-                match &st.base {
+                match st.base.clone() {
                     Some(b) if b.id == ann.base_model => {
-                        spawn_eval(&myself, st, b.clone(), *ann, from);
+                        st.started += 1;
+                        spawn_eval(&myself, st, b, *ann, from);
                     }
                     _ => {
                         // The model moved on between the core's decision and now.
@@ -374,6 +404,8 @@ fn spawn_eval(
     let ctx = Arc::clone(&st.ctx);
     let mechanism = Arc::clone(&st.mechanism);
     let permits = Arc::clone(&st.permits);
+    let (controls, residuals) = (Arc::clone(&st.controls), Arc::clone(&st.residuals));
+    let seq = st.started;
     let me = myself.clone();
     tokio::spawn(async move {
         let (window, uid) = (ann.window, ann.uid);
@@ -426,11 +458,15 @@ fn spawn_eval(
                     base: Arc::clone(&base.params),
                     bytes,
                     proof,
+                    controls,
+                    residuals,
                     update: None,
                     own: None,
+                    control: None,
                     sync: None,
+                    parts: None,
                 };
-                tokio::task::spawn_blocking(move || score_update(&mechanism, candidate))
+                tokio::task::spawn_blocking(move || score_update(&mechanism, candidate, seq))
                     .await
                     .unwrap_or_else(|e| Outcome::Rejected {
                         rejection: Rejection::new("evaluation", join_err(e)),
@@ -448,7 +484,7 @@ fn spawn_eval(
 
 /// Runs the mechanism's checks and score; an admitted update's bytes are stored (followers
 /// and the aggregation need them).
-fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
+fn score_update(mechanism: &Windowed, mut c: Candidate, seq: u64) -> Outcome {
     match mechanism.evaluate(&mut c) {
         Err(rejection) => {
             let sync = (rejection.check == crate::windowed::IN_SYNC)
@@ -457,21 +493,24 @@ fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
             Outcome::Rejected { rejection, sync }
         }
         Ok(score) => {
+            tracing::debug!(uid = c.ann.uid, window = c.ann.window, parts = ?c.parts, "scored");
             if let Err(e) = c.ctx.store.put_blob_verified(c.ann.update, &c.bytes) {
                 return Outcome::Rejected {
                     rejection: Rejection::new("stored", e),
                     sync: None,
                 };
             }
-            match c.update {
-                Some(u) => Outcome::Scored {
+            match (c.update, c.parts) {
+                (Some(u), Some(parts)) => Outcome::Scored {
                     score,
+                    parts,
+                    seq,
                     update: Arc::new(u),
                     id: c.ann.update,
                     sync: c.sync.unwrap_or(SyncStatus::Unchecked),
                 },
-                None => Outcome::Rejected {
-                    rejection: Rejection::new("decodes", "no decoded update"),
+                _ => Outcome::Rejected {
+                    rejection: Rejection::new("score", "no decoded update or score parts"),
                     sync: None,
                 },
             }
@@ -482,7 +521,17 @@ fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
 /// Closes `window` (the core does this once per window): scores every miner, smooths,
 /// persists, announces; keeps the accepted updates when the core will ask to aggregate them.
 fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate: bool) {
-    let results = st.results.remove(&window).unwrap_or_default();
+    let mut results = st.results.remove(&window).unwrap_or_default();
+    for (uid, rejection) in near_duplicates(&results, st.ctx.cfg.validator.duplicate_cosine) {
+        count_rejection(&st.ctx, window, uid, &rejection);
+        results.insert(
+            uid,
+            Outcome::Rejected {
+                rejection,
+                sync: None,
+            },
+        );
+    }
     st.results.retain(|w, _| *w > window);
     st.closed_counts.insert(window, results.len());
     while st.closed_counts.len() > 64 {
@@ -517,19 +566,34 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
         })
         .collect();
     for n in miners {
-        let (s, sync) = match results.get(&n.uid) {
-            Some(Outcome::Scored { score, sync, .. }) => (*score, Some(*sync)),
-            Some(Outcome::Rejected { sync, .. }) => (0.0, *sync),
-            None => (0.0, None),
+        let (s, sync, parts, reason) = match results.get(&n.uid) {
+            Some(Outcome::Scored {
+                score, sync, parts, ..
+            }) => (*score, Some(*sync), Some(*parts), None),
+            Some(Outcome::Rejected { sync, rejection }) => {
+                (0.0, *sync, None, Some(rejection.to_string()))
+            }
+            None if wrong_base.contains(&n.uid) => (
+                0.0,
+                None,
+                None,
+                Some(format!("{BASE_MODEL}: computed on another model")),
+            ),
+            None => (0.0, None, None, Some("nothing received in time".into())),
         };
-        let prev = st.scores.get(&n.uid).map_or(0.0, |e| e.ema);
-        let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev;
+        let prev = st.scores.get(&n.uid);
+        let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev.map_or(0.0, |e| e.ema);
+        let recomputed = u64::from(parts.is_some()) + prev.map_or(0, |e| e.recomputed);
         let entry = ScoreEntry {
             uid: n.uid,
             ema,
             last: s,
             window,
             sync,
+            parts,
+            reason,
+            windows: prev.map_or(0, |e| e.windows) + 1,
+            recomputed,
         };
         if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
             tracing::error!(error = %e, "could not persist a score");
@@ -570,6 +634,51 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             st.jobs.pop_first();
         }
     }
+}
+
+/// The updates of one window that copy another: of each pair whose cosine is at least
+/// `threshold`, the one less like its own recompute (or, if equally, the later evaluated)
+/// is refused as `near_duplicate`. Honest miners' updates are far less alike (0.3–0.65).
+fn near_duplicates(results: &BTreeMap<u16, Outcome>, threshold: f64) -> Vec<(u16, Rejection)> {
+    let scored: Vec<(u16, f32, u64, &Update)> = results
+        .iter()
+        .filter_map(|(uid, o)| match o {
+            Outcome::Scored {
+                parts, seq, update, ..
+            } => Some((*uid, parts.fidelity, *seq, update.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<(u16, Rejection)> = Vec::new();
+    for (i, a) in scored.iter().enumerate() {
+        for b in &scored[i + 1..] {
+            let Ok(cos) = apiary_model::cosine(a.3, b.3) else {
+                continue;
+            };
+            if f64::from(cos) < threshold {
+                continue;
+            }
+            // The original is the one its own recompute vouches for; on a tie, the earlier.
+            let (keep, lose) = if (b.1, std::cmp::Reverse(b.2)) > (a.1, std::cmp::Reverse(a.2)) {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            if !out.iter().any(|(u, _)| *u == lose.0) {
+                out.push((
+                    lose.0,
+                    Rejection::new(
+                        crate::windowed::NEAR_DUPLICATE,
+                        format!(
+                            "cosine {cos:.3} with uid {}'s update of this window",
+                            keep.0
+                        ),
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Aggregates a closed window's accepted updates on top of the tip (the model after the previous
@@ -683,5 +792,81 @@ impl EvaluatorHandle {
     pub async fn last_closed(&self) -> Result<Option<u64>, ActorError> {
         ractor::call_t!(self.0.get()?, EvaluatorMsg::LastClosed, 10_000)
             .map_err(|e| self.0.call_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_config::ModelConfig;
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            d_model: 16,
+            n_layers: 1,
+            n_heads: 2,
+            d_ff: 32,
+            seq_len: 8,
+            ..ModelConfig::default()
+        }
+    }
+
+    fn scored(update: Update, fidelity: f32, seq: u64) -> Outcome {
+        let parts = crate::windowed::score_from(
+            fidelity,
+            0.0,
+            0.0,
+            1.0,
+            crate::windowed::Calibration {
+                full: 0.9,
+                zero: 0.75,
+            },
+        );
+        Outcome::Scored {
+            score: parts.score,
+            parts,
+            seq,
+            update: Arc::new(update),
+            id: ContentId::of(&seq.to_le_bytes()),
+            sync: SyncStatus::InSync,
+        }
+    }
+
+    fn plus(a: &Update, b: &Update, cfg: &ModelConfig) -> Update {
+        let (va, vb) = (a.to_vecs().expect("vecs"), b.to_vecs().expect("vecs"));
+        let sum = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p + q).collect())
+            .collect();
+        Update::from_vecs(cfg, sum).expect("update")
+    }
+
+    #[test]
+    fn near_duplicates_lose_to_the_update_its_recompute_vouches_for() {
+        let cfg = small();
+        let a = Update::random_like(&cfg, 1, 1.0).expect("a");
+        // a + 1 % noise: cosine ≈ 0.9999 with a.
+        let b = plus(&a, &Update::random_like(&cfg, 2, 0.01).expect("n"), &cfg);
+        let c = Update::random_like(&cfg, 3, 1.0).expect("c");
+        assert!(apiary_model::cosine(&a, &b).expect("cos") > 0.99);
+        assert!(apiary_model::cosine(&a, &c).expect("cos").abs() < 0.2);
+        // The copy (uid 2) was observed first, but only uid 1's recompute matches.
+        let results = BTreeMap::from([
+            (1, scored(a.clone(), 1.0, 5)),
+            (2, scored(b.clone(), 0.4, 1)),
+            (3, scored(c, 0.9, 2)),
+        ]);
+        let dups = near_duplicates(&results, 0.95);
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].0, 2);
+        assert_eq!(dups[0].1.check, crate::windowed::NEAR_DUPLICATE);
+        assert!(dups[0].1.reason.contains("uid 1"), "{dups:?}");
+        // Equally faithful: the later observed loses.
+        let results = BTreeMap::from([(1, scored(a, 1.0, 5)), (2, scored(b, 1.0, 1))]);
+        let dups = near_duplicates(&results, 0.95);
+        assert_eq!(dups.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+        // Nothing alike: nothing refused.
+        assert!(near_duplicates(&BTreeMap::new(), 0.95).is_empty());
     }
 }

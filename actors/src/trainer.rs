@@ -430,7 +430,7 @@ fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) 
             let bytes = encoder
                 .lock()
                 .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
-                .encode(&update)?;
+                .encode_window(c, w, &update)?;
             Ok(Computed {
                 base,
                 bytes,
