@@ -128,6 +128,9 @@ metrics! {
     updates_received,
     /// Updates scored.
     updates_evaluated,
+    /// Updates that passed the cheap checks but were not recomputed: the window's recompute
+    /// budget (`validator.max_recomputes_per_window`) went to others.
+    updates_sampled_out,
     /// Updates rejected as malformed (bad shapes, NaN/Inf, undecodable).
     updates_bad,
     /// Updates computed on another base model.

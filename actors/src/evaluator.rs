@@ -32,7 +32,9 @@ use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::sync::{SyncFailure, SyncStatus};
 use crate::trainer::{ModelSnapshot, TrainerHandle};
 use crate::window::Event;
-use crate::windowed::{Candidate, Controls, Residuals, ScoreParts, SyncProof, Windowed};
+use crate::windowed::{
+    Candidate, Controls, Residuals, Sampler, ScoreParts, Standing, SyncProof, Windowed,
+};
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
@@ -68,9 +70,13 @@ pub struct ScoreEntry {
     /// Windows closed with this miner listed.
     #[serde(default)]
     pub windows: u64,
-    /// Of those, windows in which this validator recomputed the miner's update.
+    /// Of those, windows in which this validator checked the miner's update in full
+    /// (recomputed it, or refused it).
     #[serde(default)]
     pub recomputed: u64,
+    /// The last window in which this validator checked the miner's update in full.
+    #[serde(default)]
+    pub last_recomputed: Option<u64>,
 }
 
 /// How one update fared.
@@ -90,6 +96,12 @@ pub enum Outcome {
         id: ContentId,
         /// The sync proof's check: [`SyncStatus::InSync`], or [`SyncStatus::Unchecked`] when
         /// this validator did not know the window's seed.
+        sync: SyncStatus,
+    },
+    /// Passed the cheap checks but not recomputed (the window's recompute budget went to
+    /// others): the miner's smoothed score stays as it was; not aggregated.
+    Unscored {
+        /// The sync proof's check.
         sync: SyncStatus,
     },
     /// Refused by a check (or not fetchable): scores 0, neither kept nor aggregated.
@@ -200,6 +212,10 @@ pub struct EvaluatorState {
     residuals: Arc<Residuals>,
     /// Evaluations started so far (gives each its `seq`).
     started: u64,
+    /// Which updates to recompute when there are more miners than the budget.
+    sampler: Sampler,
+    /// Recomputes started per open window.
+    recomputes: BTreeMap<u64, usize>,
 }
 
 /// A closed window the lead validator still has to aggregate.
@@ -233,6 +249,11 @@ impl Actor for Evaluator {
             .collect::<BTreeMap<_, _>>();
         let last_closed = scores.values().map(|s| s.window).max();
         core.report(Event::EvaluatorReady { last_closed });
+        let sampler = Sampler {
+            budget: ctx.cfg.validator.max_recomputes_per_window,
+            min_score: ctx.cfg.validator.min_score as f32,
+            salt: rand::random(),
+        };
         Ok(EvaluatorState {
             ctx,
             core,
@@ -251,6 +272,8 @@ impl Actor for Evaluator {
             controls: Arc::default(),
             residuals: Arc::default(),
             started: 0,
+            sampler,
+            recomputes: BTreeMap::new(),
         })
     }
 
@@ -270,7 +293,8 @@ impl Actor for Evaluator {
                 match st.base.clone() {
                     Some(b) if b.id == ann.base_model => {
                         st.started += 1;
-                        spawn_eval(&myself, st, b, *ann, from);
+                        let recompute = sample(st, &ann);
+                        spawn_eval(&myself, st, b, *ann, from, recompute);
                     }
                     _ => {
                         // The model moved on between the core's decision and now.
@@ -297,6 +321,10 @@ impl Actor for Evaluator {
                 Metrics::inc(&st.ctx.metrics.updates_evaluated);
                 let rejected = match &outcome {
                     Outcome::Scored { .. } => false,
+                    Outcome::Unscored { .. } => {
+                        Metrics::inc(&st.ctx.metrics.updates_sampled_out);
+                        false
+                    }
                     Outcome::Rejected { rejection, .. } => {
                         count_rejection(&st.ctx, window, uid, rejection);
                         true
@@ -394,12 +422,39 @@ fn count_rejection(ctx: &NodeContext, window: u64, uid: u16, r: &Rejection) {
     }
 }
 
+/// Whether to recompute this update ([`Sampler`]); counts it against the window's budget.
+fn sample(st: &mut EvaluatorState, ann: &UpdateAnnouncement) -> bool {
+    let standing = st
+        .scores
+        .get(&ann.uid)
+        .map_or(Standing::default(), |e| Standing {
+            last_recomputed: e.last_recomputed,
+            last_score: e.last,
+        });
+    let miners = st
+        .ctx
+        .metagraph()
+        .map_or(0, |mg| mg.neurons.len().saturating_sub(1));
+    let started = st.recomputes.entry(ann.window).or_default();
+    let yes = st
+        .sampler
+        .recompute(ann.uid, ann.window, standing, miners, *started);
+    if yes {
+        *started += 1;
+    }
+    while st.recomputes.len() > 4 {
+        st.recomputes.pop_first();
+    }
+    yes
+}
+
 fn spawn_eval(
     myself: &ActorRef<EvaluatorMsg>,
     st: &EvaluatorState,
     base: ModelSnapshot,
     ann: UpdateAnnouncement,
     from: PeerId,
+    recompute: bool,
 ) {
     let ctx = Arc::clone(&st.ctx);
     let mechanism = Arc::clone(&st.mechanism);
@@ -466,12 +521,14 @@ fn spawn_eval(
                     sync: None,
                     parts: None,
                 };
-                tokio::task::spawn_blocking(move || score_update(&mechanism, candidate, seq))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Rejected {
-                        rejection: Rejection::new("evaluation", join_err(e)),
-                        sync: None,
-                    })
+                tokio::task::spawn_blocking(move || {
+                    score_update(&mechanism, candidate, seq, recompute)
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Rejected {
+                    rejection: Rejection::new("evaluation", join_err(e)),
+                    sync: None,
+                })
             }
         };
         let _ = me.cast(EvaluatorMsg::Evaluated {
@@ -484,7 +541,24 @@ fn spawn_eval(
 
 /// Runs the mechanism's checks and score; an admitted update's bytes are stored (followers
 /// and the aggregation need them).
-fn score_update(mechanism: &Windowed, mut c: Candidate, seq: u64) -> Outcome {
+fn score_update(mechanism: &Windowed, mut c: Candidate, seq: u64, recompute: bool) -> Outcome {
+    if !recompute {
+        // Sampled out: only the checks before the recompute.
+        for check in mechanism.checks() {
+            if check.name() == crate::windowed::RECOMPUTES {
+                break;
+            }
+            if let Err(rejection) = check.check(&mut c) {
+                let sync = (rejection.check == crate::windowed::IN_SYNC)
+                    .then_some(c.sync)
+                    .flatten();
+                return Outcome::Rejected { rejection, sync };
+            }
+        }
+        return Outcome::Unscored {
+            sync: c.sync.unwrap_or(SyncStatus::Unchecked),
+        };
+    }
     match mechanism.evaluate(&mut c) {
         Err(rejection) => {
             let sync = (rejection.check == crate::windowed::IN_SYNC)
@@ -566,24 +640,61 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
         })
         .collect();
     for n in miners {
-        let (s, sync, parts, reason) = match results.get(&n.uid) {
-            Some(Outcome::Scored {
-                score, sync, parts, ..
-            }) => (*score, Some(*sync), Some(*parts), None),
-            Some(Outcome::Rejected { sync, rejection }) => {
-                (0.0, *sync, None, Some(rejection.to_string()))
-            }
-            None if wrong_base.contains(&n.uid) => (
-                0.0,
-                None,
-                None,
-                Some(format!("{BASE_MODEL}: computed on another model")),
-            ),
-            None => (0.0, None, None, Some("nothing received in time".into())),
-        };
         let prev = st.scores.get(&n.uid);
-        let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev.map_or(0.0, |e| e.ema);
-        let recomputed = u64::from(parts.is_some()) + prev.map_or(0, |e| e.recomputed);
+        let prev_ema = prev.map_or(0.0, |e| e.ema);
+        let smooth = |s: f32| alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev_ema;
+        let windows = prev.map_or(0, |e| e.windows) + 1;
+        let recomputed = prev.map_or(0, |e| e.recomputed);
+        let (s, ema, sync, parts, reason, recomputed, last_recomputed) =
+            match results.get(&n.uid) {
+                Some(Outcome::Scored {
+                    score, sync, parts, ..
+                }) => (
+                    *score,
+                    smooth(*score),
+                    Some(*sync),
+                    Some(*parts),
+                    None,
+                    recomputed + 1,
+                    Some(window),
+                ),
+                Some(Outcome::Unscored { sync }) => (
+                    prev.map_or(0.0, |e| e.last),
+                    prev_ema,
+                    Some(*sync),
+                    prev.and_then(|e| e.parts),
+                    Some("not recomputed this window (the recompute budget went to others); smoothed score kept".into()),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+                Some(Outcome::Rejected { sync, rejection }) => (
+                    0.0,
+                    smooth(0.0),
+                    *sync,
+                    None,
+                    Some(rejection.to_string()),
+                    recomputed + 1,
+                    Some(window),
+                ),
+                None if wrong_base.contains(&n.uid) => (
+                    0.0,
+                    smooth(0.0),
+                    None,
+                    None,
+                    Some(format!("{BASE_MODEL}: computed on another model")),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+                None => (
+                    0.0,
+                    smooth(0.0),
+                    None,
+                    None,
+                    Some("nothing received in time".into()),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+            };
         let entry = ScoreEntry {
             uid: n.uid,
             ema,
@@ -592,8 +703,9 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             sync,
             parts,
             reason,
-            windows: prev.map_or(0, |e| e.windows) + 1,
+            windows,
             recomputed,
+            last_recomputed,
         };
         if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
             tracing::error!(error = %e, "could not persist a score");
@@ -612,7 +724,18 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             _ => None,
         })
         .collect();
-    tracing::info!(window, accepted = accepted.len(), scores = ?report, "window closed");
+    let sampled_out = results
+        .values()
+        .filter(|o| matches!(o, Outcome::Unscored { .. }))
+        .count();
+    tracing::info!(
+        window,
+        accepted = accepted.len(),
+        checked_in_full = results.len() - sampled_out,
+        sampled_out,
+        scores = ?report,
+        "window closed"
+    );
     ctx.emit(NodeEvent::WindowClosed {
         window,
         scores: report.clone(),
