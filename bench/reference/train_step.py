@@ -5,7 +5,8 @@ The same LLaMA decoder as apiary-model: token embedding; per layer RMSNorm -> q/
 -> half-split rotary (HF rotate_half) -> causal softmax attention -> o, residual; RMSNorm ->
 SwiGLU MLP (gate/up/down, no bias), residual; final RMSNorm; untied lm_head; mean next-token
 cross-entropy. One training step = forward + backward + AdamW (lr 3e-3, no weight decay), fp32,
-on the CPU with `torch.set_num_threads(--threads)`.
+on the CPU with `torch.set_num_threads(--threads)`, or on a GPU with `--device cuda` (timed to a
+`torch.cuda.synchronize()` after each step; matmuls in full fp32 unless `--tf32`).
 
 Attention is written out (matmul, mask, softmax, matmul) like apiary's, not with
 scaled_dot_product_attention, unless --sdpa is given.
@@ -115,13 +116,21 @@ def main():
     ap.add_argument("--rope-theta", type=float, default=10000.0)
     ap.add_argument("--eps", type=float, default=1e-5)
     ap.add_argument("--sdpa", action="store_true", help="use F.scaled_dot_product_attention")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--tf32", action="store_true", help="let fp32 matmuls use TF32 tensor cores")
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32
+        torch.backends.cudnn.allow_tf32 = a.tf32
     torch.manual_seed(0)
     model = Model(a.vocab, a.d_model, a.layers, a.heads, a.d_ff, a.seq, a.rope_theta, a.eps, a.sdpa)
+    model = model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.0)
-    tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1))
+    tokens = torch.randint(0, a.vocab, (a.batch, a.seq + 1)).to(dev)
     times = []
     for i in range(a.warmup + a.steps):
         t0 = time.perf_counter()
@@ -129,6 +138,8 @@ def main():
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if cuda:
+            torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         if i >= a.warmup:
             times.append(dt)
@@ -138,6 +149,7 @@ def main():
         "median_step_s": med,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
         "params": sum(p.numel() for p in model.parameters()),
         "loss": loss.item() if not loss.requires_grad else loss.detach().item(),
     }))
