@@ -154,13 +154,11 @@ mod tests {
         let mut cfg = apiary_config::NodeConfig::default();
         check_adversary_kit(&cfg).expect("no cheat, no kit needed");
         cfg.train.adversary = Some(apiary_config::AdversaryKind::Copier);
-        match check_adversary_kit(&cfg) {
-            Ok(()) => assert!(ADVERSARY_KIT),
-            Err(e) => {
-                assert!(!ADVERSARY_KIT);
-                let m = e.to_string();
-                assert!(m.contains("no adversary kit") && m.contains("--features adversary"));
-            }
+        let res = check_adversary_kit(&cfg);
+        assert_eq!(res.is_ok(), ADVERSARY_KIT, "{res:?}");
+        if let Err(e) = res {
+            let m = e.to_string();
+            assert!(m.contains("no adversary kit") && m.contains("--features adversary"));
         }
     }
 }
