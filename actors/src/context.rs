@@ -128,6 +128,9 @@ metrics! {
     updates_received,
     /// Updates scored.
     updates_evaluated,
+    /// Updates that passed the cheap checks but were not recomputed: the window's recompute
+    /// budget (`validator.max_recomputes_per_window`) went to others.
+    updates_sampled_out,
     /// Updates rejected as malformed (bad shapes, NaN/Inf, undecodable).
     updates_bad,
     /// Updates computed on another base model.
@@ -188,6 +191,9 @@ impl Rejections {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
+
+/// Mixed into the page seed of a window's control pages ([`NodeContext::control_pages`]).
+const CONTROL_SEED: u64 = 0xC0_4E_70_01_5E_ED_00_01;
 
 /// Everything a node's actors share.
 pub struct NodeContext {
@@ -267,6 +273,30 @@ impl NodeContext {
             uid,
             window,
             t.data_seed ^ u64::from_le_bytes(head),
+            self.dataset.train_pages(),
+            t.pages_per_window,
+        )
+        .into_iter()
+        .map(|i| self.dataset.page(i).map_err(|e| e.to_string()))
+        .collect()
+    }
+
+    /// The window's **control pages**: drawn like a miner's from the window's first block hash,
+    /// but from a stream no uid is assigned (a different seed), so no miner trains on them.
+    /// A validator recomputes on them once per window; work that resembles this control as much
+    /// as the miner's own recompute was not done on the miner's pages.
+    pub fn control_pages(
+        &self,
+        window: u64,
+        window_hash: &[u8; 32],
+    ) -> Result<Vec<Vec<u32>>, String> {
+        let t = &self.cfg.train;
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&window_hash[..8]);
+        apiary_model::assign_pages(
+            0,
+            window,
+            t.data_seed ^ u64::from_le_bytes(head) ^ CONTROL_SEED,
             self.dataset.train_pages(),
             t.pages_per_window,
         )

@@ -7,12 +7,14 @@
 //! an update whose proof is missing, malformed or different is rejected, counted in
 //! `updates_out_of_sync` and recorded in the miner's [`ScoreEntry::sync`]), then
 //! **recomputes** the miner's work — the same local steps on the same deterministic pages from
-//! the same base model — and scores the miner's update by cosine similarity with its own. Honest
-//! work scores ≈ 1; noise, work on other pages, or a stale base scores ≈ 0.
+//! the same base model — and, once per window, the same work on the window's control pages,
+//! and scores the update by [`crate::windowed::score_parts`]: honest work scores 1; a copy,
+//! replay, stale base or other pages ≈ 0; a fraction of the work a fraction of the score.
 //!
 //! The checks and the score are the mechanism's ([`crate::windowed::Windowed`]'s check list:
-//! `size` → `decodes` → `in_sync` → `recomputes`, then cosine); a refusal is counted under its check's
-//! name (`rejected` in `apiary admin metrics`).
+//! `size` → `decodes` → `in_sync` → `recomputes` → `norm`); a refusal is counted under its
+//! check's name (`rejected` in `apiary admin metrics`). When the window closes, of two updates
+//! far more alike than honest miners' are, the copy is refused (`near_duplicate`).
 //!
 //! The node core ([`crate::window`]) decides when: it asks for an evaluation when an update
 //! was computed on the current model, closes a window once (after in-flight scoring finishes,
@@ -30,7 +32,9 @@ use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
 use crate::sync::{SyncFailure, SyncStatus};
 use crate::trainer::{ModelSnapshot, TrainerHandle};
 use crate::window::Event;
-use crate::windowed::{Candidate, SyncProof, Windowed};
+use crate::windowed::{
+    Candidate, Controls, Residuals, Sampler, ScoreParts, Standing, SyncProof, Windowed,
+};
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
@@ -55,6 +59,24 @@ pub struct ScoreEntry {
     /// checked, e.g. it sent nothing, or its update was malformed or on another base model).
     #[serde(default)]
     pub sync: Option<SyncStatus>,
+    /// The last scored update's score parts (fidelity, control, magnitude …): why the score is
+    /// what it is. `None` when the last window's update was not scored.
+    #[serde(default)]
+    pub parts: Option<ScoreParts>,
+    /// Why the last window scored 0, when it did (the refusing check and its reason, or that
+    /// nothing was received).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Windows closed with this miner listed.
+    #[serde(default)]
+    pub windows: u64,
+    /// Of those, windows in which this validator checked the miner's update in full
+    /// (recomputed it, or refused it).
+    #[serde(default)]
+    pub recomputed: u64,
+    /// The last window in which this validator checked the miner's update in full.
+    #[serde(default)]
+    pub last_recomputed: Option<u64>,
 }
 
 /// How one update fared.
@@ -64,12 +86,22 @@ pub enum Outcome {
     Scored {
         /// The score.
         score: f32,
+        /// Its parts.
+        parts: ScoreParts,
+        /// Order in which this validator started evaluating it (earlier observed first).
+        seq: u64,
         /// The decoded update (kept for aggregation).
         update: Arc<Update>,
         /// Its id.
         id: ContentId,
         /// The sync proof's check: [`SyncStatus::InSync`], or [`SyncStatus::Unchecked`] when
         /// this validator did not know the window's seed.
+        sync: SyncStatus,
+    },
+    /// Passed the cheap checks but not recomputed (the window's recompute budget went to
+    /// others): the miner's smoothed score stays as it was; not aggregated.
+    Unscored {
+        /// The sync proof's check.
         sync: SyncStatus,
     },
     /// Refused by a check (or not fetchable): scores 0, neither kept nor aggregated.
@@ -174,6 +206,16 @@ pub struct EvaluatorState {
     /// Bounds the evaluations that fetch and recompute at once (one per core): a flood of
     /// announcements queues here instead of starting that many recomputes.
     permits: Arc<tokio::sync::Semaphore>,
+    /// The windows' control recomputes.
+    controls: Arc<Controls>,
+    /// Miners' error-feedback residuals, replayed.
+    residuals: Arc<Residuals>,
+    /// Evaluations started so far (gives each its `seq`).
+    started: u64,
+    /// Which updates to recompute when there are more miners than the budget.
+    sampler: Sampler,
+    /// Recomputes started per open window.
+    recomputes: BTreeMap<u64, usize>,
 }
 
 /// A closed window the lead validator still has to aggregate.
@@ -207,6 +249,11 @@ impl Actor for Evaluator {
             .collect::<BTreeMap<_, _>>();
         let last_closed = scores.values().map(|s| s.window).max();
         core.report(Event::EvaluatorReady { last_closed });
+        let sampler = Sampler {
+            budget: ctx.cfg.validator.max_recomputes_per_window,
+            min_score: ctx.cfg.validator.min_score as f32,
+            salt: rand::random(),
+        };
         Ok(EvaluatorState {
             ctx,
             core,
@@ -222,6 +269,11 @@ impl Actor for Evaluator {
             permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            controls: Arc::default(),
+            residuals: Arc::default(),
+            started: 0,
+            sampler,
+            recomputes: BTreeMap::new(),
         })
     }
 
@@ -238,9 +290,11 @@ impl Actor for Evaluator {
                         st.base = Some(snap);
                     }
                 }
-                match &st.base {
+                match st.base.clone() {
                     Some(b) if b.id == ann.base_model => {
-                        spawn_eval(&myself, st, b.clone(), *ann, from);
+                        st.started += 1;
+                        let recompute = sample(st, &ann);
+                        spawn_eval(&myself, st, b, *ann, from, recompute);
                     }
                     _ => {
                         // The model moved on between the core's decision and now.
@@ -267,6 +321,10 @@ impl Actor for Evaluator {
                 Metrics::inc(&st.ctx.metrics.updates_evaluated);
                 let rejected = match &outcome {
                     Outcome::Scored { .. } => false,
+                    Outcome::Unscored { .. } => {
+                        Metrics::inc(&st.ctx.metrics.updates_sampled_out);
+                        false
+                    }
                     Outcome::Rejected { rejection, .. } => {
                         count_rejection(&st.ctx, window, uid, rejection);
                         true
@@ -364,16 +422,45 @@ fn count_rejection(ctx: &NodeContext, window: u64, uid: u16, r: &Rejection) {
     }
 }
 
+/// Whether to recompute this update ([`Sampler`]); counts it against the window's budget.
+fn sample(st: &mut EvaluatorState, ann: &UpdateAnnouncement) -> bool {
+    let standing = st
+        .scores
+        .get(&ann.uid)
+        .map_or(Standing::default(), |e| Standing {
+            last_recomputed: e.last_recomputed,
+            last_score: e.last,
+        });
+    let miners = st
+        .ctx
+        .metagraph()
+        .map_or(0, |mg| mg.neurons.len().saturating_sub(1));
+    let started = st.recomputes.entry(ann.window).or_default();
+    let yes = st
+        .sampler
+        .recompute(ann.uid, ann.window, standing, miners, *started);
+    if yes {
+        *started += 1;
+    }
+    while st.recomputes.len() > 4 {
+        st.recomputes.pop_first();
+    }
+    yes
+}
+
 fn spawn_eval(
     myself: &ActorRef<EvaluatorMsg>,
     st: &EvaluatorState,
     base: ModelSnapshot,
     ann: UpdateAnnouncement,
     from: PeerId,
+    recompute: bool,
 ) {
     let ctx = Arc::clone(&st.ctx);
     let mechanism = Arc::clone(&st.mechanism);
     let permits = Arc::clone(&st.permits);
+    let (controls, residuals) = (Arc::clone(&st.controls), Arc::clone(&st.residuals));
+    let seq = st.started;
     let me = myself.clone();
     tokio::spawn(async move {
         let (window, uid) = (ann.window, ann.uid);
@@ -426,16 +513,22 @@ fn spawn_eval(
                     base: Arc::clone(&base.params),
                     bytes,
                     proof,
+                    controls,
+                    residuals,
                     update: None,
                     own: None,
+                    control: None,
                     sync: None,
+                    parts: None,
                 };
-                tokio::task::spawn_blocking(move || score_update(&mechanism, candidate))
-                    .await
-                    .unwrap_or_else(|e| Outcome::Rejected {
-                        rejection: Rejection::new("evaluation", join_err(e)),
-                        sync: None,
-                    })
+                tokio::task::spawn_blocking(move || {
+                    score_update(&mechanism, candidate, seq, recompute)
+                })
+                .await
+                .unwrap_or_else(|e| Outcome::Rejected {
+                    rejection: Rejection::new("evaluation", join_err(e)),
+                    sync: None,
+                })
             }
         };
         let _ = me.cast(EvaluatorMsg::Evaluated {
@@ -448,7 +541,24 @@ fn spawn_eval(
 
 /// Runs the mechanism's checks and score; an admitted update's bytes are stored (followers
 /// and the aggregation need them).
-fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
+fn score_update(mechanism: &Windowed, mut c: Candidate, seq: u64, recompute: bool) -> Outcome {
+    if !recompute {
+        // Sampled out: only the checks before the recompute.
+        for check in mechanism.checks() {
+            if check.name() == crate::windowed::RECOMPUTES {
+                break;
+            }
+            if let Err(rejection) = check.check(&mut c) {
+                let sync = (rejection.check == crate::windowed::IN_SYNC)
+                    .then_some(c.sync)
+                    .flatten();
+                return Outcome::Rejected { rejection, sync };
+            }
+        }
+        return Outcome::Unscored {
+            sync: c.sync.unwrap_or(SyncStatus::Unchecked),
+        };
+    }
     match mechanism.evaluate(&mut c) {
         Err(rejection) => {
             let sync = (rejection.check == crate::windowed::IN_SYNC)
@@ -457,21 +567,24 @@ fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
             Outcome::Rejected { rejection, sync }
         }
         Ok(score) => {
+            tracing::debug!(uid = c.ann.uid, window = c.ann.window, parts = ?c.parts, "scored");
             if let Err(e) = c.ctx.store.put_blob_verified(c.ann.update, &c.bytes) {
                 return Outcome::Rejected {
                     rejection: Rejection::new("stored", e),
                     sync: None,
                 };
             }
-            match c.update {
-                Some(u) => Outcome::Scored {
+            match (c.update, c.parts) {
+                (Some(u), Some(parts)) => Outcome::Scored {
                     score,
+                    parts,
+                    seq,
                     update: Arc::new(u),
                     id: c.ann.update,
                     sync: c.sync.unwrap_or(SyncStatus::Unchecked),
                 },
-                None => Outcome::Rejected {
-                    rejection: Rejection::new("decodes", "no decoded update"),
+                _ => Outcome::Rejected {
+                    rejection: Rejection::new("score", "no decoded update or score parts"),
                     sync: None,
                 },
             }
@@ -482,7 +595,17 @@ fn score_update(mechanism: &Windowed, mut c: Candidate) -> Outcome {
 /// Closes `window` (the core does this once per window): scores every miner, smooths,
 /// persists, announces; keeps the accepted updates when the core will ask to aggregate them.
 fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate: bool) {
-    let results = st.results.remove(&window).unwrap_or_default();
+    let mut results = st.results.remove(&window).unwrap_or_default();
+    for (uid, rejection) in near_duplicates(&results, st.ctx.cfg.validator.duplicate_cosine) {
+        count_rejection(&st.ctx, window, uid, &rejection);
+        results.insert(
+            uid,
+            Outcome::Rejected {
+                rejection,
+                sync: None,
+            },
+        );
+    }
     st.results.retain(|w, _| *w > window);
     st.closed_counts.insert(window, results.len());
     while st.closed_counts.len() > 64 {
@@ -517,19 +640,72 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
         })
         .collect();
     for n in miners {
-        let (s, sync) = match results.get(&n.uid) {
-            Some(Outcome::Scored { score, sync, .. }) => (*score, Some(*sync)),
-            Some(Outcome::Rejected { sync, .. }) => (0.0, *sync),
-            None => (0.0, None),
-        };
-        let prev = st.scores.get(&n.uid).map_or(0.0, |e| e.ema);
-        let ema = alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev;
+        let prev = st.scores.get(&n.uid);
+        let prev_ema = prev.map_or(0.0, |e| e.ema);
+        let smooth = |s: f32| alpha * f64::from(s.max(0.0)) + (1.0 - alpha) * prev_ema;
+        let windows = prev.map_or(0, |e| e.windows) + 1;
+        let recomputed = prev.map_or(0, |e| e.recomputed);
+        let (s, ema, sync, parts, reason, recomputed, last_recomputed) =
+            match results.get(&n.uid) {
+                Some(Outcome::Scored {
+                    score, sync, parts, ..
+                }) => (
+                    *score,
+                    smooth(*score),
+                    Some(*sync),
+                    Some(*parts),
+                    None,
+                    recomputed + 1,
+                    Some(window),
+                ),
+                Some(Outcome::Unscored { sync }) => (
+                    prev.map_or(0.0, |e| e.last),
+                    prev_ema,
+                    Some(*sync),
+                    prev.and_then(|e| e.parts),
+                    Some("not recomputed this window (the recompute budget went to others); smoothed score kept".into()),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+                Some(Outcome::Rejected { sync, rejection }) => (
+                    0.0,
+                    smooth(0.0),
+                    *sync,
+                    None,
+                    Some(rejection.to_string()),
+                    recomputed + 1,
+                    Some(window),
+                ),
+                None if wrong_base.contains(&n.uid) => (
+                    0.0,
+                    smooth(0.0),
+                    None,
+                    None,
+                    Some(format!("{BASE_MODEL}: computed on another model")),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+                None => (
+                    0.0,
+                    smooth(0.0),
+                    None,
+                    None,
+                    Some("nothing received in time".into()),
+                    recomputed,
+                    prev.and_then(|e| e.last_recomputed),
+                ),
+            };
         let entry = ScoreEntry {
             uid: n.uid,
             ema,
             last: s,
             window,
             sync,
+            parts,
+            reason,
+            windows,
+            recomputed,
+            last_recomputed,
         };
         if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
             tracing::error!(error = %e, "could not persist a score");
@@ -548,7 +724,18 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             _ => None,
         })
         .collect();
-    tracing::info!(window, accepted = accepted.len(), scores = ?report, "window closed");
+    let sampled_out = results
+        .values()
+        .filter(|o| matches!(o, Outcome::Unscored { .. }))
+        .count();
+    tracing::info!(
+        window,
+        accepted = accepted.len(),
+        checked_in_full = results.len() - sampled_out,
+        sampled_out,
+        scores = ?report,
+        "window closed"
+    );
     ctx.emit(NodeEvent::WindowClosed {
         window,
         scores: report.clone(),
@@ -570,6 +757,51 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             st.jobs.pop_first();
         }
     }
+}
+
+/// The updates of one window that copy another: of each pair whose cosine is at least
+/// `threshold`, the one less like its own recompute (or, if equally, the later evaluated)
+/// is refused as `near_duplicate`. Honest miners' updates are far less alike (0.3–0.65).
+fn near_duplicates(results: &BTreeMap<u16, Outcome>, threshold: f64) -> Vec<(u16, Rejection)> {
+    let scored: Vec<(u16, f32, u64, &Update)> = results
+        .iter()
+        .filter_map(|(uid, o)| match o {
+            Outcome::Scored {
+                parts, seq, update, ..
+            } => Some((*uid, parts.fidelity, *seq, update.as_ref())),
+            _ => None,
+        })
+        .collect();
+    let mut out: Vec<(u16, Rejection)> = Vec::new();
+    for (i, a) in scored.iter().enumerate() {
+        for b in &scored[i + 1..] {
+            let Ok(cos) = apiary_model::cosine(a.3, b.3) else {
+                continue;
+            };
+            if f64::from(cos) < threshold {
+                continue;
+            }
+            // The original is the one its own recompute vouches for; on a tie, the earlier.
+            let (keep, lose) = if (b.1, std::cmp::Reverse(b.2)) > (a.1, std::cmp::Reverse(a.2)) {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            if !out.iter().any(|(u, _)| *u == lose.0) {
+                out.push((
+                    lose.0,
+                    Rejection::new(
+                        crate::windowed::NEAR_DUPLICATE,
+                        format!(
+                            "cosine {cos:.3} with uid {}'s update of this window",
+                            keep.0
+                        ),
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Aggregates a closed window's accepted updates on top of the tip (the model after the previous
@@ -683,5 +915,81 @@ impl EvaluatorHandle {
     pub async fn last_closed(&self) -> Result<Option<u64>, ActorError> {
         ractor::call_t!(self.0.get()?, EvaluatorMsg::LastClosed, 10_000)
             .map_err(|e| self.0.call_err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_config::ModelConfig;
+
+    fn small() -> ModelConfig {
+        ModelConfig {
+            d_model: 16,
+            n_layers: 1,
+            n_heads: 2,
+            d_ff: 32,
+            seq_len: 8,
+            ..ModelConfig::default()
+        }
+    }
+
+    fn scored(update: Update, fidelity: f32, seq: u64) -> Outcome {
+        let parts = crate::windowed::score_from(
+            fidelity,
+            0.0,
+            0.0,
+            1.0,
+            crate::windowed::Calibration {
+                full: 0.9,
+                zero: 0.75,
+            },
+        );
+        Outcome::Scored {
+            score: parts.score,
+            parts,
+            seq,
+            update: Arc::new(update),
+            id: ContentId::of(&seq.to_le_bytes()),
+            sync: SyncStatus::InSync,
+        }
+    }
+
+    fn plus(a: &Update, b: &Update, cfg: &ModelConfig) -> Update {
+        let (va, vb) = (a.to_vecs().expect("vecs"), b.to_vecs().expect("vecs"));
+        let sum = va
+            .iter()
+            .zip(&vb)
+            .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p + q).collect())
+            .collect();
+        Update::from_vecs(cfg, sum).expect("update")
+    }
+
+    #[test]
+    fn near_duplicates_lose_to_the_update_its_recompute_vouches_for() {
+        let cfg = small();
+        let a = Update::random_like(&cfg, 1, 1.0).expect("a");
+        // a + 1 % noise: cosine ≈ 0.9999 with a.
+        let b = plus(&a, &Update::random_like(&cfg, 2, 0.01).expect("n"), &cfg);
+        let c = Update::random_like(&cfg, 3, 1.0).expect("c");
+        assert!(apiary_model::cosine(&a, &b).expect("cos") > 0.99);
+        assert!(apiary_model::cosine(&a, &c).expect("cos").abs() < 0.2);
+        // The copy (uid 2) was observed first, but only uid 1's recompute matches.
+        let results = BTreeMap::from([
+            (1, scored(a.clone(), 1.0, 5)),
+            (2, scored(b.clone(), 0.4, 1)),
+            (3, scored(c, 0.9, 2)),
+        ]);
+        let dups = near_duplicates(&results, 0.95);
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].0, 2);
+        assert_eq!(dups[0].1.check, crate::windowed::NEAR_DUPLICATE);
+        assert!(dups[0].1.reason.contains("uid 1"), "{dups:?}");
+        // Equally faithful: the later observed loses.
+        let results = BTreeMap::from([(1, scored(a, 1.0, 5)), (2, scored(b, 1.0, 1))]);
+        let dups = near_duplicates(&results, 0.95);
+        assert_eq!(dups.iter().map(|d| d.0).collect::<Vec<_>>(), vec![1]);
+        // Nothing alike: nothing refused.
+        assert!(near_duplicates(&BTreeMap::new(), 0.95).is_empty());
     }
 }

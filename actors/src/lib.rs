@@ -38,7 +38,7 @@
 //!    `w`'s sync proofs) and broadcasts the block; the core's machine sees window `w` start.
 //! 2. The core has the lead validator's evaluator close `w-1` once its in-flight evaluations
 //!    are done (or their grace elapsed), then aggregate it; it keeps the
-//!    updates whose cosine score passes `min_score`, aggregates them (median-norm clipping, mean,
+//!    updates whose score passes `min_score`, aggregates them (median-norm clipping, mean,
 //!    outer lr) into the next model, stores that checkpoint blob and gossips a signed
 //!    [`protocol::WindowRecord`] naming the accepted update ids and the resulting model id.
 //! 3. Every trainer applies the record: it fetches missing update blobs from peers (verified

@@ -14,8 +14,10 @@
 //!    updates become the next model, [`crate::updates::outer_step`]).
 //!
 //! Windowed training ([`crate::windowed::Windowed`]) is the first implementation: per window,
-//! checks `size` → `decodes` → `in_sync` → `recomputes`, scored by cosine with the validator's
-//! recompute, weights by normalized EMA, accepted updates aggregated. The others plug in as:
+//! checks `size` → `decodes` → `in_sync` → `recomputes` → `norm`, scored against the
+//! validator's recompute on the miner's pages and on control pages
+//! ([`crate::windowed::score_parts`]), weights by shaped, normalized EMA, accepted updates
+//! aggregated. The others plug in as:
 //! - **Model competitions** (SN9 / AI-factory): cadence per submission (a model committed on
 //!   chain); checks: `fetchable`, `constraints` (architecture, parameter count, tokenizer),
 //!   `not_a_copy` (content id seen with an earlier commit); score: per-page loss against every

@@ -48,7 +48,7 @@ pub struct Handles {
 }
 
 impl Handles {
-    fn new() -> Self {
+    fn new(cfg: &apiary_config::NodeConfig) -> Self {
         Handles {
             core: CoreHandle(Slot::new("node core")),
             chain_watcher: ChainWatcherHandle(Slot::new("chain watcher")),
@@ -56,7 +56,7 @@ impl Handles {
             trainer: TrainerHandle(Slot::new("trainer")),
             evaluator: EvaluatorHandle(Slot::new("evaluator")),
             weight_setter: WeightSetterHandle(Slot::new("weight setter")),
-            mechanism: Arc::new(Windowed::new()),
+            mechanism: Arc::new(Windowed::new(&cfg.validator)),
         }
     }
 }
@@ -357,7 +357,7 @@ pub struct SupervisorHandle {
 pub async fn spawn_supervisor(
     ctx: Arc<NodeContext>,
 ) -> Result<SupervisorHandle, crate::ActorError> {
-    let handles = Handles::new();
+    let handles = Handles::new(&ctx.cfg);
     let args = SupervisorArgs {
         ctx: Arc::clone(&ctx),
         handles: handles.clone(),

@@ -510,13 +510,14 @@ impl Job {
         Ok(updates::compute(c, &self.params, &pages)?)
     }
 
-    /// Wire bytes of `update` through the miner's encoder (compression residual included).
+    /// Wire bytes of `update` through the miner's encoder (compression residual included,
+    /// cleared at the windows the subnet says).
     pub(crate) fn encode(&self, update: &apiary_model::Update) -> Result<Vec<u8>, WorkError> {
         Ok(self
             .encoder
             .lock()
             .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
-            .encode(update)?)
+            .encode_window(&self.ctx.cfg, self.window, update)?)
     }
 
     /// Honest work: the sync proof, the update on this window's pages, encoded.

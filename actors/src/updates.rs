@@ -63,8 +63,19 @@ fn lengths(cfg: &NodeConfig) -> Result<Vec<usize>, String> {
 
 /// Turns a miner's updates into wire bytes, keeping the error-feedback residual between
 /// windows when compression is on.
+///
+/// Validators keep one per miner too, fed with their recomputes, so they can check a
+/// compressed update bit for bit ([`crate::windowed`]); for that both sides clear the residual
+/// at the same windows ([`residual_resets_at`]).
 pub struct Encoder {
     compressor: Option<Compressor>,
+}
+
+/// Whether every miner clears its error-feedback residual before encoding its update for
+/// `window` (`compression.residual_reset_windows`; 0 never).
+pub fn residual_resets_at(cfg: &NodeConfig, window: u64) -> bool {
+    let every = cfg.compression.residual_reset_windows;
+    every != 0 && window.is_multiple_of(every)
 }
 
 impl Encoder {
@@ -75,6 +86,20 @@ impl Encoder {
             None => None,
         };
         Ok(Encoder { compressor })
+    }
+
+    /// Encodes a miner's update for `window`: clears the residual first where the subnet's
+    /// schedule says so ([`residual_resets_at`]), then [`Encoder::encode`]s.
+    pub fn encode_window(
+        &mut self,
+        cfg: &NodeConfig,
+        window: u64,
+        update: &Update,
+    ) -> Result<Vec<u8>, String> {
+        if residual_resets_at(cfg, window) {
+            *self = Encoder::new(cfg)?;
+        }
+        self.encode(update)
     }
 
     /// Encodes `update`; with compression, `update + residual` is compressed and the residual

@@ -18,6 +18,11 @@ pub struct CompressionConfig {
     pub dct: bool,
     /// Bits per kept value (2..=8); 0 keeps f32 values.
     pub quant_bits: u8,
+    /// Every miner clears its error-feedback residual at windows that are multiples of this
+    /// (0: never). Validators replay each miner's residual from their own recomputes to check
+    /// its updates bit for bit; after a window they did not see, the reset brings them back
+    /// in step.
+    pub residual_reset_windows: u64,
 }
 
 impl Default for CompressionConfig {
@@ -28,6 +33,7 @@ impl Default for CompressionConfig {
             topk: 4,
             dct: false,
             quant_bits: 8,
+            residual_reset_windows: 4,
         }
     }
 }
