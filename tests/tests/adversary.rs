@@ -120,7 +120,14 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         .collect();
     let mut events: Vec<_> = vctx.iter().map(|c| c.events.subscribe()).collect();
     let bpw = vctx[0].cfg.chain.blocks_per_window;
-    let first = net.chain.head().number / bpw + 1;
+    let mut first = net.chain.head().number / bpw + 1;
+    // Compressed: validators replay each miner's error-feedback residual from their recomputes,
+    // and a window they did not see (one a miner trained before the swarm was connected) puts
+    // them out of step until the next reset; the measured windows start at a reset.
+    let reset = vctx[0].cfg.compression.residual_reset_windows;
+    if vctx[0].cfg.compression.enabled && reset > 0 {
+        first = first.div_ceil(reset) * reset;
+    }
     let last = first + WINDOWS;
     for (i, w) in (first..=last).enumerate() {
         net.advance_to(w * bpw);
@@ -146,8 +153,10 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         }
     }
     // The weights set at the start of the last window carry every window's scores.
+    let mut accepted = Vec::new();
     for (k, ev) in events.iter_mut().enumerate() {
         let deadline = tokio::time::Instant::now() + T;
+        let mut per_window = BTreeMap::new();
         loop {
             match tokio::time::timeout_at(deadline, ev.recv()).await {
                 Err(_) => panic!("validator {k} set no weights for window {last}"),
@@ -158,9 +167,15 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
                     outcome: Ok(_),
                     ..
                 })) if window >= last => break,
+                Ok(Ok(NodeEvent::WindowClosed {
+                    window, accepted, ..
+                })) if window >= first => {
+                    per_window.insert(window, accepted);
+                }
                 Ok(Ok(_)) => {}
             }
         }
+        accepted.push(per_window.into_values().collect::<Vec<_>>());
     }
     let mut weights = Vec::new();
     for c in &vctx {
@@ -180,7 +195,8 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         miners.push((net.nodes[idx].ctx().uid().expect("miner uid"), s));
     }
     eprintln!(
-        "swarm of {} miners ({}), {WINDOWS} windows: {:.1} s, held-out loss {loss:.4}",
+        "swarm of {} miners ({}), {WINDOWS} windows: {:.1} s, held-out loss {loss:.4}, updates \
+         accepted per window (per validator) {accepted:?}",
         miners.len(),
         if cheats { "with cheats" } else { "clean" },
         started.elapsed().as_secs_f64()
