@@ -50,6 +50,8 @@
 //!    block); the validator checks the proof against its own model, then fetches and scores the
 //!    update while the window is open.
 
+#[cfg(feature = "adversary")]
+mod adversary;
 pub mod blobs;
 pub mod chain_watcher;
 pub mod context;
@@ -89,6 +91,27 @@ pub enum ActorError {
     },
 }
 
+/// Whether this build carries the adversary kit (cargo feature `adversary`), which plays the
+/// cheats of `train.adversary`.
+pub const ADVERSARY_KIT: bool = cfg!(feature = "adversary");
+
+/// A node whose config names a cheat (`train.adversary`) cannot run in a build without the
+/// adversary kit.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "train.adversary = \"{0}\", but this build has no adversary kit; build with --features \
+     adversary (tests and devnets only), or remove train.adversary"
+)]
+pub struct NoAdversaryKit(pub apiary_config::AdversaryKind);
+
+/// Refuses a config that names a cheat when this build has no adversary kit.
+pub fn check_adversary_kit(cfg: &apiary_config::NodeConfig) -> Result<(), NoAdversaryKit> {
+    match cfg.train.adversary {
+        Some(kind) if !ADVERSARY_KIT => Err(NoAdversaryKit(kind)),
+        _ => Ok(()),
+    }
+}
+
 /// Why work an actor asked for failed: training, applying a record, aggregating, fetching a
 /// blob. It travels between actors in their result messages.
 #[derive(Debug, thiserror::Error)]
@@ -120,4 +143,22 @@ pub(crate) fn join_err(e: tokio::task::JoinError) -> WorkError {
     } else {
         "blocking task cancelled"
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cheat_needs_the_adversary_kit() {
+        let mut cfg = apiary_config::NodeConfig::default();
+        check_adversary_kit(&cfg).expect("no cheat, no kit needed");
+        cfg.train.adversary = Some(apiary_config::AdversaryKind::Copier);
+        let res = check_adversary_kit(&cfg);
+        assert_eq!(res.is_ok(), ADVERSARY_KIT, "{res:?}");
+        if let Err(e) = res {
+            let m = e.to_string();
+            assert!(m.contains("no adversary kit") && m.contains("--features adversary"));
+        }
+    }
 }

@@ -125,11 +125,14 @@ pub struct Applied {
 
 /// An update computed off the runtime.
 pub struct Computed {
-    base: ContentId,
-    bytes: Vec<u8>,
-    loss: f32,
+    pub(crate) base: ContentId,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) loss: f32,
     /// The encoded sync proof, if one could be made.
-    sync_proof: Option<Vec<u8>>,
+    pub(crate) sync_proof: Option<Vec<u8>>,
+    /// Store (and so serve) the update's blob; false only for the adversary kit's
+    /// `never-serve`, which announces an id it never serves.
+    pub(crate) serve: bool,
 }
 
 /// Windows whose sync proofs a miner keeps serving (validators fetch a proof while its window
@@ -166,6 +169,9 @@ pub struct TrainerState {
     encoder: Arc<std::sync::Mutex<updates::Encoder>>,
     /// Sync proofs this miner published, `(window, blob id)`, oldest first.
     sync_proofs: std::collections::VecDeque<(u64, ContentId)>,
+    /// The cheat this miner plays (`train.adversary`), with what it remembers between windows.
+    #[cfg(feature = "adversary")]
+    adversary: Option<crate::adversary::Shared>,
 }
 
 impl Actor for Trainer {
@@ -200,6 +206,12 @@ impl Actor for Trainer {
             model: model_id,
         });
         let encoder = updates::Encoder::new(&ctx.cfg).map_err(ActorProcessingErr::from)?;
+        #[cfg(feature = "adversary")]
+        let adversary = ctx
+            .cfg
+            .train
+            .adversary
+            .map(crate::adversary::Adversary::shared);
         Ok(TrainerState {
             encoder: Arc::new(std::sync::Mutex::new(encoder)),
             ctx,
@@ -213,6 +225,8 @@ impl Actor for Trainer {
             last_loss: None,
             training: false,
             sync_proofs: std::collections::VecDeque::new(),
+            #[cfg(feature = "adversary")]
+            adversary,
         })
     }
 
@@ -395,53 +409,131 @@ fn start_training(myself: &ActorRef<TrainerMsg>, st: &mut TrainerState, w: u64) 
     let params = Arc::clone(&st.params);
     let base = st.model_id;
     let encoder = Arc::clone(&st.encoder);
+    #[cfg(feature = "adversary")]
+    let adversary = st.adversary.clone();
+    #[cfg(feature = "adversary")]
+    if let Some(a) = &adversary {
+        crate::adversary::note_model(a, base, &params);
+    }
     let me = myself.clone();
     tokio::spawn(async move {
         let seed = ctx2.window_seed(w).await;
-        let res = tokio::task::spawn_blocking(move || -> Result<Computed, WorkError> {
-            let c = &ctx2.cfg;
-            // The proof is a slice of the model we train from, taken before training.
-            let sync_proof = match &seed {
-                Ok(seed) => match crate::sync::make_proof(c, &params, seed) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::warn!(window = w, error = %e, "could not make the sync proof; validators will reject this update");
-                        None
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(window = w, error = %e, "no seed for the sync proof; validators will reject this update");
-                    None
-                }
-            };
-            let (update, loss) = if c.train.lazy {
-                (
-                    apiary_model::Update::random_like(&c.model, w ^ u64::from(uid) << 32, 0.01)
-                        .map_err(|e| e.to_string())?,
-                    f32::NAN,
-                )
-            } else {
-                let hash = seed.as_ref().map_err(|e| {
-                    format!("the window's first block hash is unknown, and with it the window's pages: {e}")
-                })?;
-                let pages = ctx2.window_pages(uid, w, hash)?;
-                updates::compute(c, &params, &pages)?
-            };
-            let bytes = encoder
-                .lock()
-                .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
-                .encode_window(c, w, &update)?;
-            Ok(Computed {
-                base,
-                bytes,
-                loss,
-                sync_proof,
-            })
-        })
-        .await
-        .unwrap_or_else(|e| Err(join_err(e)));
+        let job = Job {
+            ctx: ctx2,
+            params,
+            base,
+            uid,
+            window: w,
+            seed,
+            encoder,
+        };
+        #[cfg(feature = "adversary")]
+        if let Some(a) = adversary {
+            let res = crate::adversary::train(a, job).await;
+            let _ = me.cast(TrainerMsg::UpdateComputed(w, Box::new(res)));
+            return;
+        }
+        let res = tokio::task::spawn_blocking(move || job.honest())
+            .await
+            .unwrap_or_else(|e| Err(join_err(e)));
         let _ = me.cast(TrainerMsg::UpdateComputed(w, Box::new(res)));
     });
+}
+
+/// One window's training: what the honest path (and the adversary kit) computes from.
+pub(crate) struct Job {
+    /// The node.
+    pub(crate) ctx: Arc<NodeContext>,
+    /// The current model.
+    pub(crate) params: Arc<Params>,
+    /// Its id.
+    pub(crate) base: ContentId,
+    /// This miner's uid.
+    pub(crate) uid: u16,
+    /// The window.
+    pub(crate) window: u64,
+    /// The hash of the window's first block, or why it is unknown.
+    pub(crate) seed: Result<[u8; 32], String>,
+    /// The miner's wire encoder.
+    pub(crate) encoder: Arc<std::sync::Mutex<updates::Encoder>>,
+}
+
+impl Job {
+    /// The sync proof of the current model (a slice taken before training), if one can be made.
+    pub(crate) fn sync_proof(&self) -> Option<Vec<u8>> {
+        let w = self.window;
+        match &self.seed {
+            Ok(seed) => match crate::sync::make_proof(&self.ctx.cfg, &self.params, seed) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(window = w, error = %e, "could not make the sync proof; validators will reject this update");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(window = w, error = %e, "no seed for the sync proof; validators will reject this update");
+                None
+            }
+        }
+    }
+
+    /// The pages this miner owes work on in `window` (whose first block hashes to `hash`).
+    pub(crate) fn pages_of(
+        &self,
+        window: u64,
+        hash: &[u8; 32],
+    ) -> Result<Vec<Vec<u32>>, WorkError> {
+        Ok(self.ctx.window_pages(self.uid, window, hash)?)
+    }
+
+    /// The hash of this window's first block, or why there is none.
+    pub(crate) fn hash(&self) -> Result<&[u8; 32], WorkError> {
+        self.seed.as_ref().map_err(|e| {
+            WorkError::Compute(format!(
+                "the window's first block hash is unknown, and with it the window's pages: {e}"
+            ))
+        })
+    }
+
+    /// The honest update of this window (noise for a `train.lazy` miner), with its loss.
+    pub(crate) fn honest_update(&self) -> Result<(apiary_model::Update, f32), WorkError> {
+        let c = &self.ctx.cfg;
+        if c.train.lazy {
+            let seed = self.window ^ u64::from(self.uid) << 32;
+            return Ok((
+                apiary_model::Update::random_like(&c.model, seed, 0.01)
+                    .map_err(|e| e.to_string())?,
+                f32::NAN,
+            ));
+        }
+        let pages = self.pages_of(self.window, self.hash()?)?;
+        Ok(updates::compute(c, &self.params, &pages)?)
+    }
+
+    /// Wire bytes of `update` through the miner's encoder (compression residual included,
+    /// cleared at the windows the subnet says).
+    pub(crate) fn encode(&self, update: &apiary_model::Update) -> Result<Vec<u8>, WorkError> {
+        Ok(self
+            .encoder
+            .lock()
+            .map_err(|_| "update encoder poisoned by an earlier panic".to_string())?
+            .encode_window(&self.ctx.cfg, self.window, update)?)
+    }
+
+    /// Honest work: the sync proof, the update on this window's pages, encoded.
+    fn honest(self) -> Result<Computed, WorkError> {
+        // The proof is a slice of the model we train from, taken before training.
+        let sync_proof = self.sync_proof();
+        let (update, loss) = self.honest_update()?;
+        let bytes = self.encode(&update)?;
+        Ok(Computed {
+            base: self.base,
+            bytes,
+            loss,
+            sync_proof,
+            serve: true,
+        })
+    }
 }
 
 /// Stores and announces a computed update; the announcement, if it went out.
@@ -452,7 +544,12 @@ async fn publish_update(
 ) -> Option<UpdateAnnouncement> {
     let ctx = &st.ctx;
     let uid = ctx.uid()?;
-    let id = match ctx.store.put_blob(&c.bytes) {
+    let stored = if c.serve {
+        ctx.store.put_blob(&c.bytes)
+    } else {
+        Ok(ContentId::of(&c.bytes))
+    };
+    let id = match stored {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "could not store our update");

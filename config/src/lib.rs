@@ -34,5 +34,5 @@ pub use net::NetConfig;
 pub use node::{NodeSection, Role};
 pub use node_config::NodeConfig;
 pub use supervisor::SupervisorConfig;
-pub use train::{TrainConfig, UpdateRule};
+pub use train::{AdversaryKind, TrainConfig, UpdateRule};
 pub use validator::ValidatorConfig;

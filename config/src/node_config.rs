@@ -100,6 +100,14 @@ impl NodeConfig {
                 "the subtensor backend signs with the wallet hotkey (chain.wallet / chain.hotkey); remove node.hotkey_seed",
             );
         }
+        if self.node.role == crate::Role::Validator {
+            if let Some(k) = self.train.adversary {
+                return invalid(
+                    "train.adversary",
+                    format!("`{k}` is a miner's cheat; remove it from a validator's config"),
+                );
+            }
+        }
         Ok(())
     }
 }

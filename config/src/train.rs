@@ -52,6 +52,10 @@ pub struct TrainConfig {
     /// Compute device for local training: `"cpu"` (default), `"cuda"` / `"cuda:N"` (needs a
     /// binary built with the `cuda` feature and a GPU) or `"auto"` (a GPU if there is one).
     pub device: String,
+    /// Adversary simulation for tests and devnets: the cheat this miner plays instead of honest
+    /// work (see [`AdversaryKind`]). Needs a binary built with the `adversary` feature; a
+    /// release build refuses to start a node that names one. Miners only.
+    pub adversary: Option<AdversaryKind>,
 }
 
 impl Default for TrainConfig {
@@ -74,7 +78,99 @@ impl Default for TrainConfig {
             sync_slice_fraction: 0.001,
             lazy: false,
             device: "cpu".into(),
+            adversary: None,
         }
+    }
+}
+
+/// A cheat of the adversary kit (`train.adversary`; kebab-case in TOML and on the command
+/// line). Every cheat still follows the swarm (it applies the records and sends a valid sync
+/// proof of the current model); it only cheats on the work it announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdversaryKind {
+    /// Re-announces, under its own uid, another miner's update blob byte for byte.
+    Copier,
+    /// Another miner's update plus Gaussian noise of 10 % of its norm, re-encoded.
+    NoisyCopier,
+    /// Its own first honest update, re-announced every window.
+    Replay,
+    /// Honest work computed from the model it had 3 windows ago, announced on the current base.
+    Stale,
+    /// Honest work on the current model, always on the pages of the first window it trained.
+    WrongPages,
+    /// One local step instead of `train.local_steps`.
+    Partial,
+    /// The honest update × 0.01.
+    Tiny,
+    /// Random noise of the honest update's norm.
+    Noise,
+    /// The honest update negated.
+    Negated,
+    /// Announces an update whose blob it never stores nor serves.
+    NeverServe,
+    /// Poisoner: the honest update × 100.
+    PoisonLarge,
+    /// Poisoner: the honest update with a NaN inside (bytes crafted past the encoder).
+    PoisonNan,
+    /// Poisoner: the honest update × −10.
+    PoisonInverted,
+}
+
+impl AdversaryKind {
+    /// Every cheat, in declaration order.
+    pub const ALL: [AdversaryKind; 13] = [
+        AdversaryKind::Copier,
+        AdversaryKind::NoisyCopier,
+        AdversaryKind::Replay,
+        AdversaryKind::Stale,
+        AdversaryKind::WrongPages,
+        AdversaryKind::Partial,
+        AdversaryKind::Tiny,
+        AdversaryKind::Noise,
+        AdversaryKind::Negated,
+        AdversaryKind::NeverServe,
+        AdversaryKind::PoisonLarge,
+        AdversaryKind::PoisonNan,
+        AdversaryKind::PoisonInverted,
+    ];
+
+    /// The kebab-case name (as in TOML and on the command line).
+    pub fn name(self) -> &'static str {
+        match self {
+            AdversaryKind::Copier => "copier",
+            AdversaryKind::NoisyCopier => "noisy-copier",
+            AdversaryKind::Replay => "replay",
+            AdversaryKind::Stale => "stale",
+            AdversaryKind::WrongPages => "wrong-pages",
+            AdversaryKind::Partial => "partial",
+            AdversaryKind::Tiny => "tiny",
+            AdversaryKind::Noise => "noise",
+            AdversaryKind::Negated => "negated",
+            AdversaryKind::NeverServe => "never-serve",
+            AdversaryKind::PoisonLarge => "poison-large",
+            AdversaryKind::PoisonNan => "poison-nan",
+            AdversaryKind::PoisonInverted => "poison-inverted",
+        }
+    }
+}
+
+impl std::fmt::Display for AdversaryKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for AdversaryKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        AdversaryKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = AdversaryKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown adversary `{s}`; one of {}", names.join(", "))
+            })
     }
 }
 
@@ -169,6 +265,16 @@ mod tests {
             spoil(&mut t);
             assert_invalid(t.validate(), key);
         }
+        for k in AdversaryKind::ALL {
+            assert_eq!(k.name().parse::<AdversaryKind>(), Ok(k));
+            let t: TrainConfig =
+                toml::from_str(&format!("adversary = \"{k}\"")).expect("adversary parses");
+            assert_eq!(t.adversary, Some(k));
+        }
+        assert!("cheater"
+            .parse::<AdversaryKind>()
+            .expect_err("unknown")
+            .contains("noisy-copier"));
         for device in ["cpu", "cuda", "cuda:1", "auto"] {
             let t = TrainConfig {
                 device: device.into(),

@@ -3,7 +3,7 @@
 use crate::devnet::{self, DevnetOpts};
 use crate::node::{ChainSource, Node};
 use anyhow::{Context, Result};
-use apiary_config::{NodeConfig, Role};
+use apiary_config::{AdversaryKind, NodeConfig, Role};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -116,6 +116,11 @@ pub struct DevnetArgs {
     /// With --chain: use subxt's default RPC backend instead of the legacy one (chopsticks).
     #[arg(long)]
     pub default_rpc: bool,
+    /// Adds one cheating miner per listed kind, named after it (copier, noisy-copier, replay,
+    /// stale, wrong-pages, partial, tiny, noise, negated, never-serve, poison-large,
+    /// poison-nan, poison-inverted); needs a build with `--features adversary`.
+    #[arg(long, value_delimiter = ',', value_name = "KIND[,KIND...]")]
+    pub adversary: Vec<AdversaryKind>,
 }
 
 /// `apiary admin`.
@@ -162,6 +167,7 @@ pub async fn run(cli: Cli) -> Result<()> {
                 base,
                 chain: a.chain,
                 legacy_rpc: !a.default_rpc,
+                adversaries: a.adversary,
             };
             let mut out = std::io::stdout();
             devnet::run(opts, &mut out).await.map(|_| ())
@@ -233,4 +239,53 @@ async fn run_node(a: RunArgs) -> Result<()> {
     };
     node.shutdown().await;
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devnet_takes_a_list_of_adversaries() {
+        let cli = Cli::try_parse_from(["apiary", "devnet", "--adversary", "copier,noisy-copier"])
+            .expect("parses");
+        let Cmd::Devnet(a) = cli.cmd else {
+            panic!("not devnet")
+        };
+        assert_eq!(
+            a.adversary,
+            vec![AdversaryKind::Copier, AdversaryKind::NoisyCopier]
+        );
+        let e = Cli::try_parse_from(["apiary", "devnet", "--adversary", "thief"])
+            .expect_err("unknown kind")
+            .to_string();
+        assert!(e.contains("unknown adversary `thief`"), "{e}");
+    }
+
+    #[cfg(not(feature = "adversary"))]
+    #[tokio::test]
+    async fn devnet_without_the_kit_refuses_adversaries() {
+        let opts = DevnetOpts {
+            adversaries: vec![AdversaryKind::Stale],
+            ..DevnetOpts::default()
+        };
+        let mut out = Vec::new();
+        let e = devnet::run(opts, &mut out).await.expect_err("no kit");
+        assert!(
+            e.to_string().contains("build with --features adversary"),
+            "{e}"
+        );
+    }
+
+    #[cfg(not(feature = "adversary"))]
+    #[tokio::test]
+    async fn a_node_without_the_kit_refuses_a_cheat() {
+        let mut cfg = NodeConfig::default();
+        cfg.train.adversary = Some(AdversaryKind::Copier);
+        let Err(e) = Node::spawn(cfg, ChainSource::FromConfig).await else {
+            panic!("a node with a cheat started without the adversary kit")
+        };
+        let e = format!("{e:#}");
+        assert!(e.contains("this build has no adversary kit"), "{e}");
+    }
 }

@@ -5,13 +5,17 @@
 //! on-chain peer records, runs `windows` windows and prints one line per window (held-out loss,
 //! each miner's score, smoothed score and on-chain weight, bytes exchanged), or one JSON object
 //! per line with `--json`. It fails if the loss did not go down.
+//!
+//! With `--adversary KIND[,KIND...]` (a build with the `adversary` feature) it adds one cheating
+//! miner per kind, named after it ([`AdversaryKind`]); each line then shows every cheat's and
+//! lazy miner's weight as a share of the mean honest miner's.
 
 use crate::node::{ChainSource, Node};
 use anyhow::{bail, Context, Result};
 use apiary_actors::NodeEvent;
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::ChainClient;
-use apiary_config::{NodeConfig, Role};
+use apiary_config::{AdversaryKind, NodeConfig, Role};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -46,6 +50,8 @@ pub struct DevnetOpts {
     pub chain: Option<String>,
     /// With `chain`: use the legacy RPC backend (what chopsticks needs).
     pub legacy_rpc: bool,
+    /// One extra cheating miner per kind (needs the `adversary` feature).
+    pub adversaries: Vec<AdversaryKind>,
 }
 
 impl Default for DevnetOpts {
@@ -63,6 +69,7 @@ impl Default for DevnetOpts {
             base: None,
             chain: None,
             legacy_rpc: true,
+            adversaries: Vec::new(),
         }
     }
 }
@@ -80,6 +87,10 @@ pub struct MinerLine {
     pub ema: f64,
     /// Weight on chain from the lead validator.
     pub weight: u16,
+    /// The cheat this miner plays (`None`: honest or lazy).
+    pub adversary: Option<AdversaryKind>,
+    /// For cheats and lazy miners: `weight` as a fraction of the honest miners' mean weight.
+    pub share_of_honest: Option<f64>,
 }
 
 /// One window line.
@@ -121,6 +132,9 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     if opts.validators == 0 || opts.miners + opts.lazy == 0 {
         bail!("a devnet needs at least one validator and one miner");
     }
+    if !opts.adversaries.is_empty() && !apiary_actors::ADVERSARY_KIT {
+        bail!("--adversary: this build has no adversary kit; build with --features adversary");
+    }
     let dir = match &opts.dir {
         Some(d) => d.clone(),
         None => {
@@ -160,16 +174,34 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
 
     let mut specs = Vec::new();
     for i in 0..opts.validators {
-        specs.push((format!("validator-{i}"), Role::Validator, false));
+        specs.push((format!("validator-{i}"), Role::Validator, false, None));
     }
     for i in 0..opts.miners {
-        specs.push((format!("miner-{}", i + 1), Role::Miner, false));
+        specs.push((format!("miner-{}", i + 1), Role::Miner, false, None));
     }
     for i in 0..opts.lazy {
-        specs.push((format!("lazy-{}", i + 1), Role::Miner, true));
+        specs.push((format!("lazy-{}", i + 1), Role::Miner, true, None));
     }
+    for (i, kind) in opts.adversaries.iter().enumerate() {
+        let same_before = opts.adversaries[..i].iter().filter(|k| *k == kind).count();
+        let name = match same_before {
+            0 => kind.name().to_string(),
+            n => format!("{kind}-{}", n + 1),
+        };
+        specs.push((name, Role::Miner, false, Some(*kind)));
+    }
+    // Honest miners' names: the yardstick of the cheats' shares.
+    let honest: std::collections::BTreeSet<String> = specs
+        .iter()
+        .filter(|(_, role, lazy, adv)| *role == Role::Miner && !lazy && adv.is_none())
+        .map(|(name, ..)| name.clone())
+        .collect();
+    let cheats: BTreeMap<String, AdversaryKind> = specs
+        .iter()
+        .filter_map(|(name, _, _, adv)| adv.map(|k| (name.clone(), k)))
+        .collect();
     let mut nodes = Vec::new();
-    for (name, role, lazy) in &specs {
+    for (name, role, lazy, adversary) in &specs {
         let mut cfg = base.clone();
         cfg.node.name = name.clone();
         cfg.node.role = *role;
@@ -182,6 +214,7 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         cfg.chain.blocks_per_window = opts.blocks_per_window;
         cfg.train.data = opts.data.clone();
         cfg.train.lazy = *lazy;
+        cfg.train.adversary = *adversary;
         if let Some(sub) = &sub {
             // Fund the node's hotkey from //Alice; it registers itself (burned) on start.
             let hk = apiary_chain::keys::Hotkey::from_seed(&hex::decode(
@@ -221,10 +254,11 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     if !opts.json {
         writeln!(
             out,
-            "apiary devnet: {} validator(s), {} miner(s), {} lazy; data dir {}",
+            "apiary devnet: {} validator(s), {} miner(s), {} lazy, {} cheat(s); data dir {}",
             opts.validators,
             opts.miners,
             opts.lazy,
+            opts.adversaries.len(),
             dir.display()
         )?;
         for n in &nodes {
@@ -296,12 +330,24 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
                         .and_then(|n| names.get(&n.hotkey).cloned())
                         .unwrap_or_else(|| format!("uid{uid}"));
                     miners.push(MinerLine {
+                        adversary: cheats.get(&name).copied(),
                         name,
                         uid,
                         score,
                         ema,
                         weight: weights.get(&uid).copied().unwrap_or(0),
+                        share_of_honest: None,
                     });
+                }
+                let honest_w: Vec<f64> = miners
+                    .iter()
+                    .filter(|m| honest.contains(&m.name))
+                    .map(|m| f64::from(m.weight))
+                    .collect();
+                let honest_mean = honest_w.iter().sum::<f64>() / honest_w.len().max(1) as f64;
+                for m in miners.iter_mut().filter(|m| !honest.contains(&m.name)) {
+                    m.share_of_honest =
+                        (honest_mean > 0.0).then(|| f64::from(m.weight) / honest_mean);
                 }
                 let total: u64 = nodes
                     .iter()
@@ -327,8 +373,12 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
                         .miners
                         .iter()
                         .map(|m| {
+                            let share = m
+                                .share_of_honest
+                                .map(|x| format!(" ({:.1}% of honest)", 100.0 * x))
+                                .unwrap_or_default();
                             format!(
-                                "{} s={:+.3} ema={:.3} w={}",
+                                "{} s={:+.3} ema={:.3} w={}{share}",
                                 m.name, m.score, m.ema, m.weight
                             )
                         })

@@ -52,6 +52,7 @@ impl Node {
     /// Assembles and starts a node.
     pub async fn spawn(cfg: NodeConfig, chain: ChainSource) -> Result<Node> {
         cfg.validate()?;
+        apiary_actors::check_adversary_kit(&cfg)?;
         let span = tracing::info_span!("node", node = %cfg.node.name);
         let _e = span.enter();
         std::fs::create_dir_all(&cfg.node.data_dir).with_context(|| {

@@ -639,6 +639,7 @@ async fn devnet_runs_on_the_subtensor_runtime() {
         base: Some(base),
         chain: Some(chop.url()),
         legacy_rpc: true,
+        adversaries: Vec::new(),
     };
     let mut out = Vec::new();
     let summary = apiary_daemon::devnet::run(opts, &mut out)

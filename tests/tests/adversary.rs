@@ -1,0 +1,371 @@
+//! Pay that tracks work (issue 11): an adversarial swarm — 4 honest miners, one miner of each
+//! cheat of the adversary kit, 2 copier sybils and 2 validators — against the same swarm
+//! without cheats, dense and with compressed updates.
+//!
+//! After [`WINDOWS`] windows (EMA with `validator.ema_alpha` 0.3: an honest miner's smoothed
+//! score is within `0.7^8 ≈ 6 %` of its steady state) both validators' on-chain weights must
+//! pay each cheat at most its share of the useful work plus 5 points of an honest miner's
+//! weight, rank every honest miner above every cheat, agree (cosine ≥ 0.95), and the swarm's
+//! held-out loss must be within 2 % of the clean swarm's. Each run prints its table of weight
+//! shares (eprintln!; `cargo test -p apiary-tests --test adversary -- --nocapture`).
+//!
+//! The two tests share the machine's cores: they run one at a time (a lock), each on its own
+//! runtime.
+
+use apiary_actors::NodeEvent;
+use apiary_chain::ChainClient;
+use apiary_config::{AdversaryKind, NodeConfig, Role};
+use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(120);
+/// Windows each swarm runs.
+const WINDOWS: u64 = 8;
+/// Honest miners.
+const HONEST: usize = 4;
+/// Copier sybils on top of the kit's one `copier`.
+const SYBILS: usize = 2;
+
+/// One swarm at a time: each is ~20 nodes on a 2-core machine.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn run(test: impl std::future::Future<Output = ()>) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(test);
+}
+
+/// A node of the swarm: its name and the cheat it plays (`None`: honest).
+struct Spec {
+    name: String,
+    cheat: Option<AdversaryKind>,
+}
+
+/// What a swarm run ended with.
+struct Outcome {
+    /// Held-out loss of the final model.
+    loss: f32,
+    /// Per validator: uid → on-chain weight.
+    weights: Vec<BTreeMap<u16, u16>>,
+    /// Miners: uid and spec.
+    miners: Vec<(u16, Spec)>,
+}
+
+fn miner_specs(cheats: bool) -> Vec<Spec> {
+    let mut specs: Vec<Spec> = (1..=HONEST)
+        .map(|i| Spec {
+            name: format!("miner-{i}"),
+            cheat: None,
+        })
+        .collect();
+    if cheats {
+        for k in AdversaryKind::ALL {
+            specs.push(Spec {
+                name: k.name().to_string(),
+                cheat: Some(k),
+            });
+        }
+        for i in 1..=SYBILS {
+            specs.push(Spec {
+                name: format!("copier-sybil-{i}"),
+                cheat: Some(AdversaryKind::Copier),
+            });
+        }
+    }
+    specs
+}
+
+/// Runs a swarm of 2 validators and `miner_specs(cheats)` for [`WINDOWS`] windows.
+async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Outcome {
+    init_tracing();
+    let started = Instant::now();
+    let mut net = TestNet::new();
+    let dir = net.dir.path().to_path_buf();
+    let mut validators = Vec::new();
+    for i in 1..=2 {
+        validators.push(
+            net.spawn(config(&dir, &format!("validator-{i}"), Role::Validator))
+                .await,
+        );
+    }
+    let specs = miner_specs(cheats);
+    let mut miner_idx = Vec::new();
+    for s in &specs {
+        let mut c = config(&dir, &s.name, Role::Miner);
+        c.train.adversary = s.cheat;
+        miner_idx.push(net.spawn(c).await);
+    }
+    net.wait_connected(T).await;
+    // Exact copies are never evaluated (the first announcer keeps the content id).
+    let copiers = specs
+        .iter()
+        .filter(|s| s.cheat == Some(AdversaryKind::Copier))
+        .count();
+    let expected = specs.len() - copiers;
+
+    let vctx: Vec<_> = validators
+        .iter()
+        .map(|&v| net.nodes[v].ctx().clone())
+        .collect();
+    let evals: Vec<_> = validators
+        .iter()
+        .map(|&v| net.nodes[v].handles().evaluator.clone())
+        .collect();
+    let mut events: Vec<_> = vctx.iter().map(|c| c.events.subscribe()).collect();
+    let bpw = vctx[0].cfg.chain.blocks_per_window;
+    let mut first = net.chain.head().number / bpw + 1;
+    // Compressed: validators replay each miner's error-feedback residual from their recomputes,
+    // and a window they did not see (one a miner trained before the swarm was connected) puts
+    // them out of step until the next reset; the measured windows start at a reset.
+    let reset = vctx[0].cfg.compression.residual_reset_windows;
+    if vctx[0].cfg.compression.enabled && reset > 0 {
+        first = first.div_ceil(reset) * reset;
+    }
+    let last = first + WINDOWS;
+    for (i, w) in (first..=last).enumerate() {
+        net.advance_to(w * bpw);
+        if i > 0 {
+            let prev = w - 1;
+            wait_until(T, &format!("all nodes apply window {prev}"), || async {
+                net.nodes
+                    .iter()
+                    .all(|n| n.ctx().status().model_window == Some(prev))
+            })
+            .await;
+        }
+        if w == last {
+            break;
+        }
+        for (k, eval) in evals.iter().enumerate() {
+            wait_until(
+                T,
+                &format!("validator {k} scores {expected} updates of window {w}"),
+                || async { eval.scored_in(w).await.unwrap_or(0) >= expected },
+            )
+            .await;
+        }
+    }
+    // The weights set at the start of the last window carry every window's scores.
+    let mut accepted = Vec::new();
+    for (k, ev) in events.iter_mut().enumerate() {
+        let deadline = tokio::time::Instant::now() + T;
+        let mut per_window = BTreeMap::new();
+        loop {
+            match tokio::time::timeout_at(deadline, ev.recv()).await {
+                Err(_) => panic!("validator {k} set no weights for window {last}"),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(e)) => panic!("validator {k} event bus: {e}"),
+                Ok(Ok(NodeEvent::WeightsSubmitted {
+                    window,
+                    outcome: Ok(_),
+                    ..
+                })) if window >= last => break,
+                Ok(Ok(NodeEvent::WindowClosed {
+                    window, accepted, ..
+                })) if window >= first => {
+                    per_window.insert(window, accepted);
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        accepted.push(per_window.into_values().collect::<Vec<_>>());
+    }
+    let mut weights = Vec::new();
+    for c in &vctx {
+        let vuid = c.uid().expect("validator uid");
+        weights.push(
+            net.chain
+                .weights(1, vuid)
+                .await
+                .expect("weights")
+                .into_iter()
+                .collect::<BTreeMap<_, _>>(),
+        );
+    }
+    let loss = vctx[0].status().held_out_loss.expect("loss");
+    let mut miners = Vec::new();
+    for (s, &idx) in specs.into_iter().zip(&miner_idx) {
+        miners.push((net.nodes[idx].ctx().uid().expect("miner uid"), s));
+    }
+    eprintln!(
+        "swarm of {} miners ({}), {WINDOWS} windows: {:.1} s, held-out loss {loss:.4}, updates \
+         accepted per window (per validator) {accepted:?}",
+        miners.len(),
+        if cheats { "with cheats" } else { "clean" },
+        started.elapsed().as_secs_f64()
+    );
+    net.shutdown().await;
+    Outcome {
+        loss,
+        weights,
+        miners,
+    }
+}
+
+/// A cheat's weight limit as a fraction of the mean honest weight: its share of the useful
+/// work plus 5 points.
+fn limit(kind: AdversaryKind, local_steps: usize) -> f64 {
+    match kind {
+        AdversaryKind::Partial => 1.0 / local_steps as f64 + 0.05,
+        AdversaryKind::Tiny => 0.01 + 0.05,
+        _ => 0.05,
+    }
+}
+
+fn cosine(a: &BTreeMap<u16, u16>, b: &BTreeMap<u16, u16>) -> f64 {
+    let uids: std::collections::BTreeSet<u16> = a.keys().chain(b.keys()).copied().collect();
+    let (mut dot, mut na, mut nb) = (0.0, 0.0, 0.0);
+    for u in uids {
+        let x = f64::from(a.get(&u).copied().unwrap_or(0));
+        let y = f64::from(b.get(&u).copied().unwrap_or(0));
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+/// Prints the share table and checks the acceptance rules; returns the violations.
+fn judge(label: &str, clean: &Outcome, adv: &Outcome, local_steps: usize) -> Vec<String> {
+    let mut bad = Vec::new();
+    let w = |v: usize, uid: u16| f64::from(adv.weights[v].get(&uid).copied().unwrap_or(0));
+    let honest: Vec<u16> = adv
+        .miners
+        .iter()
+        .filter(|(_, s)| s.cheat.is_none())
+        .map(|(u, _)| *u)
+        .collect();
+    let means: Vec<f64> = (0..adv.weights.len())
+        .map(|v| honest.iter().map(|&u| w(v, u)).sum::<f64>() / honest.len() as f64)
+        .collect();
+    eprintln!("\n{label}: weight as a share of the mean honest weight, per validator");
+    eprintln!(
+        "{:<16} {:>4} {:>9} {:>9} {:>7}",
+        "node", "uid", "val-1", "val-2", "limit"
+    );
+    for (uid, s) in &adv.miners {
+        let shares: Vec<f64> = (0..adv.weights.len())
+            .map(|v| {
+                if means[v] > 0.0 {
+                    w(v, *uid) / means[v]
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect();
+        let lim = s.cheat.map(|k| limit(k, local_steps));
+        eprintln!(
+            "{:<16} {:>4} {:>8.1}% {:>8.1}% {:>7}",
+            s.name,
+            uid,
+            100.0 * shares[0],
+            100.0 * shares[1],
+            lim.map_or("-".to_string(), |l| format!("{:.0}%", 100.0 * l))
+        );
+        if let Some(l) = lim {
+            for (v, sh) in shares.iter().enumerate() {
+                if sh.is_nan() || *sh > l {
+                    bad.push(format!(
+                        "{} (uid {uid}) earns {:.1}% of an honest miner at validator {}, limit {:.0}%",
+                        s.name,
+                        100.0 * sh,
+                        v + 1,
+                        100.0 * l
+                    ));
+                }
+            }
+        }
+    }
+    for v in 0..adv.weights.len() {
+        let min_honest = honest
+            .iter()
+            .map(|&u| w(v, u))
+            .fold(f64::INFINITY, f64::min);
+        for (uid, s) in adv.miners.iter().filter(|(_, s)| s.cheat.is_some()) {
+            if w(v, *uid) >= min_honest {
+                bad.push(format!(
+                    "{} (uid {uid}) weight {} at validator {} is not below every honest miner (lowest {min_honest})",
+                    s.name,
+                    w(v, *uid),
+                    v + 1
+                ));
+            }
+        }
+    }
+    let cos = cosine(&adv.weights[0], &adv.weights[1]);
+    eprintln!("cosine of the validators' weight vectors: {cos:.4}");
+    if cos.is_nan() || cos < 0.95 {
+        bad.push(format!(
+            "the validators' weight vectors have cosine {cos:.4} < 0.95"
+        ));
+    }
+    let ratio = adv.loss / clean.loss;
+    eprintln!(
+        "held-out loss: clean {:.4}, with cheats {:.4} ({:+.2} %)",
+        clean.loss,
+        adv.loss,
+        100.0 * (ratio - 1.0)
+    );
+    if ratio.is_nan() || ratio > 1.02 {
+        bad.push(format!(
+            "held-out loss with cheats {:.4} is more than 2 % above the clean swarm's {:.4}",
+            adv.loss, clean.loss
+        ));
+    }
+    bad
+}
+
+fn compressed(dir: &Path, name: &str, role: Role) -> NodeConfig {
+    let mut c = test_config(dir, name, role);
+    c.compression.enabled = true;
+    c.compression.chunk = 256;
+    c.compression.topk = 4;
+    c.compression.quant_bits = 8;
+    c.train.outer_momentum = 0.9;
+    c.train.outer_nesterov = true;
+    c.train.outer_lr = 0.7;
+    c
+}
+
+async fn clean_vs_adversarial(label: &str, config: fn(&Path, &str, Role) -> NodeConfig) {
+    let started = Instant::now();
+    let clean = swarm(config, false).await;
+    let adv = swarm(config, true).await;
+    let local_steps = config(Path::new("/tmp"), "x", Role::Miner)
+        .train
+        .local_steps;
+    let bad = judge(label, &clean, &adv, local_steps);
+    eprintln!(
+        "{label}: both swarms in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        bad.is_empty(),
+        "{label}: pay does not track work:\n  {}",
+        bad.join("\n  ")
+    );
+}
+
+/// Dense updates: honest updates are bit-identical to the validators' recomputes.
+#[test]
+fn adversarial_swarm_pays_only_for_work() {
+    run(clean_vs_adversarial("dense", test_config));
+}
+
+/// Compressed updates (top-k 1.56 % with error feedback, 8-bit values): honest cosines with the
+/// validators' recomputes are below 1.
+#[test]
+fn adversarial_swarm_pays_only_for_work_with_compressed_updates() {
+    run(clean_vs_adversarial("compressed", compressed));
+}
