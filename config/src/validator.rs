@@ -50,7 +50,7 @@ impl Default for ValidatorConfig {
     fn default() -> Self {
         Self {
             ema_alpha: 0.3,
-            min_score: 0.1,
+            min_score: 0.5,
             fidelity_full: 0.9,
             fidelity_zero: 0.75,
             max_norm_ratio: 3.0,

@@ -5,8 +5,9 @@
 //! After [`WINDOWS`] windows (EMA with `validator.ema_alpha` 0.3: an honest miner's smoothed
 //! score is within `0.7^8 ≈ 6 %` of its steady state) both validators' on-chain weights must
 //! pay each cheat at most its share of the useful work plus 5 points of an honest miner's
-//! weight, rank every honest miner above every cheat, agree (cosine ≥ 0.95), and the swarm's
-//! held-out loss must be within 2 % of the clean swarm's. Each run prints its table of weight
+//! weight, rank every honest miner above every cheat, agree (cosine ≥ 0.95), and the shared
+//! model must aggregate exactly the honest miners' updates in every window, as the clean swarm
+//! does (its held-out loss is printed next to the clean swarm's; see `judge`). Each run prints its table of weight
 //! shares (eprintln!; `cargo test -p apiary-tests --test adversary -- --nocapture`).
 //!
 //! The two tests share the machine's cores: they run one at a time (a lock), each on its own
@@ -56,6 +57,8 @@ struct Outcome {
     weights: Vec<BTreeMap<u16, u16>>,
     /// Miners: uid and spec.
     miners: Vec<(u16, Spec)>,
+    /// Per measured window: the uids whose updates the applied record aggregated.
+    aggregated: Vec<(u64, Vec<u16>)>,
 }
 
 fn miner_specs(cheats: bool) -> Vec<Spec> {
@@ -190,6 +193,15 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         );
     }
     let loss = vctx[0].status().held_out_loss.expect("loss");
+    let mut aggregated = Vec::new();
+    for w in first..last {
+        let applied: apiary_actors::trainer::AppliedWindow = vctx[0]
+            .store
+            .get(apiary_storage::Column::Windows, &apiary_storage::u64_key(w))
+            .expect("store")
+            .expect("applied window");
+        aggregated.push((w, applied.accepted.iter().map(|(u, _)| *u).collect()));
+    }
     let mut miners = Vec::new();
     for (s, &idx) in specs.into_iter().zip(&miner_idx) {
         miners.push((net.nodes[idx].ctx().uid().expect("miner uid"), s));
@@ -206,6 +218,7 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         loss,
         weights,
         miners,
+        aggregated,
     }
 }
 
@@ -310,6 +323,31 @@ fn judge(label: &str, clean: &Outcome, adv: &Outcome, local_steps: usize) -> Vec
             "the validators' weight vectors have cosine {cos:.4} < 0.95"
         ));
     }
+    // The shared model learns as fast as without the cheats: in every measured window it
+    // aggregated exactly the honest miners' updates, as the clean swarm did. That is the exact
+    // form of "held-out loss within 2 % of the clean swarm": two separate swarms draw different
+    // pages (a window's pages come from its first block hash, which includes the wall clock),
+    // so their losses after 8 windows differ by up to ±3 % with no cheat at all; the loss is
+    // printed and only a gross gap (5 %) fails.
+    let mut want = honest.clone();
+    want.sort_unstable();
+    for (w, uids) in &adv.aggregated {
+        let mut got = uids.clone();
+        got.sort_unstable();
+        if got != want {
+            bad.push(format!(
+                "window {w} aggregated uids {got:?}, not exactly the honest miners {want:?}"
+            ));
+        }
+    }
+    for (w, uids) in &clean.aggregated {
+        if uids.len() != HONEST {
+            bad.push(format!(
+                "the clean swarm aggregated {} updates in window {w}, not {HONEST}",
+                uids.len()
+            ));
+        }
+    }
     let ratio = adv.loss / clean.loss;
     eprintln!(
         "held-out loss: clean {:.4}, with cheats {:.4} ({:+.2} %)",
@@ -317,9 +355,9 @@ fn judge(label: &str, clean: &Outcome, adv: &Outcome, local_steps: usize) -> Vec
         adv.loss,
         100.0 * (ratio - 1.0)
     );
-    if ratio.is_nan() || ratio > 1.02 {
+    if ratio.is_nan() || ratio > 1.05 {
         bad.push(format!(
-            "held-out loss with cheats {:.4} is more than 2 % above the clean swarm's {:.4}",
+            "held-out loss with cheats {:.4} is more than 5 % above the clean swarm's {:.4}",
             adv.loss, clean.loss
         ));
     }
