@@ -134,6 +134,9 @@ pub struct StatusReply {
     pub hotkey: String,
     /// libp2p peer id.
     pub peer_id: String,
+    /// The addresses this node listens on, with the bound port and its peer id
+    /// (`/ip4/…/tcp/…/p2p/…`): what another node's `net.bootstrap` takes.
+    pub listen_addrs: Vec<String>,
     /// uid on the subnet.
     pub uid: Option<u16>,
     /// Chain backend.
@@ -170,6 +173,13 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         role: ctx.cfg.node.role.to_string(),
         hotkey: ctx.hotkey.id().ss58(),
         peer_id: ctx.net.local_peer_id().to_string(),
+        listen_addrs: ctx
+            .net
+            .listen_addrs()
+            .await
+            .iter()
+            .map(|a| format!("{a}/p2p/{}", ctx.net.local_peer_id()))
+            .collect(),
         uid: s.uid,
         chain: ctx.chain.backend_name().to_string(),
         block: s.block,

@@ -272,7 +272,19 @@ async fn trainer_panics_are_supervised() {
         assert_eq!(r["ok"], true, "{r}");
         r
     };
-    status().await;
+    // The operator sees where the node listens (the bound port, dialable as is).
+    let r = status().await;
+    let addrs = r["result"]["listen_addrs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let peer = ctx.net.local_peer_id().to_string();
+    assert!(
+        addrs.iter().any(|a| a.as_str().is_some_and(|a| {
+            a.starts_with("/ip4/127.0.0.1/tcp/") && !a.contains("/tcp/0/") && a.ends_with(&peer)
+        })),
+        "status shows no listen address: {r}"
+    );
     for n in 1..=2u64 {
         ctx_handles
             .trainer
