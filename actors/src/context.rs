@@ -162,6 +162,12 @@ metrics! {
     blocks_missed,
     /// Times the chain head went backwards (a reorg or a restarted chain).
     chain_rewinds,
+    /// Blob sweeps run (`node.gc_every_windows`).
+    gc_sweeps,
+    /// Unreferenced blobs deleted by sweeps.
+    blobs_swept,
+    /// Applied windows after which the store was over `node.disk_budget_mb`.
+    disk_over_budget,
 }
 
 impl Metrics {

@@ -38,7 +38,7 @@ use crate::windowed::{
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
-use apiary_storage::{Column, ContentId};
+use apiary_storage::{Column, ContentId, Pin};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -94,6 +94,9 @@ pub enum Outcome {
         update: Arc<Update>,
         /// Its id.
         id: ContentId,
+        /// Keeps its stored bytes from being swept until the window is aggregated (`None` in
+        /// tests that never store it).
+        pin: Option<Pin>,
         /// The sync proof's check: [`SyncStatus::InSync`], or [`SyncStatus::Unchecked`] when
         /// this validator did not know the window's seed.
         sync: SyncStatus,
@@ -143,7 +146,10 @@ pub enum EvaluatorMsg {
     /// Aggregate a closed window and publish its record (lead validator).
     Aggregate(u64),
     /// The aggregate for a closed window is ready to publish, with the model it produced.
-    Aggregated(u64, Box<Result<(WindowRecord, ModelSnapshot), WorkError>>),
+    Aggregated(
+        u64,
+        Box<Result<(WindowRecord, ModelSnapshot, Vec<Pin>), WorkError>>,
+    ),
     /// Query: smoothed scores.
     Scores(RpcReplyPort<Vec<ScoreEntry>>),
     /// Query: how many updates of a window have been scored so far.
@@ -201,6 +207,8 @@ pub struct EvaluatorState {
     /// record can never make the lead publish a record on a stale base (which would roll every
     /// follower back).
     tip: Option<ModelSnapshot>,
+    /// Pins of the last record built: its accepted updates, model and outer state.
+    tip_pins: Vec<Pin>,
     /// Closed windows the core will ask to aggregate.
     jobs: BTreeMap<u64, AggregationJob>,
     /// Bounds the evaluations that fetch and recompute at once (one per core): a flood of
@@ -220,6 +228,8 @@ pub struct EvaluatorState {
 
 /// A closed window the lead validator still has to aggregate.
 struct AggregationJob {
+    /// The accepted updates' pins (the aggregation stores the record that names them).
+    pins: Vec<Pin>,
     window: u64,
     scores: Vec<(u16, f32)>,
     accepted: Vec<(u16, ContentId, Arc<Update>)>,
@@ -265,6 +275,7 @@ impl Actor for Evaluator {
             last_closed,
             closed_counts: BTreeMap::new(),
             tip: None,
+            tip_pins: Vec::new(),
             jobs: BTreeMap::new(),
             permits: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -359,8 +370,11 @@ impl Actor for Evaluator {
             },
             EvaluatorMsg::Aggregated(w, res) => {
                 match *res {
-                    Ok((rec, snap)) => {
+                    Ok((rec, snap, pins)) => {
                         st.tip = Some(snap);
+                        st.tip_pins = pins;
+                        // Aggregating decoded and summed every accepted update.
+                        apiary_alloc::trim();
                         publish_record(&st.ctx, &st.core, rec).await;
                     }
                     Err(e) => {
@@ -581,6 +595,7 @@ fn score_update(mechanism: &Windowed, mut c: Candidate, seq: u64, recompute: boo
                     seq,
                     update: Arc::new(u),
                     id: c.ann.update,
+                    pin: Some(c.ctx.store.pin(c.ann.update)),
                     sync: c.sync.unwrap_or(SyncStatus::Unchecked),
                 },
                 _ => Outcome::Rejected {
@@ -724,6 +739,17 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             _ => None,
         })
         .collect();
+    let pins: Vec<Pin> = results
+        .values()
+        .filter_map(|o| match o {
+            Outcome::Scored {
+                score,
+                pin: Some(p),
+                ..
+            } if f64::from(*score) >= c.validator.min_score => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
     let sampled_out = results
         .values()
         .filter(|o| matches!(o, Outcome::Unscored { .. }))
@@ -746,6 +772,7 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
         st.jobs.insert(
             window,
             AggregationJob {
+                pins,
                 window,
                 scores: report.iter().map(|(u, s, _)| (*u, *s)).collect(),
                 accepted,
@@ -822,6 +849,7 @@ fn start_aggregation(
     let ctx = Arc::clone(&st.ctx);
     let me_ref = myself.clone();
     let AggregationJob {
+        pins,
         window,
         scores,
         accepted,
@@ -863,6 +891,14 @@ fn start_aggregation(
         )
         .await
         .unwrap_or_else(|e| Err(join_err(e)));
+        // The accepted updates, the model and the outer state stay pinned until the next
+        // record is built (this node's trainer pins them again while it applies the record).
+        let res = res.map(|(rec, snap)| {
+            let mut pins = pins;
+            pins.push(ctx.store.pin(rec.model));
+            pins.push(ctx.store.pin(rec.outer_state));
+            (rec, snap, pins)
+        });
         let _ = me_ref.cast(EvaluatorMsg::Aggregated(window, Box::new(res)));
     });
 }
@@ -951,6 +987,7 @@ mod tests {
             seq,
             update: Arc::new(update),
             id: ContentId::of(&seq.to_le_bytes()),
+            pin: None,
             sync: SyncStatus::InSync,
         }
     }

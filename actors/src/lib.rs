@@ -61,6 +61,7 @@ pub mod handle;
 pub mod mechanism;
 pub mod node_core;
 pub mod protocol;
+pub mod retention;
 pub mod supervisor;
 pub mod sync;
 pub mod trainer;

@@ -29,7 +29,7 @@ use crate::window::Event;
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::{OuterState, Params};
 use apiary_net::PeerId;
-use apiary_storage::{u64_key, Column, ContentId};
+use apiary_storage::{u64_key, Column, ContentId, Pin};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -116,6 +116,9 @@ impl std::fmt::Debug for TrainerMsg {
 
 /// A record applied off the runtime.
 pub struct Applied {
+    /// The record's model, outer state and accepted updates, pinned until its `windows` record
+    /// is written.
+    pins: Vec<Pin>,
     record: WindowRecord,
     params: Arc<Params>,
     outer: Arc<OuterState>,
@@ -169,6 +172,10 @@ pub struct TrainerState {
     encoder: Arc<std::sync::Mutex<updates::Encoder>>,
     /// Sync proofs this miner published, `(window, blob id)`, oldest first.
     sync_proofs: std::collections::VecDeque<(u64, ContentId)>,
+    /// Pins of the current model and outer state (a sweep never deletes them, record or not).
+    model_pins: [Pin; 2],
+    /// Windows applied since start (the sweep cadence counts them).
+    applied: u64,
     /// The cheat this miner plays (`train.adversary`), with what it remembers between windows.
     #[cfg(feature = "adversary")]
     adversary: Option<crate::adversary::Shared>,
@@ -212,7 +219,10 @@ impl Actor for Trainer {
             .train
             .adversary
             .map(crate::adversary::Adversary::shared);
+        let model_pins = [ctx.store.pin(model_id), ctx.store.pin(outer_id)];
         Ok(TrainerState {
+            model_pins,
+            applied: 0,
             encoder: Arc::new(std::sync::Mutex::new(encoder)),
             ctx,
             core,
@@ -271,8 +281,11 @@ impl Actor for Trainer {
             TrainerMsg::RecordApplied(w, res) => match *res {
                 Ok(a) => {
                     let model = a.record.model;
-                    on_applied(st, a);
+                    let sweep = on_applied(st, a);
                     st.core.report(Event::RecordApplied { window: w, model });
+                    if sweep {
+                        sweep_blobs(&st.ctx).await;
+                    }
                 }
                 Err(e) => {
                     Metrics::inc(&st.ctx.metrics.records_rejected);
@@ -642,8 +655,16 @@ fn start_apply(
     };
     let me = myself.clone();
     let w = rec.window;
+    let pins: Vec<Pin> = [rec.model, rec.outer_state]
+        .into_iter()
+        .chain(rec.accepted.iter().map(|(_, id)| *id))
+        .map(|id| ctx.store.pin(id))
+        .collect();
     tokio::spawn(async move {
-        let res = apply_record(&ctx, base, rec, from).await;
+        let res = apply_record(&ctx, base, rec, from).await.map(|mut a| {
+            a.pins = pins;
+            a
+        });
         let _ = me.cast(TrainerMsg::RecordApplied(w, Box::new(res)));
     });
 }
@@ -692,6 +713,7 @@ async fn apply_record(
             let loss = apiary_model::eval_loss(&c.model, &next, &ctx2.held_out_pages()?)
                 .map_err(|e| e.to_string())?;
             Ok(Some(Applied {
+                pins: Vec::new(),
                 record: rec2,
                 params: Arc::new(next),
                 outer: Arc::new(outer),
@@ -727,6 +749,7 @@ async fn apply_record(
         let loss = apiary_model::eval_loss(&c.model, &p, &ctx2.held_out_pages()?)
             .map_err(|e| e.to_string())?;
         Ok(Applied {
+            pins: Vec::new(),
             record: rec,
             params: Arc::new(p),
             outer: Arc::new(outer),
@@ -744,7 +767,10 @@ async fn apply_record(
     Ok(applied)
 }
 
-fn on_applied(st: &mut TrainerState, a: Applied) {
+/// Persists an applied window: its record and the expiry of what it supersedes, in one synced
+/// batch ([`crate::retention::expire`]); then moves the model pins, trims the allocator's
+/// cache, and reports whether a blob sweep is due.
+fn on_applied(st: &mut TrainerState, a: Applied) -> bool {
     let ctx = &st.ctx;
     let rec = &a.record;
     let entry = AppliedWindow {
@@ -756,12 +782,11 @@ fn on_applied(st: &mut TrainerState, a: Applied) {
         held_out_loss: a.held_out_loss,
         caught_up: a.caught_up,
     };
-    if let Err(e) = ctx.store.put(Column::Windows, &u64_key(rec.window), &entry) {
-        tracing::error!(error = %e, "could not persist the applied window");
+    if let Err(e) = persist_applied(ctx, &entry) {
+        tracing::error!(error = %e, window = rec.window, "could not persist the applied window");
     }
-    if let Err(e) = prune_checkpoints(ctx) {
-        tracing::warn!(error = %e, "could not prune old checkpoints");
-    }
+    st.model_pins = [ctx.store.pin(rec.model), ctx.store.pin(rec.outer_state)];
+    drop(a.pins);
     st.params = a.params;
     st.model_id = rec.model;
     st.outer = a.outer;
@@ -780,47 +805,60 @@ fn on_applied(st: &mut TrainerState, a: Applied) {
         held_out_loss: a.held_out_loss,
         caught_up: a.caught_up,
     });
+    // Applying a record decodes, aggregates and evaluates: large blocks freed now.
+    apiary_alloc::trim();
+    st.applied += 1;
+    crate::retention::sweep_due(ctx, st.applied)
 }
 
-/// Keeps every `checkpoint.every_windows`-th window's checkpoint and the latest
-/// `checkpoint.keep_recent`; deletes the model, outer state and update blobs of the window that
-/// just left the recent set unless it is a periodic checkpoint or a kept window still uses them
-/// (content addressing: an empty window's model is its base).
-fn prune_checkpoints(ctx: &NodeContext) -> Result<(), apiary_storage::StoreError> {
-    let keep = ctx.cfg.checkpoint.keep_recent;
-    let keys = ctx.store.keys(Column::Windows)?;
-    if keys.len() <= keep {
-        return Ok(());
-    }
-    let Some(old_key) = keys.get(keys.len() - keep - 1) else {
-        return Ok(());
-    };
-    let Some(old) = ctx.store.get::<AppliedWindow>(Column::Windows, old_key)? else {
-        return Ok(());
-    };
-    if old.window.is_multiple_of(ctx.cfg.checkpoint.every_windows) {
-        return Ok(());
-    }
-    let mut live = std::collections::HashSet::new();
-    for k in &keys[keys.len() - keep..] {
-        if let Some(w) = ctx.store.get::<AppliedWindow>(Column::Windows, k)? {
-            live.insert(w.model);
-            live.insert(w.base_model);
-            live.insert(w.outer_state);
-        }
-    }
-    let mut dropped = 0;
-    let ids = [old.model, old.outer_state]
+/// Writes the applied window's record and expires the records it supersedes (windows that are
+/// no longer kept, old announcements and weight submissions) in one synced batch.
+fn persist_applied(
+    ctx: &NodeContext,
+    entry: &AppliedWindow,
+) -> Result<(), apiary_storage::StoreError> {
+    let mut batch = ctx.store.batch();
+    batch.put(Column::Windows, &u64_key(entry.window), entry)?;
+    let mut records: Vec<AppliedWindow> = ctx
+        .store
+        .scan::<AppliedWindow>(Column::Windows)?
         .into_iter()
-        .chain(old.accepted.iter().map(|(_, id)| *id));
-    for id in ids {
-        if !live.contains(&id) {
-            ctx.store.delete_blob(id)?;
-            dropped += 1;
-        }
+        .map(|(_, w)| w)
+        .filter(|w| w.window != entry.window)
+        .collect();
+    records.push(entry.clone());
+    records.sort_by_key(|w| w.window);
+    crate::retention::expire(ctx, &mut batch, records, entry.window)?;
+    ctx.store.write(batch)
+}
+
+/// Sweeps unreferenced blobs off the runtime (the trainer waits: no record is applied while
+/// it runs).
+async fn sweep_blobs(ctx: &Arc<NodeContext>) {
+    let ctx2 = Arc::clone(ctx);
+    let res = tokio::task::spawn_blocking(move || {
+        let kept: Vec<(bool, AppliedWindow)> = {
+            let all = ctx2.store.scan::<AppliedWindow>(Column::Windows)?;
+            let c = &ctx2.cfg.checkpoint;
+            let windows: Vec<u64> = all.iter().map(|(_, w)| w.window).collect();
+            let flags =
+                crate::retention::kept(&windows, c.keep_recent, c.every_windows, c.keep_periodic);
+            let n = all.len();
+            all.into_iter()
+                .zip(flags)
+                .enumerate()
+                .filter(|(_, (_, k))| *k)
+                .map(|(i, ((_, w), _))| (i + c.keep_recent >= n, w))
+                .collect()
+        };
+        crate::retention::sweep(&ctx2, &kept)
+    })
+    .await;
+    match res {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "blob sweep failed"),
+        Err(e) => tracing::warn!(error = %e, "blob sweep task failed"),
     }
-    tracing::debug!(window = old.window, dropped, "pruned an old checkpoint");
-    Ok(())
 }
 
 /// Typed front of the trainer.

@@ -40,8 +40,10 @@ const SUB_LOG2: u32 = 3;
 const CLASSES: usize = (MAX_LOG2 - MIN_LOG2 + 1) as usize * SUB;
 /// Alignment of every cached block; requests with a larger alignment are not cached.
 const BLOCK_ALIGN: usize = 64;
-/// Default bound on the bytes kept on the free lists: 4 GiB.
-pub const DEFAULT_CACHE_LIMIT: usize = 4 << 30;
+/// Default bound on the bytes kept on the free lists: 256 MiB (`node.alloc_cache_mb`). A
+/// training step's working set larger than the limit is partly served by the system allocator
+/// again; the training bench raises the limit to measure the cache at its best.
+pub const DEFAULT_CACHE_LIMIT: usize = 256 << 20;
 
 /// The size class of a request of `size >= MIN_CACHED` bytes: its free-list index and the
 /// rounded block size, or `None` when it is too large to cache.
@@ -299,6 +301,29 @@ pub fn register(alloc: &'static CachingAlloc) {
 /// The registered allocator's counters; `None` when the process does not use one.
 pub fn stats() -> Option<CacheStats> {
     REGISTERED.get().map(|a| a.stats())
+}
+
+/// Returns the registered allocator's kept blocks to the system and, on glibc, asks `malloc`
+/// to give its free heap pages back to the kernel (`malloc_trim`): after large transient work
+/// (an aggregation, an applied window) the process's RSS falls back to what it uses. Returns
+/// the bytes the cache released (0 when the process does not use a [`CachingAlloc`]).
+pub fn trim() -> usize {
+    let released = REGISTERED.get().map_or(0, |a| {
+        let before = a.stats().cached_bytes;
+        a.trim();
+        before
+    });
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory of malloc's own arenas.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+    released
 }
 
 /// Bounds the registered allocator's cache; false when the process does not use one.

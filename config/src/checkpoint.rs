@@ -13,6 +13,8 @@ pub struct CheckpointConfig {
     /// Most recent window checkpoints always kept (peers that are a few windows behind
     /// catch up from them).
     pub keep_recent: usize,
+    /// Of the periodic checkpoints, how many (the latest) are kept; 0 keeps them all.
+    pub keep_periodic: usize,
 }
 
 impl Default for CheckpointConfig {
@@ -20,6 +22,7 @@ impl Default for CheckpointConfig {
         Self {
             every_windows: 10,
             keep_recent: 4,
+            keep_periodic: 0,
         }
     }
 }

@@ -39,6 +39,15 @@ pub struct NodeSection {
     pub hotkey_seed: Option<String>,
     /// Admin socket path; defaults to `<data_dir>/admin.sock`.
     pub admin_socket: Option<PathBuf>,
+    /// Disk budget of the store in MiB (0: none). Past it the node logs an error, counts
+    /// `disk_over_budget`, and sweeps unreferenced blobs after every applied window.
+    pub disk_budget_mb: u64,
+    /// Sweep unreferenced blobs after every this many applied windows (0: never, except when
+    /// over `disk_budget_mb`).
+    pub gc_every_windows: u64,
+    /// Bytes of freed large blocks the allocator keeps for reuse, in MiB (apiary's binary only;
+    /// the cache is trimmed after each applied window and aggregation).
+    pub alloc_cache_mb: u64,
 }
 
 impl Default for NodeSection {
@@ -49,6 +58,9 @@ impl Default for NodeSection {
             data_dir: PathBuf::from("./apiary-data"),
             hotkey_seed: None,
             admin_socket: None,
+            disk_budget_mb: 0,
+            gc_every_windows: 1,
+            alloc_cache_mb: 256,
         }
     }
 }

@@ -1,10 +1,18 @@
 //! The admin socket: newline-delimited JSON over a Unix socket in the data dir (mode 0600).
 //!
 //! Request: one JSON object per line, `{"cmd": "status"}`; commands are `status`, `peers`,
-//! `scores`, `windows`, `metrics`, `weights`, and `export` (`{"cmd": "export", "path": DIR,
+//! `scores`, `windows`, `metrics`, `store`, `weights`, and `export` (`{"cmd": "export", "path": DIR,
 //! "dtype": "f32"|"bf16"}`: the current model as a Hugging Face directory). Reply: one line, `{"ok": true, "result": ...}` or
 //! `{"ok": false, "error": "..."}`. A malformed request gets an error reply and the connection
-//! (and the socket) keep serving. Connections are limited by a semaphore; lines by a size cap.
+//! (and the socket) keep serving.
+//!
+//! Nothing a client sends grows the node's memory past a bound ([`AdminLimits`]): a request
+//! line is read in chunks into a buffer capped at `max_line`; a longer line gets an error reply
+//! at once and the rest of it is discarded up to its newline, never accumulated. A request must
+//! arrive whole within `request_timeout` of its first byte, and a connection that sends nothing
+//! for `idle_timeout` is closed. At most `max_conns` connections are open; a new one beyond that
+//! closes the connection that has been idle longest, or, when none is idle, is refused with an
+//! error line. Each case is counted (`admin` in `apiary admin metrics`).
 
 use anyhow::{Context, Result};
 use apiary_actors::context::NodeContext;
@@ -14,15 +22,74 @@ use apiary_actors::Handles;
 use apiary_storage::Column;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Notify;
 
-/// Longest request line accepted.
-const MAX_LINE: usize = 64 * 1024;
-/// Concurrent admin connections.
-const MAX_CONNS: usize = 16;
+/// Bounds of the admin server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    /// Longest request line accepted (bytes).
+    pub max_line: usize,
+    /// Open connections.
+    pub max_conns: usize,
+    /// Time from a request's first byte to its newline.
+    pub request_timeout: Duration,
+    /// Time a connection may wait between requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        AdminLimits {
+            max_line: 64 * 1024,
+            max_conns: 16,
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of the admin server.
+#[derive(Debug, Default)]
+pub struct AdminStats {
+    /// Requests answered.
+    pub requests: AtomicU64,
+    /// Request lines longer than `max_line` (answered with an error, the rest discarded).
+    pub oversize: AtomicU64,
+    /// Connections closed because a request did not arrive whole in time, or because they
+    /// stayed idle.
+    pub timeouts: AtomicU64,
+    /// Connections refused because `max_conns` busy connections were open.
+    pub refused: AtomicU64,
+    /// Idle connections closed to make room for a new one.
+    pub evicted: AtomicU64,
+}
+
+impl AdminStats {
+    /// Name → value.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("admin_requests", g(&self.requests)),
+            ("admin_oversize", g(&self.oversize)),
+            ("admin_timeouts", g(&self.timeouts)),
+            ("admin_refused", g(&self.refused)),
+            ("admin_evicted", g(&self.evicted)),
+        ])
+    }
+}
+
+/// What answers one parsed request.
+pub type Handler =
+    Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
 
 /// A request.
 #[derive(Debug, Serialize, Deserialize)]
@@ -62,64 +129,244 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Serves admin connections until the task is aborted.
+/// Serves admin connections for a node until the task is aborted.
 pub async fn serve(listener: UnixListener, ctx: Arc<NodeContext>, handles: Handles) {
-    let sem = Arc::new(tokio::sync::Semaphore::new(MAX_CONNS));
+    let stats = Arc::new(AdminStats::default());
+    let st = Arc::clone(&stats);
+    let handler: Handler = Arc::new(move |req: Request| {
+        let (ctx, handles, st) = (Arc::clone(&ctx), handles.clone(), Arc::clone(&st));
+        Box::pin(async move {
+            match dispatch(&ctx, &handles, &st, &req).await {
+                Ok(v) => json!({"ok": true, "result": v}),
+                Err(e) => json!({"ok": false, "error": e.to_string()}),
+            }
+        })
+    });
+    serve_with(listener, AdminLimits::default(), stats, handler).await
+}
+
+/// One open connection, as the accept loop sees it.
+struct Slot {
+    /// Since when it waits for a request (`None`: a request is being read or answered).
+    idle_since: Option<Instant>,
+    kill: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: BTreeMap<u64, Slot>,
+}
+
+fn lock(c: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
+    c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Removes its slot when the connection ends.
+struct SlotGuard {
+    conns: Arc<Mutex<Conns>>,
+    id: u64,
+}
+
+impl SlotGuard {
+    fn set_idle(&self, idle: bool) {
+        if let Some(s) = lock(&self.conns).open.get_mut(&self.id) {
+            s.idle_since = idle.then(Instant::now);
+        }
+    }
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        lock(&self.conns).open.remove(&self.id);
+    }
+}
+
+/// Serves connections on `listener` with `handler`, within `limits` (see the module docs).
+pub async fn serve_with(
+    listener: UnixListener,
+    limits: AdminLimits,
+    stats: Arc<AdminStats>,
+    handler: Handler,
+) {
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "admin accept failed");
+                // Out of file descriptors, typically: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&sem).acquire_owned().await else {
-            return;
-        };
-        let ctx = Arc::clone(&ctx);
-        let handles = handles.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle_conn(stream, ctx, handles).await {
-                tracing::debug!(error = %e, "admin connection ended");
+        let admitted = {
+            let mut c = lock(&conns);
+            if c.open.len() >= limits.max_conns {
+                let oldest_idle = c
+                    .open
+                    .iter()
+                    .filter_map(|(id, s)| s.idle_since.map(|t| (t, *id)))
+                    .min();
+                if let Some((_, id)) = oldest_idle {
+                    if let Some(s) = c.open.remove(&id) {
+                        s.kill.notify_one();
+                        stats.evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(conn = id, "closed the longest idle admin connection");
+                    }
+                }
             }
-            drop(permit);
+            if c.open.len() >= limits.max_conns {
+                None
+            } else {
+                let id = c.next;
+                c.next += 1;
+                let kill = Arc::new(Notify::new());
+                c.open.insert(
+                    id,
+                    Slot {
+                        idle_since: Some(Instant::now()),
+                        kill: Arc::clone(&kill),
+                    },
+                );
+                Some((
+                    SlotGuard {
+                        conns: Arc::clone(&conns),
+                        id,
+                    },
+                    kill,
+                ))
+            }
+        };
+        let Some((guard, kill)) = admitted else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                max = limits.max_conns,
+                "admin connection refused: every connection is busy"
+            );
+            tokio::spawn(async move {
+                let line = format!(
+                    "{}\n",
+                    json!({"ok": false, "error": format!("too many admin connections (max {}); retry", limits.max_conns)})
+                );
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(line.as_bytes()))
+                        .await;
+            });
+            continue;
+        };
+        let (handler, stats) = (Arc::clone(&handler), Arc::clone(&stats));
+        tokio::spawn(async move {
+            tokio::select! {
+                res = handle_conn(stream, limits, &stats, &handler, &guard) => {
+                    if let Err(e) = res {
+                        tracing::debug!(error = %e, "admin connection ended");
+                    }
+                }
+                _ = kill.notified() => {}
+            }
+            drop(guard);
         });
     }
 }
 
-async fn handle_conn(stream: UnixStream, ctx: Arc<NodeContext>, handles: Handles) -> Result<()> {
-    let (r, mut w) = stream.into_split();
-    let mut r = BufReader::new(r);
-    let mut line = Vec::new();
+async fn reply(w: &mut tokio::net::unix::OwnedWriteHalf, v: &Value) -> Result<()> {
+    let mut out = serde_json::to_vec(v)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+async fn handle_conn(
+    stream: UnixStream,
+    limits: AdminLimits,
+    stats: &AdminStats,
+    handler: &Handler,
+    slot: &SlotGuard,
+) -> Result<()> {
+    let (mut r, mut w) = stream.into_split();
+    let mut chunk = vec![0u8; 16 * 1024];
+    // The request being read (never more than `max_line` bytes), whether the rest of an
+    // oversize line is being discarded, and when the request must be complete.
+    let mut line: Vec<u8> = Vec::new();
+    let mut discarding = false;
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
-        line.clear();
-        let n = (&mut r)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .await?;
+        let wait = match deadline {
+            Some(d) => tokio::time::timeout_at(d, r.read(&mut chunk)).await,
+            None => tokio::time::timeout(limits.idle_timeout, r.read(&mut chunk)).await,
+        };
+        let n = match wait {
+            Ok(n) => n?,
+            Err(_) => {
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                if deadline.is_some() {
+                    let _ = reply(
+                        &mut w,
+                        &json!({"ok": false, "error": format!("request not complete within {:?}; closing", limits.request_timeout)}),
+                    )
+                    .await;
+                }
+                return Ok(());
+            }
+        };
         if n == 0 {
             return Ok(());
         }
-        let reply = if line.len() > MAX_LINE {
-            // Skip the rest of the oversize line.
-            let mut rest = Vec::new();
-            r.read_until(b'\n', &mut rest).await?;
-            json!({"ok": false, "error": format!("request longer than {MAX_LINE} bytes")})
-        } else {
-            match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => match dispatch(&ctx, &handles, &req).await {
-                    Ok(v) => json!({"ok": true, "result": v}),
-                    Err(e) => json!({"ok": false, "error": e.to_string()}),
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "malformed admin request");
-                    json!({"ok": false, "error": format!("malformed request: {e}; send e.g. {{\"cmd\":\"status\"}}")})
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            if deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + limits.request_timeout);
+                slot.set_idle(false);
+            }
+            let (part, newline) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], true),
+                None => (rest, false),
+            };
+            rest = if newline {
+                &rest[part.len() + 1..]
+            } else {
+                &[]
+            };
+            if !discarding {
+                if line.len() + part.len() > limits.max_line {
+                    discarding = true;
+                    line = Vec::new();
+                    stats.oversize.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        max = limits.max_line,
+                        "oversize admin request; discarding it"
+                    );
+                    reply(
+                        &mut w,
+                        &json!({"ok": false, "error": format!("request longer than {} bytes; discarded", limits.max_line)}),
+                    )
+                    .await?;
+                } else {
+                    line.extend_from_slice(part);
                 }
             }
-        };
-        let mut out = serde_json::to_vec(&reply)?;
-        out.push(b'\n');
-        w.write_all(&out).await?;
+            if !newline {
+                continue;
+            }
+            if !discarding {
+                let out = match serde_json::from_slice::<Request>(&line) {
+                    Ok(req) => {
+                        stats.requests.fetch_add(1, Ordering::Relaxed);
+                        handler(req).await
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "malformed admin request");
+                        json!({"ok": false, "error": format!("malformed request: {e}; send e.g. {{\"cmd\":\"status\"}}")})
+                    }
+                };
+                reply(&mut w, &out).await?;
+            }
+            line.clear();
+            discarding = false;
+            deadline = None;
+            slot.set_idle(true);
+        }
     }
 }
 
@@ -195,7 +442,12 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
     }
 }
 
-async fn dispatch(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> Result<Value> {
+async fn dispatch(
+    ctx: &Arc<NodeContext>,
+    handles: &Handles,
+    admin: &AdminStats,
+    req: &Request,
+) -> Result<Value> {
     let limit = req.limit.unwrap_or(20);
     Ok(match req.cmd.as_str() {
         "status" => serde_json::to_value(status(ctx).await)?,
@@ -240,12 +492,22 @@ async fn dispatch(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> R
             m["net"] = serde_json::to_value(ctx.net.stats().snapshot())?;
             // Submissions refused by the mechanism's checks, per check.
             m["rejected"] = serde_json::to_value(ctx.rejections.snapshot())?;
+            m["admin"] = serde_json::to_value(admin.snapshot())?;
+            m["memory"] = memory();
             m
+        }
+        "store" => {
+            let store = ctx.store.clone();
+            let usage = tokio::task::spawn_blocking(move || store.usage()).await??;
+            let mut v = serde_json::to_value(usage)?;
+            v["disk_budget_mb"] = ctx.cfg.node.disk_budget_mb.into();
+            v["gc_every_windows"] = ctx.cfg.node.gc_every_windows.into();
+            v
         }
         "export" => export(ctx, handles, req).await?,
         other => anyhow::bail!(
-            "unknown command `{other}`; use status, peers, scores, windows, weights, metrics or \
-             export"
+            "unknown command `{other}`; use status, peers, scores, windows, weights, metrics, \
+             store or export"
         ),
     })
 }
@@ -276,8 +538,30 @@ async fn export(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> Res
     )
 }
 
-/// Sends one request line and returns the parsed reply.
+/// Longest reply the client reads.
+const MAX_REPLY: u64 = 256 << 20;
+
+/// How long [`request`] waits for a reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sends one request line and returns the parsed reply, giving up after [`CLIENT_TIMEOUT`].
 pub async fn request(socket: &Path, req: &Value) -> Result<Value> {
+    request_timeout(socket, req, CLIENT_TIMEOUT).await
+}
+
+/// Sends one request line and returns the parsed reply, giving up after `timeout`.
+pub async fn request_timeout(socket: &Path, req: &Value, timeout: Duration) -> Result<Value> {
+    tokio::time::timeout(timeout, request_inner(socket, req))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "the node did not answer on {} within {timeout:?}; is it stuck or overloaded?",
+                socket.display()
+            )
+        })?
+}
+
+async fn request_inner(socket: &Path, req: &Value) -> Result<Value> {
     let stream = UnixStream::connect(socket).await.with_context(|| {
         format!(
             "cannot connect to admin socket {}; is the node running? (see node.admin_socket)",
@@ -288,10 +572,37 @@ pub async fn request(socket: &Path, req: &Value) -> Result<Value> {
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
     w.write_all(&line).await?;
-    let mut r = BufReader::new(r);
-    let mut reply = String::new();
-    r.read_line(&mut reply).await?;
-    serde_json::from_str(&reply).context("admin reply is not JSON")
+    let mut reply = Vec::new();
+    BufReader::new(r)
+        .take(MAX_REPLY)
+        .read_until(b'\n', &mut reply)
+        .await?;
+    serde_json::from_slice(&reply).context("admin reply is not JSON")
+}
+
+/// The process's resident memory (`VmRSS`, `VmHWM` from `/proc/self/status`, in KiB) and the
+/// allocator's cache.
+pub fn memory() -> Value {
+    let mut v = json!({});
+    if let Ok(s) = std::fs::read_to_string("/proc/self/status") {
+        for l in s.lines() {
+            for key in ["VmRSS", "VmHWM"] {
+                if let Some(rest) = l.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
+                    let kb = rest.trim().trim_end_matches("kB").trim();
+                    if let Ok(n) = kb.parse::<u64>() {
+                        v[format!("{}_kb", key.to_lowercase())] = n.into();
+                    }
+                }
+            }
+        }
+    }
+    if let Some(a) = apiary_alloc::stats() {
+        v["alloc_cached_bytes"] = a.cached_bytes.into();
+        v["alloc_limit_bytes"] = a.limit_bytes.into();
+        v["alloc_hits"] = a.hits.into();
+        v["alloc_misses"] = a.misses.into();
+    }
+    v
 }
 
 /// Renders a reply for humans: objects as key/value tables, arrays of objects as tables.
@@ -374,4 +685,159 @@ pub fn render_table(v: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc;
+
+    fn rss_kb() -> u64 {
+        memory()["vmrss_kb"]
+            .as_u64()
+            .expect("VmRSS in /proc/self/status")
+    }
+
+    /// A server answering every request with its command, on a socket in a temp dir.
+    fn server(limits: AdminLimits) -> (tempfile::TempDir, std::path::PathBuf, Arc<AdminStats>) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("admin.sock");
+        let listener = bind(&path).expect("bind");
+        let stats = Arc::new(AdminStats::default());
+        let handler: Handler = Arc::new(|req: Request| {
+            Box::pin(async move { json!({"ok": true, "result": req.cmd}) })
+        });
+        tokio::spawn(serve_with(listener, limits, Arc::clone(&stats), handler));
+        (dir, path, stats)
+    }
+
+    /// Lines read from a connection, as they come.
+    fn lines(r: tokio::net::unix::OwnedReadHalf) -> mpsc::UnboundedReceiver<Value> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(r);
+            loop {
+                let mut l = Vec::new();
+                match r.read_until(b'\n', &mut l).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let v = serde_json::from_slice(&l).unwrap_or(Value::Null);
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Value>) -> Option<Value> {
+        tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a reply in time")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_100_mb_line_without_newline_is_refused_at_once_and_never_buffered() {
+        let (_d, path, stats) = server(AdminLimits::default());
+        let before = rss_kb();
+        let (r, mut w) = UnixStream::connect(&path)
+            .await
+            .expect("connect")
+            .into_split();
+        let mut rx = lines(r);
+        let chunk = vec![b'x'; 1 << 20];
+        for _ in 0..100 {
+            w.write_all(&chunk).await.expect("write");
+        }
+        let reply = next(&mut rx).await.expect("error reply");
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("longer than")),
+            "{reply}"
+        );
+        let grown = rss_kb().saturating_sub(before);
+        println!("RSS after a 100 MB admin line: +{grown} KiB");
+        assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
+        // The rest of the line is discarded; the next request is served.
+        w.write_all(b"\n{\"cmd\":\"status\"}\n")
+            .await
+            .expect("write");
+        let reply = next(&mut rx).await.expect("reply");
+        assert_eq!(reply["result"], "status", "{reply}");
+        assert_eq!(stats.oversize.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_never_block_a_status_request() {
+        let (_d, path, stats) = server(AdminLimits::default());
+        let mut idle = Vec::new();
+        for _ in 0..32 {
+            idle.push(UnixStream::connect(&path).await.expect("connect"));
+        }
+        let reply = request_timeout(&path, &json!({"cmd": "status"}), Duration::from_secs(5))
+            .await
+            .expect("status answered");
+        assert_eq!(reply["result"], "status", "{reply}");
+        assert!(stats.evicted.load(Ordering::Relaxed) >= 17);
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slow_and_idle_clients_time_out_and_busy_ones_refuse_the_rest() {
+        let limits = AdminLimits {
+            max_conns: 2,
+            request_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_millis(300),
+            ..AdminLimits::default()
+        };
+        let (_d, path, stats) = server(limits);
+        // Two clients in the middle of a request: busy, not idle.
+        let mut slow = Vec::new();
+        for _ in 0..2 {
+            let (r, mut w) = UnixStream::connect(&path)
+                .await
+                .expect("connect")
+                .into_split();
+            w.write_all(b"{\"cmd\":").await.expect("write");
+            slow.push((lines(r), w));
+        }
+        // Let the server read both partial requests before the third client comes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (r, _w) = UnixStream::connect(&path)
+            .await
+            .expect("connect")
+            .into_split();
+        let mut third = lines(r);
+        let refused = next(&mut third).await.expect("refusal");
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("too many")),
+            "{refused}"
+        );
+        assert_eq!(stats.refused.load(Ordering::Relaxed), 1);
+        // The slow requests time out with an error line, then the connection closes.
+        for (rx, _w) in &mut slow {
+            let reply = next(rx).await.expect("timeout reply");
+            assert!(
+                reply["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("not complete")),
+                "{reply}"
+            );
+            assert!(next(rx).await.is_none(), "closed after the timeout");
+        }
+        // An idle connection is closed after idle_timeout.
+        let (r, _w) = UnixStream::connect(&path)
+            .await
+            .expect("connect")
+            .into_split();
+        let mut idle = lines(r);
+        assert!(next(&mut idle).await.is_none(), "idle connection closed");
+        assert_eq!(stats.timeouts.load(Ordering::Relaxed), 3);
+    }
 }

@@ -183,7 +183,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             if let Some(d) = &a.dtype {
                 req["dtype"] = d.clone().into();
             }
-            let reply = crate::admin::request(&socket, &req).await?;
+            // Export writes a whole model; every other command answers at once.
+            let timeout = if a.command == "export" {
+                std::time::Duration::from_secs(600)
+            } else {
+                crate::admin::CLIENT_TIMEOUT
+            };
+            let reply = crate::admin::request_timeout(&socket, &req, timeout).await?;
             if a.json {
                 println!("{reply}");
             } else if reply["ok"].as_bool() == Some(true) {

@@ -62,6 +62,11 @@ impl Node {
             )
         })?;
         let store = Store::open(&cfg.node.data_dir.join("db"))?;
+        // The allocator's cache (only where the binary installed apiary-alloc). In a process with
+        // several nodes (devnet, tests) the last one's setting holds; they share one default.
+        let cache =
+            usize::try_from(cfg.node.alloc_cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        apiary_alloc::set_cache_limit(cache);
         let use_subtensor = matches!(chain, ChainSource::FromConfig)
             && cfg.chain.backend == ChainBackend::Subtensor;
         let hotkey = if use_subtensor {

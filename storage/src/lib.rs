@@ -12,8 +12,21 @@
 //!
 //! The API is synchronous: RocksDB calls block, so async callers run large reads and writes in
 //! `spawn_blocking`. [`Store`] is a cheap clone (an `Arc` around the database).
+//!
+//! * **Retention** ([`gc`]): blobs are swept by mark-and-sweep ([`Store::sweep`]) from roots the
+//!   caller names, plus the blobs pinned in memory ([`Store::pin`]) and the blobs written since
+//!   the previous sweep began (in-flight work that no record names yet). RocksDB's blob-file
+//!   garbage collection is on, and a sweep that deleted anything compacts the blob column so the
+//!   space is given back.
+//! * **Durability**: several records of one logical event are written together in a
+//!   [`Batch`] ([`Store::write`]), synced to the WAL: after a crash either all of them are there or
+//!   none. Blobs are written before the records that name them; the WAL keeps that order.
 
-use rocksdb::{ColumnFamilyDescriptor, Options, DB};
+pub mod gc;
+
+pub use gc::{Pin, StoreUsage, SweepReport};
+
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -171,6 +184,7 @@ impl Column {
 pub struct Store {
     db: Arc<DB>,
     path: PathBuf,
+    gc: Arc<gc::GcState>,
 }
 
 impl std::fmt::Debug for Store {
@@ -186,12 +200,21 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
+        // Old WAL files are dropped once every column that has writes in them is flushed; bound
+        // them (a column written rarely would otherwise keep every WAL since its last flush).
+        opts.set_max_total_wal_size(64 << 20);
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
             if *c == Column::Blobs {
                 // Large values go to blob files: cheaper compaction for multi-MB updates.
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(16 * 1024);
+                // Blob files whose blobs were deleted are rewritten (their live blobs moved) or
+                // dropped when compaction reaches them: the oldest quarter of the blob files,
+                // and any of them that is at least half garbage.
+                o.set_enable_blob_gc(true);
+                o.set_blob_gc_age_cutoff(0.25);
+                o.set_blob_gc_force_threshold(0.5);
             }
             ColumnFamilyDescriptor::new(c.name(), o)
         });
@@ -202,6 +225,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             path: path.to_path_buf(),
+            gc: Arc::default(),
         })
     }
 
@@ -228,6 +252,7 @@ impl Store {
     /// Stores bytes under their own hash and returns it.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<ContentId> {
         let id = ContentId::of(bytes);
+        self.gc.written(id);
         self.db
             .put_cf(self.cf(Column::Blobs), id.0, bytes)
             .map_err(|e| self.db_err(e))?;
@@ -240,6 +265,7 @@ impl Store {
         if actual != expected {
             return Err(StoreError::HashMismatch { expected, actual });
         }
+        self.gc.written(expected);
         self.db
             .put_cf(self.cf(Column::Blobs), expected.0, bytes)
             .map_err(|e| self.db_err(e))
@@ -365,6 +391,24 @@ impl Store {
         Ok(out)
     }
 
+    /// A new, empty write batch.
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            store: self,
+            inner: WriteBatch::default(),
+        }
+    }
+
+    /// Writes a batch atomically and syncs the WAL: after a crash either every write of the
+    /// batch is there or none is, and a batch that returned is on disk.
+    pub fn write(&self, batch: Batch<'_>) -> Result<()> {
+        let mut o = WriteOptions::default();
+        o.set_sync(true);
+        self.db
+            .write_opt(batch.inner, &o)
+            .map_err(|e| self.db_err(e))
+    }
+
     /// Flushes memtables and the WAL to disk.
     pub fn flush(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| self.db_err(e))?;
@@ -372,6 +416,39 @@ impl Store {
             self.db.flush_cf(self.cf(c)).map_err(|e| self.db_err(e))?;
         }
         Ok(())
+    }
+}
+
+/// Writes collected for [`Store::write`]: records put or deleted together.
+pub struct Batch<'a> {
+    store: &'a Store,
+    inner: WriteBatch,
+}
+
+impl Batch<'_> {
+    /// Adds a JSON record.
+    pub fn put<T: Serialize>(&mut self, col: Column, key: &[u8], value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value).map_err(|e| StoreError::Codec {
+            column: col.name(),
+            message: e.to_string(),
+        })?;
+        self.inner.put_cf(self.store.cf(col), key, bytes);
+        Ok(())
+    }
+
+    /// Adds a deletion of a record.
+    pub fn delete(&mut self, col: Column, key: &[u8]) {
+        self.inner.delete_cf(self.store.cf(col), key);
+    }
+
+    /// Writes collected so far.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether nothing was collected.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
     }
 }
 
