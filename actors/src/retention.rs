@@ -103,17 +103,39 @@ pub fn roots(
     ctx: &NodeContext,
     kept: &[(bool, AppliedWindow)],
 ) -> Result<HashSet<ContentId>, StoreError> {
-    let anns = ctx
-        .store
-        .scan::<UpdateAnnouncement>(Column::Announcements)?;
-    Ok(roots_of(kept, anns.iter().map(|(_, a)| a), ctx.uid()))
+    // Only the fields that name blobs (a lazy miner's announcement carries a NaN loss, which
+    // JSON stores as null and the full type does not read back).
+    let anns = ctx.store.scan::<AnnouncedBlobs>(Column::Announcements)?;
+    Ok(roots_of(kept, anns.into_iter().map(|(_, a)| a), ctx.uid()))
+}
+
+/// The blobs an announcement names.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct AnnouncedBlobs {
+    /// Announcing uid.
+    pub uid: u16,
+    /// The update.
+    pub update: ContentId,
+    /// Its sync proof.
+    #[serde(default)]
+    pub sync_slice: Option<ContentId>,
+}
+
+impl From<&UpdateAnnouncement> for AnnouncedBlobs {
+    fn from(a: &UpdateAnnouncement) -> Self {
+        AnnouncedBlobs {
+            uid: a.uid,
+            update: a.update,
+            sync_slice: a.sync_slice,
+        }
+    }
 }
 
 /// The roots of `kept` windows (`(recent, record)`) and of the announcements of `uid` among
 /// `anns`.
-pub fn roots_of<'a>(
+pub fn roots_of(
     kept: &[(bool, AppliedWindow)],
-    anns: impl Iterator<Item = &'a UpdateAnnouncement>,
+    anns: impl Iterator<Item = AnnouncedBlobs>,
     uid: Option<u16>,
 ) -> HashSet<ContentId> {
     let mut roots = HashSet::new();
@@ -253,7 +275,7 @@ mod tests {
             .filter(|(_, (_, k))| **k)
             .map(|(i, (r, _))| (i + 3 >= records.len(), r.clone()))
             .collect();
-        let roots = roots_of(&kept, anns.iter(), Some(7));
+        let roots = roots_of(&kept, anns.iter().map(AnnouncedBlobs::from), Some(7));
         let pin = store.pin(pinned);
         // The first sweep spares everything written since start (young); the second sweeps.
         store.sweep(&roots).expect("sweep");

@@ -202,7 +202,10 @@ impl Store {
         opts.set_max_open_files(256);
         // Old WAL files are dropped once every column that has writes in them is flushed; bound
         // them (a column written rarely would otherwise keep every WAL since its last flush).
-        opts.set_max_total_wal_size(64 << 20);
+        opts.set_max_total_wal_size(32 << 20);
+        // RocksDB's own info log: at most 3 files of 4 MiB.
+        opts.set_max_log_file_size(4 << 20);
+        opts.set_keep_log_file_num(3);
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
             if *c == Column::Blobs {
