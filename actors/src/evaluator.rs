@@ -642,6 +642,9 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
     let me = ctx.hotkey.id();
     let alpha = c.validator.ema_alpha;
     let mut report = Vec::new();
+    // Every miner's score of this window is written in one synced batch: after a crash the
+    // scores are all of this window or all of the previous one.
+    let mut batch = ctx.store.batch();
     // Miners are neurons without a permit, or that submitted updates: on subtensor every
     // neuron holds a permit while the subnet has fewer neurons than validator slots.
     let miners: Vec<_> = mg
@@ -722,11 +725,14 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
             recomputed,
             last_recomputed,
         };
-        if let Err(e) = ctx.store.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
-            tracing::error!(error = %e, "could not persist a score");
+        if let Err(e) = batch.put(Column::Scores, &n.uid.to_be_bytes(), &entry) {
+            tracing::error!(error = %e, uid = n.uid, "could not encode a score");
         }
         st.scores.insert(n.uid, entry);
         report.push((n.uid, s, ema));
+    }
+    if let Err(e) = ctx.store.write(batch) {
+        tracing::error!(error = %e, window, "could not persist the window's scores");
     }
     let accepted: Vec<(u16, ContentId, Arc<Update>)> = results
         .iter()

@@ -156,11 +156,18 @@ pub fn roots_of(
     roots
 }
 
+/// Sweeps between two compactions that give the swept space back ([`apiary_storage::Store::reclaim`]).
+pub const RECLAIM_EVERY_SWEEPS: u64 = 8;
+
 /// Whether a sweep is due after `applied` windows were applied since start (or the store is
-/// over its budget, which is counted and logged here).
-pub fn sweep_due(ctx: &NodeContext, applied: u64) -> bool {
+/// over its budget, which is counted and logged here): `Some(reclaim)`, with whether the
+/// sweep should also compact to give the space back (every [`RECLAIM_EVERY_SWEEPS`] sweeps,
+/// and every sweep while over budget).
+pub fn sweep_due(ctx: &NodeContext, applied: u64) -> Option<bool> {
     let n = &ctx.cfg.node;
-    let mut due = n.gc_every_windows > 0 && applied.is_multiple_of(n.gc_every_windows);
+    let every = n.gc_every_windows;
+    let due = every > 0 && applied.is_multiple_of(every);
+    let reclaim = due && (applied / every.max(1)).is_multiple_of(RECLAIM_EVERY_SWEEPS);
     if n.disk_budget_mb > 0 {
         let used = ctx.store.disk_bytes();
         let budget = n.disk_budget_mb.saturating_mul(1 << 20);
@@ -172,31 +179,32 @@ pub fn sweep_due(ctx: &NodeContext, applied: u64) -> bool {
                 "store is over node.disk_budget_mb; sweeping after every window (raise the \
                  budget, or lower checkpoint.keep_recent / keep_periodic)"
             );
-            due = true;
+            return Some(true);
         }
     }
-    due
+    due.then_some(reclaim)
 }
 
 /// Sweeps the blob column from the roots of `kept`.
-pub fn sweep(ctx: &NodeContext, kept: &[(bool, AppliedWindow)]) -> Result<SweepReport, StoreError> {
+pub fn sweep(
+    ctx: &NodeContext,
+    kept: &[(bool, AppliedWindow)],
+    reclaim: bool,
+) -> Result<SweepReport, StoreError> {
     let roots = roots(ctx, kept)?;
     let report = ctx.store.sweep(&roots)?;
     Metrics::inc(&ctx.metrics.gc_sweeps);
     ctx.metrics
         .blobs_swept
         .fetch_add(report.deleted as u64, std::sync::atomic::Ordering::Relaxed);
-    if report.deleted > 0 {
-        // Expired records leave tombstones: compact their columns too.
-        ctx.store.compact(Column::Announcements);
-        ctx.store.compact(Column::Windows);
-    }
+    let reclaimed = reclaim && ctx.store.reclaim();
     tracing::info!(
         roots = roots.len(),
         deleted = report.deleted,
         kept = report.scanned - report.deleted,
         disk_mb = report.bytes_after >> 20,
         ms = report.duration_ms,
+        reclaimed,
         "swept unreferenced blobs"
     );
     Ok(report)

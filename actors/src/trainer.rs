@@ -283,8 +283,8 @@ impl Actor for Trainer {
                     let model = a.record.model;
                     let sweep = on_applied(st, a);
                     st.core.report(Event::RecordApplied { window: w, model });
-                    if sweep {
-                        sweep_blobs(&st.ctx).await;
+                    if let Some(reclaim) = sweep {
+                        sweep_blobs(&st.ctx, reclaim).await;
                     }
                 }
                 Err(e) => {
@@ -769,8 +769,8 @@ async fn apply_record(
 
 /// Persists an applied window: its record and the expiry of what it supersedes, in one synced
 /// batch ([`crate::retention::expire`]); then moves the model pins, trims the allocator's
-/// cache, and reports whether a blob sweep is due.
-fn on_applied(st: &mut TrainerState, a: Applied) -> bool {
+/// cache, and reports whether a blob sweep is due (`Some(reclaim)`).
+fn on_applied(st: &mut TrainerState, a: Applied) -> Option<bool> {
     let ctx = &st.ctx;
     let rec = &a.record;
     let entry = AppliedWindow {
@@ -834,7 +834,7 @@ fn persist_applied(
 
 /// Sweeps unreferenced blobs off the runtime (the trainer waits: no record is applied while
 /// it runs).
-async fn sweep_blobs(ctx: &Arc<NodeContext>) {
+async fn sweep_blobs(ctx: &Arc<NodeContext>, reclaim: bool) {
     let ctx2 = Arc::clone(ctx);
     let res = tokio::task::spawn_blocking(move || {
         let kept: Vec<(bool, AppliedWindow)> = {
@@ -851,7 +851,7 @@ async fn sweep_blobs(ctx: &Arc<NodeContext>) {
                 .map(|(i, ((_, w), _))| (i + c.keep_recent >= n, w))
                 .collect()
         };
-        crate::retention::sweep(&ctx2, &kept)
+        crate::retention::sweep(&ctx2, &kept, reclaim)
     })
     .await;
     match res {

@@ -126,7 +126,7 @@ pub struct DevnetArgs {
 /// `apiary admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// status | peers | scores | windows | weights | metrics | export
+    /// status | peers | scores | windows | weights | metrics | store | export
     pub command: String,
     /// `export`: directory to write the model into (a Hugging Face LLaMA directory).
     #[arg(long)]

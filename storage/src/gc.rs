@@ -37,6 +37,8 @@ struct History {
     last: Option<SweepReport>,
     sweeps: u64,
     deleted: u64,
+    /// Blobs deleted since the last [`Store::reclaim`].
+    unreclaimed: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -106,7 +108,8 @@ pub struct SweepReport {
     pub young: usize,
     /// Deleted.
     pub deleted: usize,
-    /// Store size on disk before and after (bytes, after compacting when anything was deleted).
+    /// Store size on disk before and after (bytes; the space of deleted blobs comes back at
+    /// the next [`Store::reclaim`] or when RocksDB compacts on its own).
     pub bytes_before: u64,
     /// See `bytes_before`.
     pub bytes_after: u64,
@@ -175,8 +178,7 @@ impl Store {
     }
 
     /// Deletes every blob that is not in `roots`, pinned, or written since the previous sweep
-    /// began; compacts the blob column when it deleted anything (RocksDB's blob garbage
-    /// collection then drops or rewrites the blob files that held them).
+    /// began.
     pub fn sweep(&self, roots: &HashSet<ContentId>) -> Result<SweepReport> {
         let _one = lock(&self.gc.sweeping);
         let started = std::time::Instant::now();
@@ -237,10 +239,6 @@ impl Store {
                 self.db.write(batch).map_err(|e| self.db_err(e))?;
             }
         }
-        if report.deleted > 0 {
-            self.db
-                .compact_range_cf(self.cf(Column::Blobs), None::<&[u8]>, None::<&[u8]>);
-        }
         report.bytes_after = dir_bytes(&self.path);
         report.duration_ms = started.elapsed().as_millis() as u64;
         report.at_unix_ms = std::time::SystemTime::now()
@@ -249,6 +247,7 @@ impl Store {
         let mut h = lock(&self.gc.history);
         h.sweeps += 1;
         h.deleted += report.deleted as u64;
+        h.unreclaimed += report.deleted as u64;
         h.last = Some(report.clone());
         tracing::debug!(
             scanned = report.scanned,
@@ -263,10 +262,23 @@ impl Store {
         Ok(report)
     }
 
-    /// Compacts a record column (after many deletions, to give the space back).
-    pub fn compact(&self, col: Column) {
-        self.db
-            .compact_range_cf(self.cf(col), None::<&[u8]>, None::<&[u8]>);
+    /// Gives the space of the blobs deleted by sweeps (and of expired records) back to the
+    /// file system: compacts the blob, announcement and windows columns, and RocksDB's blob
+    /// garbage collection drops or rewrites the blob files that held them. Does nothing when
+    /// no sweep deleted anything since the last call; returns whether it compacted.
+    pub fn reclaim(&self) -> bool {
+        {
+            let mut h = lock(&self.gc.history);
+            if h.unreclaimed == 0 {
+                return false;
+            }
+            h.unreclaimed = 0;
+        }
+        for col in [Column::Blobs, Column::Announcements, Column::Windows] {
+            self.db
+                .compact_range_cf(self.cf(col), None::<&[u8]>, None::<&[u8]>);
+        }
+        true
     }
 
     /// Size on disk of the database directory.
@@ -345,6 +357,9 @@ mod tests {
         drop(_pin);
         let r = s.sweep(&ids(&[root])).expect("sweep");
         assert_eq!(r.deleted, 2, "{r:?}");
+        assert_eq!(s.get_blob(root).expect("get"), Some(big(1)));
+        assert!(s.reclaim(), "deleted blobs to reclaim");
+        assert!(!s.reclaim(), "nothing left to reclaim");
         assert_eq!(s.get_blob(root).expect("get"), Some(big(1)));
         let u = s.usage().expect("usage");
         assert_eq!(u.blob_count, 1);

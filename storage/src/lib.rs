@@ -16,8 +16,8 @@
 //! * **Retention** ([`gc`]): blobs are swept by mark-and-sweep ([`Store::sweep`]) from roots the
 //!   caller names, plus the blobs pinned in memory ([`Store::pin`]) and the blobs written since
 //!   the previous sweep began (in-flight work that no record names yet). RocksDB's blob-file
-//!   garbage collection is on, and a sweep that deleted anything compacts the blob column so the
-//!   space is given back.
+//!   garbage collection is on, and [`Store::reclaim`] compacts the swept columns so the space
+//!   goes back to the file system.
 //! * **Durability**: several records of one logical event are written together in a
 //!   [`Batch`] ([`Store::write`]), synced to the WAL: after a crash either all of them are there or
 //!   none. Blobs are written before the records that name them; the WAL keeps that order.
