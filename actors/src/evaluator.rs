@@ -121,6 +121,9 @@ pub const FETCHABLE: &str = "fetchable";
 /// Check name of an update computed on a model other than this validator's.
 pub const BASE_MODEL: &str = "base_model";
 
+/// A record built by aggregation, the model it produced, and the pins of the blobs it names.
+pub type Built = (WindowRecord, ModelSnapshot, Vec<Pin>);
+
 /// Messages of the evaluator.
 pub enum EvaluatorMsg {
     /// Evaluate a miner's update (computed on the current model), relayed by a peer.
@@ -146,10 +149,7 @@ pub enum EvaluatorMsg {
     /// Aggregate a closed window and publish its record (lead validator).
     Aggregate(u64),
     /// The aggregate for a closed window is ready to publish, with the model it produced.
-    Aggregated(
-        u64,
-        Box<Result<(WindowRecord, ModelSnapshot, Vec<Pin>), WorkError>>,
-    ),
+    Aggregated(u64, Box<Result<Built, WorkError>>),
     /// Query: smoothed scores.
     Scores(RpcReplyPort<Vec<ScoreEntry>>),
     /// Query: how many updates of a window have been scored so far.

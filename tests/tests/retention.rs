@@ -33,6 +33,9 @@ async fn fifty_windows_with_a_lazy_miner_keep_the_store_bounded_and_every_kept_m
     net.spawn(cfg("miner", Role::Miner)).await;
     let mut lazy = cfg("lazy", Role::Miner);
     lazy.train.lazy = true;
+    // The lazy miner runs over a (tiny) disk budget: it counts that, and sweeps and compacts
+    // after every window.
+    lazy.node.disk_budget_mb = 1;
     net.spawn(lazy).await;
     net.wait_connected(T).await;
 
@@ -139,6 +142,15 @@ async fn fifty_windows_with_a_lazy_miner_keep_the_store_bounded_and_every_kept_m
             max_blobs[k]
         );
         assert!(usage.sweeps >= windows - 1);
+        let over = ctx
+            .metrics
+            .disk_over_budget
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if ctx.cfg.node.disk_budget_mb > 0 {
+            assert!(over >= windows - 1, "over budget counted {over} times");
+        } else {
+            assert_eq!(over, 0);
+        }
     }
     println!("retention test: {:?}", started.elapsed());
     net.shutdown().await;
