@@ -263,8 +263,9 @@ impl Store {
     }
 
     /// Gives the space of the blobs deleted by sweeps (and of expired records) back to the
-    /// file system: compacts the blob, announcement and windows columns, and RocksDB's blob
-    /// garbage collection drops or rewrites the blob files that held them. Does nothing when
+    /// file system: compacts the blob, announcement and windows columns (RocksDB's blob
+    /// garbage collection drops or rewrites the blob files that held them) and flushes the
+    /// rest so old write-ahead log files are deleted. Does nothing when
     /// no sweep deleted anything since the last call; returns whether it compacted.
     pub fn reclaim(&self) -> bool {
         {
@@ -277,6 +278,11 @@ impl Store {
         for col in [Column::Blobs, Column::Announcements, Column::Windows] {
             self.db
                 .compact_range_cf(self.cf(col), None::<&[u8]>, None::<&[u8]>);
+        }
+        // Flush the other columns too: a write-ahead log file is deleted only once every
+        // column with writes in it is flushed.
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %e, "flush after reclaiming failed");
         }
         true
     }
