@@ -93,10 +93,10 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
     let dir = net.dir.path().to_path_buf();
     let mut validators = Vec::new();
     for i in 1..=2 {
-        validators.push(
-            net.spawn(config(&dir, &format!("validator-{i}"), Role::Validator))
-                .await,
-        );
+        let mut c = config(&dir, &format!("validator-{i}"), Role::Validator);
+        // Every window's record is read back at the end: keep them all.
+        c.checkpoint.keep_recent = WINDOWS as usize + 8;
+        validators.push(net.spawn(c).await);
     }
     let specs = miner_specs(cheats);
     let mut miner_idx = Vec::new();

@@ -98,7 +98,11 @@ async fn compressed_diloco_swarm_learns_agrees_and_late_joiner_catches_up() {
         let uid = mctx.uid().expect("uid");
         let ann: UpdateAnnouncement = mctx
             .store
-            .get(Column::Announcements, &window_uid_key(first, uid))
+            // The last window's: announcements of older windows have expired (retention).
+            .get(
+                Column::Announcements,
+                &window_uid_key(first + windows - 1, uid),
+            )
             .expect("store")
             .expect("announced");
         assert!(
