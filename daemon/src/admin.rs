@@ -40,6 +40,9 @@ pub struct Request {
     /// `export`: `f32` (default, bit-exact) or `bf16`.
     #[serde(default)]
     pub dtype: Option<String>,
+    /// `unban`: the peer id whose ban to lift.
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 /// Binds the socket (replacing a stale one) with mode 0600.
@@ -215,8 +218,35 @@ async fn dispatch(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> R
                            "connected": is_connected})
                 })
                 .collect();
+            // Each connected or banned peer's gossipsub score, strikes and ban.
+            let standings: Vec<Value> = ctx
+                .net
+                .standings()
+                .await
+                .into_iter()
+                .map(|s| {
+                    json!({"peer_id": s.peer.to_string(), "connected": s.connected,
+                           "gossip_score": s.gossip_score, "strikes": s.strikes,
+                           "banned": s.banned.as_ref().map(|(secs, why)|
+                               json!({"secs_left": secs, "reason": why}))})
+                })
+                .collect();
+            let banned: Vec<Value> = standings
+                .iter()
+                .filter(|s| !s["banned"].is_null())
+                .cloned()
+                .collect();
             json!({"connected": connected.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                   "neurons": neurons})
+                   "neurons": neurons, "standings": standings, "banned": banned})
+        }
+        "unban" => {
+            let Some(peer) = &req.peer else {
+                anyhow::bail!("unban needs a peer id: {{\"cmd\": \"unban\", \"peer\": \"12D3KooW…\"}}");
+            };
+            let peer: apiary_net::PeerId = peer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("`{peer}` is not a peer id: {e}"))?;
+            json!({"peer_id": peer.to_string(), "lifted": ctx.net.unban(peer).await?})
         }
         "scores" => {
             if ctx.cfg.node.role != apiary_config::Role::Validator {
@@ -244,7 +274,7 @@ async fn dispatch(ctx: &Arc<NodeContext>, handles: &Handles, req: &Request) -> R
         }
         "export" => export(ctx, handles, req).await?,
         other => anyhow::bail!(
-            "unknown command `{other}`; use status, peers, scores, windows, weights, metrics or \
+            "unknown command `{other}`; use status, peers, unban, scores, windows, weights, metrics or \
              export"
         ),
     })
