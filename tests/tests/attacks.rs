@@ -54,7 +54,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -136,10 +136,107 @@ impl Attacker {
         }
         false
     }
+}
 
-    /// Publishes once, as fast as it can (floods); true if gossipsub took it.
+/// A bare gossipsub node — no kad, no identify — connected to the validator only: nobody
+/// learns its address, so no other node connects to it (an [`apiary_net`] attacker's kad
+/// bootstrap connects it to every node the validator knows). Messages that reach the miners
+/// from it were relayed by the validator.
+struct BareAttacker {
+    name: &'static str,
+    peer: PeerId,
+    publish: mpsc::Sender<(Vec<u8>, oneshot::Sender<bool>)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BareAttacker {
+    /// Dials the validator and returns once the validator is subscribed to the topic.
+    async fn spawn(name: &'static str, vctx: &NodeContext) -> Self {
+        use libp2p::futures::StreamExt;
+        use libp2p::gossipsub;
+        use libp2p::swarm::SwarmEvent;
+        let key = apiary_net::Keypair::generate_ed25519();
+        let peer = key.public().to_peer_id();
+        let cfg = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(Duration::from_millis(100))
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .message_id_fn(|m: &gossipsub::Message| {
+                gossipsub::MessageId::from(blake3::hash(&m.data).as_bytes().to_vec())
+            })
+            .max_transmit_size(1 << 20)
+            .flood_publish(true)
+            .build()
+            .expect("gossipsub config");
+        let gs: gossipsub::Behaviour =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), cfg)
+                .expect("gossipsub");
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                libp2p::tcp::Config::default().nodelay(true),
+                libp2p::noise::Config::new,
+                libp2p::yamux::Config::default,
+            )
+            .expect("transport")
+            .with_behaviour(|_| gs)
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        let topic = gossipsub::IdentTopic::new(apiary_net::topic_name(1));
+        swarm.behaviour_mut().subscribe(&topic).expect("subscribe");
+        let vpeer = vctx.net.local_peer_id();
+        let vaddr = vctx.net.listen_addrs().await[0]
+            .clone()
+            .with(apiary_net::Protocol::P2p(vpeer));
+        swarm.dial(vaddr).expect("dial the validator");
+        let (tx, mut rx) = mpsc::channel::<(Vec<u8>, oneshot::Sender<bool>)>(64);
+        let (ready_tx, ready) = oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, .. }) = ev {
+                            if peer_id == vpeer {
+                                if let Some(r) = ready_tx.take() {
+                                    let _ = r.send(());
+                                }
+                            }
+                        }
+                    }
+                    cmd = rx.recv() => match cmd {
+                        Some((data, reply)) => {
+                            let ok = swarm.behaviour_mut().publish(topic.clone(), data).is_ok();
+                            let _ = reply.send(ok);
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+        tokio::time::timeout(T, ready)
+            .await
+            .expect("the validator subscribed to the bare attacker")
+            .expect("bare attacker running");
+        BareAttacker {
+            name,
+            peer,
+            publish: tx,
+            task,
+        }
+    }
+
+    /// Publishes once; true if gossipsub took it.
     async fn fire(&self, env: SignedEnvelope) -> bool {
-        self.net.publish_raw(env.encode()).await.is_ok()
+        let (reply, ok) = oneshot::channel();
+        if self.publish.send((env.encode(), reply)).await.is_err() {
+            return false;
+        }
+        ok.await.unwrap_or(false)
+    }
+
+    fn stop(self) {
+        self.task.abort();
     }
 }
 
@@ -169,9 +266,13 @@ async fn attacker(name: &'static str, hotkey: &Hotkey, vctx: &NodeContext) -> At
         .with(apiary_net::Protocol::P2p(vctx.net.local_peer_id()));
     net.dial(vaddr).await.expect("attacker dials the validator");
     let me = net.local_peer_id();
-    wait_until(T, &format!("{name} in the validator's gossip mesh"), || async {
-        net.gossip_peers().await >= 1 && vctx.net.connected_peers().await.contains(&me)
-    })
+    wait_until(
+        T,
+        &format!("{name} in the validator's gossip mesh"),
+        || async {
+            net.gossip_peers().await >= 1 && vctx.net.connected_peers().await.contains(&me)
+        },
+    )
     .await;
     Attacker {
         name,
@@ -334,10 +435,15 @@ async fn is_banned(vctx: &NodeContext, socket: &Path, who: PeerId) -> bool {
     listed && !vctx.net.connected_peers().await.contains(&who)
 }
 
-/// Checks (gated) that `a` is banned, while it is still running, then stops it.
-async fn ban_check_and_stop(a: Attacker, vctx: &NodeContext, socket: &Path, report: &mut Report) {
-    let peer = a.peer();
-    let holds = gated_wait(PEER_BANS, &format!("{} banned", a.name), || async {
+/// Checks (gated) that attacker `name` is banned, while it is still running.
+async fn ban_check(
+    name: &str,
+    peer: PeerId,
+    vctx: &NodeContext,
+    socket: &Path,
+    report: &mut Report,
+) {
+    let holds = gated_wait(PEER_BANS, &format!("{name} banned"), || async {
         is_banned(vctx, socket, peer).await
     })
     .await;
@@ -345,11 +451,13 @@ async fn ban_check_and_stop(a: Attacker, vctx: &NodeContext, socket: &Path, repo
         "PEER_BANS",
         PEER_BANS,
         holds,
-        format!(
-            "attacker `{}` ({peer}) is in the validator's `banned` list and disconnected",
-            a.name
-        ),
+        format!("attacker `{name}` ({peer}) is in the validator's `banned` list and disconnected"),
     );
+}
+
+/// [`ban_check`], then stops the attacker.
+async fn ban_check_and_stop(a: Attacker, vctx: &NodeContext, socket: &Path, report: &mut Report) {
+    ban_check(a.name, a.peer(), vctx, socket, report).await;
     a.net.shutdown().await;
 }
 
@@ -473,10 +581,7 @@ async fn attack_suite_leaves_the_swarm_training() {
     let eval = net.nodes[v].handles().evaluator.clone();
     let miners: Vec<Arc<NodeContext>> = net.nodes[1..].iter().map(|n| n.ctx().clone()).collect();
     let honest_uids: Vec<u16> = {
-        let mut u: Vec<u16> = miners
-            .iter()
-            .map(|m| m.uid().expect("miner uid"))
-            .collect();
+        let mut u: Vec<u16> = miners.iter().map(|m| m.uid().expect("miner uid")).collect();
         u.sort_unstable();
         u
     };
@@ -502,19 +607,30 @@ async fn attack_suite_leaves_the_swarm_training() {
     let stranger = Hotkey::from_dev_label("eve-flood");
     let blob_stranger = Hotkey::from_dev_label("eve-blobs");
     net.block();
-    wait_until(T, "the validator's metagraph knows the attackers", || async {
-        vctx.metagraph()
-            .is_some_and(|m| reg.values().all(|(k, _)| m.by_hotkey(&k.id()).is_some()))
-    })
+    wait_until(
+        T,
+        "the validator's metagraph knows the attackers",
+        || async {
+            vctx.metagraph()
+                .is_some_and(|m| reg.values().all(|(k, _)| m.by_hotkey(&k.id()).is_some()))
+        },
+    )
     .await;
     assert_healthy(&net, "at start");
 
     let bpw = vcfg.chain.blocks_per_window;
-    let first = net.chain.head().number / bpw + 1;
+    // A warm-up window, so that every attacked window starts from an applied record.
+    let warm = net.chain.head().number / bpw + 1;
+    net.advance_to(warm * bpw);
+    wait_until(T, "the warm-up window's updates scored", || async {
+        eval.scored_in(warm).await.unwrap_or(0) >= honest_uids.len()
+    })
+    .await;
+    let first = warm + 1;
 
     // Attackers of the first window: they watch the honest announcements from the start.
-    let mut fields = Some(attacker("fields", &key("fields"), &vctx).await);
-    let mut copier = Some(attacker("copy", &key("copy"), &vctx).await);
+    // It watches the honest announcements from the start of the first attacked window.
+    let mut watcher = Some(attacker("watcher", &key("copy"), &vctx).await);
 
     let mut captured: Vec<(HotkeyId, Vec<u8>)> = Vec::new();
     let mut flood_relay: Option<(u64, u64, bool)> = None;
@@ -522,18 +638,21 @@ async fn attack_suite_leaves_the_swarm_training() {
     let windows = 4u64;
     for w in first..first + windows {
         net.advance_to(w * bpw);
-        wait_until(T, &format!("the validator enters window {w}"), || async {
-            vctx.status().window == w
+        // Attacks start once every node holds the previous window's model (the attackers'
+        // announcements name it as their base).
+        wait_until(T, &format!("all nodes enter window {w}"), || async {
+            net.nodes.iter().all(|n| {
+                let s = n.ctx().status();
+                s.window == w && s.model_window == Some(w - 1)
+            })
         })
         .await;
         let at_start = counters(&vctx);
         let phase = w - first;
         match phase {
             0 => {
-                let f = fields.take().expect("fields attacker");
-                attack_fields(&f, &vctx, &key, &uid, &honest_uids, &mut report).await;
-                ban_check_and_stop(f, &vctx, &socket, &mut report).await;
-                let mut c = copier.take().expect("copy attacker");
+                attack_fields(&vctx, &key, &uid, &honest_uids, &mut report).await;
+                let mut c = watcher.take().expect("watcher");
                 captured = attack_copy(
                     &mut c,
                     &vctx,
@@ -544,7 +663,7 @@ async fn attack_suite_leaves_the_swarm_training() {
                     &mut report,
                 )
                 .await;
-                ban_check_and_stop(c, &vctx, &socket, &mut report).await;
+                c.net.shutdown().await;
             }
             1 => {
                 flood_relay = Some(
@@ -592,10 +711,14 @@ async fn attack_suite_leaves_the_swarm_training() {
         }
         // The window closes as if nothing happened: both honest updates are scored (the
         // attacker's refused updates of this window are scored outcomes too).
-        wait_until(T, &format!("the honest updates of window {w} scored"), || async {
-            let refused = grew(&at_start, &counters(&vctx), EVAL_REJECTIONS) as usize;
-            eval.scored_in(w).await.unwrap_or(0) >= honest_uids.len() + refused
-        })
+        wait_until(
+            T,
+            &format!("the honest updates of window {w} scored"),
+            || async {
+                let refused = grew(&at_start, &counters(&vctx), EVAL_REJECTIONS) as usize;
+                eval.scored_in(w).await.unwrap_or(0) >= honest_uids.len() + refused
+            },
+        )
         .await;
         net.advance_to((w + 1) * bpw);
         wait_until(T, &format!("all honest nodes apply window {w}"), || async {
@@ -625,7 +748,11 @@ async fn attack_suite_leaves_the_swarm_training() {
             "window {w} (attack phase {phase}) did not aggregate exactly the honest miners' updates"
         );
         wait_until(T, &format!("scores of window {w}"), || async {
-            eval.scores().await.unwrap_or_default().iter().any(|e| e.window >= w)
+            eval.scores()
+                .await
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e.window >= w)
         })
         .await;
         let scores = eval.scores().await.expect("scores");
@@ -635,7 +762,10 @@ async fn attack_suite_leaves_the_swarm_training() {
                 .find(|e| e.uid == u)
                 .unwrap_or_else(|| panic!("no score for honest uid {u}: {scores:?}"));
             assert!(
-                e.window == w && e.last > 0.0 && e.sync == Some(SyncStatus::InSync) && e.reason.is_none(),
+                e.window == w
+                    && e.last > 0.0
+                    && e.sync == Some(SyncStatus::InSync)
+                    && e.reason.is_none(),
                 "honest miner {u} lost its score in window {w} (attack phase {phase}): {e:?}"
             );
         }
@@ -647,7 +777,7 @@ async fn attack_suite_leaves_the_swarm_training() {
         report.gated(
             "ADMISSION_BEFORE_RELAY",
             ADMISSION_BEFORE_RELAY,
-            isolated && relayed_max < sent as u64 / 20,
+            isolated && relayed_max < sent / 20,
             format!(
                 "of {sent} messages from the unregistered hotkey, at most {relayed_max} reached a \
                  miner the attacker is not connected to (precondition, attacker connected to \
@@ -677,8 +807,14 @@ async fn attack_suite_leaves_the_swarm_training() {
 
     // ---- The table. ----
     let elapsed = started.elapsed();
-    eprintln!("\nattack suite: {windows} windows in {:.1} s", elapsed.as_secs_f64());
-    eprintln!("{:<58} | {:>10} | counters moved on the validator", "attack", "sent");
+    eprintln!(
+        "\nattack suite: {windows} windows in {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    eprintln!(
+        "{:<58} | {:>10} | counters moved on the validator",
+        "attack", "sent"
+    );
     eprintln!("{}", "-".repeat(120));
     for r in &report.rows {
         eprintln!("{:<58} | {:>10} | {}", r.attack, r.sent, r.moved);
@@ -702,7 +838,6 @@ async fn attack_suite_leaves_the_swarm_training() {
 
 /// Attack 1: overflowing and out-of-range fields from registered hotkeys.
 async fn attack_fields(
-    a: &Attacker,
     vctx: &NodeContext,
     key: &impl Fn(&str) -> Hotkey,
     uid: &impl Fn(&str) -> u16,
@@ -714,7 +849,11 @@ async fn attack_fields(
     let (k, me) = (key("fields"), uid("fields"));
     let base = |i: usize| announcement(window, me, model, random_id("fields", i), 1);
     // (kind, announcements, counters that must move, by how much)
-    type Case = (&'static str, Vec<(Hotkey, UpdateAnnouncement)>, &'static [&'static str]);
+    type Case = (
+        &'static str,
+        Vec<(Hotkey, UpdateAnnouncement)>,
+        &'static [&'static str],
+    );
     let cases: Vec<Case> = vec![
         (
             "1. window = u64::MAX (x10; 7 used to stop a node)",
@@ -774,20 +913,22 @@ async fn attack_fields(
         ),
     ];
     for (what, anns, pats) in cases {
+        // A fresh attacker per case: with bans on, one case's penalties do not silence the next.
+        let a = attacker("fields", &k, vctx).await;
         let before = counters(vctx);
         let n = anns.len() as u64;
+        let mut sent = 0u64;
         for (k, x) in anns {
-            assert!(
-                a.publish(sign(&k, update(x))).await,
-                "{}: could not publish ({what})",
-                a.name
-            );
+            sent += u64::from(a.publish(sign(&k, update(x))).await);
         }
+        assert!(sent >= 1, "{}: could not publish ({what})", a.name);
+        let want = if PEER_BANS { 1 } else { n };
         wait_until(T, &format!("counted: {what}"), || async {
-            grew(&before, &counters(vctx), pats) >= n
+            grew(&before, &counters(vctx), pats) >= want
         })
         .await;
         report.row(what, n, changed(&before, &counters(vctx)));
+        a.net.shutdown().await;
     }
 }
 
@@ -795,7 +936,7 @@ async fn attack_fields(
 /// them as the attacker's own (verbatim: impersonation; with its uid: a copy) and, signed by
 /// their honest hotkeys, as a replay. Returns the captured `(hotkey, payload)`s.
 async fn attack_copy(
-    a: &mut Attacker,
+    watcher: &mut Attacker,
     vctx: &NodeContext,
     key: &Hotkey,
     my_uid: u16,
@@ -806,7 +947,7 @@ async fn attack_copy(
     let mut captured: BTreeMap<u16, (HotkeyId, Vec<u8>, UpdateAnnouncement)> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + T;
     while captured.len() < honest.len() {
-        let ev = tokio::time::timeout_at(deadline, a.events.recv())
+        let ev = tokio::time::timeout_at(deadline, watcher.events.recv())
             .await
             .expect("the attacker saw no honest announcement")
             .expect("attacker events");
@@ -814,10 +955,9 @@ async fn attack_copy(
             hotkey, payload, ..
         } = ev
         {
-            if let (Some((u, _)), Ok(GossipMsg::Update(ann))) = (
-                honest.get(&hotkey),
-                GossipMsg::decode(&payload, 1 << 20),
-            ) {
+            if let (Some((u, _)), Ok(GossipMsg::Update(ann))) =
+                (honest.get(&hotkey), GossipMsg::decode(&payload, 1 << 20))
+            {
                 if ann.window == window {
                     captured.insert(*u, (hotkey, payload, ann));
                 }
@@ -825,18 +965,24 @@ async fn attack_copy(
         }
     }
     // The validator admitted the originals first.
-    wait_until(T, "the validator holds the honest announcements", || async {
-        captured.keys().all(|u| {
-            vctx.store
-                .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(window, *u))
-                .ok()
-                .flatten()
-                .is_some()
-        })
-    })
+    wait_until(
+        T,
+        "the validator holds the honest announcements",
+        || async {
+            captured.keys().all(|u| {
+                vctx.store
+                    .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(window, *u))
+                    .ok()
+                    .flatten()
+                    .is_some()
+            })
+        },
+    )
     .await;
     let n = captured.len() as u64;
 
+    // Each step by a fresh attacker (with bans on, the impersonator may be cut off).
+    let a = attacker("impersonate", key, vctx).await;
     let before = counters(vctx);
     for (_, payload, _) in captured.values() {
         assert!(a.publish(sign(key, payload.clone())).await, "publish");
@@ -850,6 +996,8 @@ async fn attack_copy(
         n,
         changed(&before, &counters(vctx)),
     );
+    a.net.shutdown().await;
+    let a = attacker("copy", key, vctx).await;
 
     let before = counters(vctx);
     // One slot per (window, uid): one copy per window is all the attacker gets.
@@ -858,7 +1006,11 @@ async fn attack_copy(
     mine.uid = my_uid;
     assert!(a.publish(sign(key, update(mine))).await, "publish");
     wait_until(T, "the copy counted", || async {
-        grew(&before, &counters(vctx), &["updates_copied", "unique_content"]) >= 1
+        grew(
+            &before,
+            &counters(vctx),
+            &["updates_copied", "unique_content"],
+        ) >= 1
     })
     .await;
     report.row(
@@ -866,6 +1018,8 @@ async fn attack_copy(
         1,
         changed(&before, &counters(vctx)),
     );
+    a.net.shutdown().await;
+    let a = attacker("replay", key, vctx).await;
 
     let before = counters(vctx);
     for (hk, payload, _) in captured.values() {
@@ -877,7 +1031,13 @@ async fn attack_copy(
     // Nothing to wait for on main (a second announcement for a (window, uid) is dropped
     // silently): give the validator a round trip through its gossip actor with a marker.
     let marker = counters(vctx);
-    let probe = announcement(u64::MAX, my_uid, ContentId::of(b"p"), ContentId::of(b"p"), 1);
+    let probe = announcement(
+        u64::MAX,
+        my_uid,
+        ContentId::of(b"p"),
+        ContentId::of(b"p"),
+        1,
+    );
     assert!(a.publish(sign(key, update(probe))).await, "publish");
     wait_until(T, "the probe behind the replays counted", || async {
         grew(&marker, &counters(vctx), &["stale"]) >= 1
@@ -895,12 +1055,13 @@ async fn attack_copy(
         replays >= n,
         format!("{n} same-window replays counted as replays/duplicates: +{replays}"),
     );
+    a.net.shutdown().await;
     captured.into_values().map(|(h, p, _)| (h, p)).collect()
 }
 
-/// Attack 2: floods from an unregistered and from a registered hotkey. Returns (messages
-/// sent by the unregistered attacker, the most of them any miner received, whether the miners
-/// stayed unconnected to it).
+/// Attack 2: floods from an unregistered and from a registered hotkey, each by a
+/// [`BareAttacker`]. Returns (messages the unregistered attacker sent, the most of them any
+/// miner received, whether the miners stayed unconnected to it).
 async fn attack_floods(
     vctx: &NodeContext,
     socket: &Path,
@@ -911,9 +1072,13 @@ async fn attack_floods(
 ) -> (u64, u64, bool) {
     let window = vctx.window();
     let model = model_of(vctx);
+    // Without bans, at least this share of what gossipsub took must be counted (a flood may
+    // lose a few messages in the publisher's send queue); with bans, the attacker is cut off
+    // early and only a few are.
+    let floor = |sent: u64| if PEER_BANS { 1 } else { sent * 8 / 10 };
 
     // Unregistered: validly signed, well-formed announcements.
-    let a = attacker("flood-unregistered", stranger, vctx).await;
+    let a = BareAttacker::spawn("flood-unregistered", vctx).await;
     let before = counters(vctx);
     let miners_before: Vec<BTreeMap<String, u64>> = miners.iter().map(|m| counters(m)).collect();
     let t = Instant::now();
@@ -924,38 +1089,54 @@ async fn attack_floods(
             ok += 1;
         }
     }
-    let floor = if PEER_BANS { 1 } else { ok * 9 / 10 };
+    let took = t.elapsed();
     wait_until(T, "the unregistered flood counted", || async {
-        grew(&before, &counters(vctx), &["unregistered"]) >= floor
+        grew(&before, &counters(vctx), &["unregistered"]) >= floor(ok)
     })
     .await;
-    // Whatever of it reached a miner (relayed by the validator): once that stops growing.
+    settle("the validator's counters settle", || async {
+        sum(&counters(vctx), &["unregistered", "gossip_received"])
+    })
+    .await;
+    // Whatever of it reached a miner, relayed by the validator (admitted by the miner's net
+    // layer, or refused there), once that stops growing.
     let mut relayed = 0u64;
     let mut isolated = true;
     for (m, b) in miners.iter().zip(&miners_before) {
         settle("a miner's gossip counters settle", || async {
-            sum(&counters(m), &["net.gossip_received", "unregistered"])
+            sum(&counters(m), &["net.", "unregistered"])
         })
         .await;
-        relayed = relayed.max(grew(b, &counters(m), &["net.gossip_received"]));
-        isolated &= !m.net.connected_peers().await.contains(&a.peer());
+        let c = counters(m);
+        relayed = relayed.max(
+            grew(b, &c, &["net.gossip_received"])
+                + grew(
+                    b,
+                    &c,
+                    &["net.bad_signature", "net.malformed", "net.oversize"],
+                )
+                + grew(b, &c, &["net.gossip_rejected", "net.gossip_ignored"]),
+        );
+        isolated &= !m.net.connected_peers().await.contains(&a.peer);
     }
+    let counted = grew(&before, &counters(vctx), &["unregistered"]);
     report.row(
         &format!(
-            "2. flood from an unregistered hotkey ({:.1} s)",
-            t.elapsed().as_secs_f64()
+            "2. flood from an unregistered hotkey ({:.1} s; {relayed} reached a miner)",
+            took.as_secs_f64()
         ),
         format!("{ok}/{FLOOD}"),
         changed(&before, &counters(vctx)),
     );
     assert!(
-        grew(&before, &counters(vctx), &["unregistered"]) >= floor,
-        "the unregistered flood does not show in a counter"
+        counted >= floor(ok),
+        "the unregistered flood does not show in a counter: {counted} of {ok}"
     );
-    ban_check_and_stop(a, vctx, socket, report).await;
+    ban_check(a.name, a.peer, vctx, socket, report).await;
+    a.stop();
 
     // Registered: garbage payloads and stale windows, validly signed.
-    let a = attacker("flood-registered", registered, vctx).await;
+    let a = BareAttacker::spawn("flood-registered", vctx).await;
     let before = counters(vctx);
     let t = Instant::now();
     let (mut garbage, mut stale) = (0u64, 0u64);
@@ -974,25 +1155,31 @@ async fn attack_floods(
             }
         }
     }
+    let took = t.elapsed();
     let (fg, fs) = if PEER_BANS {
         (1, 0)
     } else {
-        (garbage * 9 / 10, stale * 9 / 10)
+        (floor(garbage), floor(stale))
     };
     wait_until(T, "the registered flood counted", || async {
         let c = counters(vctx);
         grew(&before, &c, &["malformed"]) >= fg && grew(&before, &c, &["stale"]) >= fs
     })
     .await;
+    settle("the validator's counters settle", || async {
+        sum(&counters(vctx), &["malformed", "stale", "gossip_received"])
+    })
+    .await;
     report.row(
         &format!(
             "2. flood from a registered hotkey: garbage + stale ({:.1} s)",
-            t.elapsed().as_secs_f64()
+            took.as_secs_f64()
         ),
         format!("{garbage}+{stale}/{FLOOD}"),
         changed(&before, &counters(vctx)),
     );
-    ban_check_and_stop(a, vctx, socket, report).await;
+    ban_check(a.name, a.peer, vctx, socket, report).await;
+    a.stop();
     (ok, relayed, isolated)
 }
 
@@ -1083,7 +1270,12 @@ async fn attack_blob_flood(
     let after = counters(vctx);
     let moved: BTreeMap<String, u64> = after
         .iter()
-        .map(|(k, v)| (k.clone(), v.saturating_sub(before.get(k).copied().unwrap_or(0))))
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
         .collect();
     report.row(
         &format!(
@@ -1102,7 +1294,11 @@ async fn attack_blob_flood(
         "the flood of unknown ids does not show in a blob-request counter"
     );
     assert!(
-        grew(&before, &after, &["blobs_served", "blob_requests", "throttled"]) > 0,
+        grew(
+            &before,
+            &after,
+            &["blobs_served", "blob_requests", "throttled"]
+        ) > 0,
         "the blob flood shows in no counter"
     );
     a.net.shutdown().await;
@@ -1132,7 +1328,9 @@ async fn attack_admin(socket: &Path, report: &mut Report) {
     let (oversize, sent, how) = writer.await.expect("writer");
     let rss1 = rss();
     let growth = rss1.saturating_sub(rss0);
-    let answered = admin(socket, "status").await.is_some_and(|r| r["ok"] == true);
+    let answered = admin(socket, "status")
+        .await
+        .is_some_and(|r| r["ok"] == true);
     report.row(
         &format!("6. admin line without newline ({how})"),
         format!("{} MiB", sent >> 20),
@@ -1163,7 +1361,9 @@ async fn attack_admin(socket: &Path, report: &mut Report) {
         );
     }
     let t = Instant::now();
-    let answered = admin(socket, "status").await.is_some_and(|r| r["ok"] == true);
+    let answered = admin(socket, "status")
+        .await
+        .is_some_and(|r| r["ok"] == true);
     report.row(
         &format!(
             "6. idle admin connections (status {} in {:.1} s)",
@@ -1184,10 +1384,14 @@ async fn attack_admin(socket: &Path, report: &mut Report) {
     );
     drop(idle);
     drop(oversize);
-    wait_until(T, "the admin socket serves once the attackers hang up", || async {
-        admin(socket, "status")
-            .await
-            .is_some_and(|r| r["ok"] == true)
-    })
+    wait_until(
+        T,
+        "the admin socket serves once the attackers hang up",
+        || async {
+            admin(socket, "status")
+                .await
+                .is_some_and(|r| r["ok"] == true)
+        },
+    )
     .await;
 }
