@@ -632,6 +632,9 @@ async fn attack_suite_leaves_the_swarm_training() {
     })
     .await;
     let first = warm + 1;
+    // An attacker that watches the honest announcements from the start of the first attacked
+    // window (it is in the mesh before the miners publish).
+    let mut watcher = Some(attacker("watcher", &key("copy"), &vctx).await);
     net.advance_to(first * bpw);
     wait_until(T, "the warm-up window's scores", || async {
         eval.scores()
@@ -657,10 +660,6 @@ async fn attack_suite_leaves_the_swarm_training() {
         "honest miners unscored in the warm-up window: {clean:?}"
     );
     let mut honest_scores: Vec<String> = Vec::new();
-
-    // Attackers of the first window: they watch the honest announcements from the start.
-    // It watches the honest announcements from the start of the first attacked window.
-    let mut watcher = Some(attacker("watcher", &key("copy"), &vctx).await);
 
     let mut captured: Vec<(HotkeyId, Vec<u8>)> = Vec::new();
     let mut flood_relay: Option<(u64, u64, bool)> = None;
@@ -726,7 +725,7 @@ async fn attack_suite_leaves_the_swarm_training() {
                 })
                 .await;
                 report.row(
-                    "3. replay of window-0 envelopes 2 windows later",
+                    "3. first attacked window's honest envelopes replayed 2 windows later",
                     n,
                     changed(&before, &counters(&vctx)),
                 );
@@ -807,14 +806,17 @@ async fn attack_suite_leaves_the_swarm_training() {
 
     // ---- Gated expectations. ----
     if let Some((sent, relayed_max, isolated)) = flood_relay {
+        // Out of the messages attempted (with bans, gossipsub takes only the first few); what
+        // reached a miner includes the few honest messages of the window.
         report.gated(
             "ADMISSION_BEFORE_RELAY",
             ADMISSION_BEFORE_RELAY,
-            isolated && relayed_max < sent / 20,
+            isolated && relayed_max < FLOOD as u64 / 20,
             format!(
-                "of {sent} messages from the unregistered hotkey, at most {relayed_max} reached a \
-                 miner the attacker is not connected to (precondition, attacker connected to \
-                 the validator only: {isolated}; expected < 5 %)"
+                "of {FLOOD} messages from the unregistered hotkey ({sent} taken by gossipsub), \
+                 at most {relayed_max} messages reached a miner the attacker is not connected \
+                 to (precondition, attacker connected to the validator only: {isolated}; \
+                 expected < 5 %)"
             ),
         );
     }
@@ -831,12 +833,15 @@ async fn attack_suite_leaves_the_swarm_training() {
         );
     }
     assert_healthy(&net, "at the end");
-    assert!(
-        admin(&socket, "status")
-            .await
-            .is_some_and(|r| r["ok"] == true),
-        "the validator's admin socket does not answer at the end"
-    );
+    for n in &net.nodes {
+        let r = admin(&n.ctx().cfg.admin_socket_path(), "status").await;
+        assert!(
+            r.as_ref()
+                .is_some_and(|r| r["ok"] == true && r["result"]["fatal"].is_null()),
+            "node {}'s admin socket does not report it running at the end: {r:?}",
+            n.ctx().name()
+        );
+    }
 
     // ---- The table. ----
     let elapsed = started.elapsed();
