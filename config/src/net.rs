@@ -26,7 +26,7 @@ pub struct NetConfig {
     /// input one message at a time).
     pub peer_scoring: bool,
     /// Strikes at which a peer is banned (a rejected gossip message is 1, a broken one 2,
-    /// wrong blob bytes 10; strikes halve every minute).
+    /// serving bytes that do not match their id bans at once; strikes halve every minute).
     pub ban_after_strikes: f64,
     /// How long a ban lasts, in seconds.
     pub ban_secs: u64,

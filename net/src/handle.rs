@@ -12,9 +12,9 @@ use crate::{
     SignedEnvelope, SubnetTag,
 };
 
-/// Strike weight of a peer that served bytes that do not match their id: two such blobs ban
-/// it (at the default threshold of 20).
-const WRONG_BYTES_WEIGHT: f64 = 10.0;
+/// Strike weight of a peer that served bytes that do not match their id: it is banned at once
+/// (an honest node never does that; a corrupted disk is its operator's to fix).
+const WRONG_BYTES_WEIGHT: f64 = f64::INFINITY;
 
 /// Blobs larger than this are hashed on the blocking pool instead of the caller's task.
 const HASH_INLINE_MAX: usize = 1 << 20;
