@@ -19,31 +19,11 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-/// Longest request line accepted.
-const MAX_LINE: usize = 64 * 1024;
 /// Concurrent admin connections.
 const MAX_CONNS: usize = 16;
 
-/// A request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    /// Command name.
-    pub cmd: String,
-    /// Optional limit for list commands.
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// `export`: the directory to write the Hugging Face model into (absolute, or relative to
-    /// the node's working directory).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// `export`: `f32` (default, bit-exact) or `bf16`.
-    #[serde(default)]
-    pub dtype: Option<String>,
-    /// `unban`: the peer id whose ban to lift.
-    #[serde(default)]
-    pub peer: Option<String>,
-}
+mod request;
+pub use request::{parse_request, Request, RequestError, MAX_LINE};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -109,14 +89,14 @@ async fn handle_conn(stream: UnixStream, ctx: Arc<NodeContext>, handles: Handles
             r.read_until(b'\n', &mut rest).await?;
             json!({"ok": false, "error": format!("request longer than {MAX_LINE} bytes")})
         } else {
-            match serde_json::from_slice::<Request>(&line) {
+            match parse_request(&line) {
                 Ok(req) => match dispatch(&ctx, &handles, &req).await {
                     Ok(v) => json!({"ok": true, "result": v}),
                     Err(e) => json!({"ok": false, "error": e.to_string()}),
                 },
                 Err(e) => {
                     tracing::warn!(error = %e, "malformed admin request");
-                    json!({"ok": false, "error": format!("malformed request: {e}; send e.g. {{\"cmd\":\"status\"}}")})
+                    json!({"ok": false, "error": e.to_string()})
                 }
             }
         };

@@ -47,6 +47,18 @@ pub enum BlobResponse {
     Busy,
 }
 
+/// Largest encoded [`BlobRequest`] a node reads, in bytes.
+pub const MAX_BLOB_REQUEST_BYTES: u64 = 1024;
+
+/// The codec of the blob protocol, exactly as the swarm uses it: CBOR, requests of at most
+/// [`MAX_BLOB_REQUEST_BYTES`], responses of at most `max_blob_bytes` plus CBOR framing. Public
+/// so the fuzz targets decode peers' bytes with the very codec the node runs.
+pub fn blob_codec(max_blob_bytes: usize) -> cbor::codec::Codec<BlobRequest, BlobResponse> {
+    cbor::codec::Codec::<BlobRequest, BlobResponse>::default()
+        .set_request_size_maximum(MAX_BLOB_REQUEST_BYTES)
+        .set_response_size_maximum(max_blob_bytes.saturating_add(BLOB_RESPONSE_OVERHEAD) as u64)
+}
+
 /// Everything the swarm runs.
 #[derive(NetworkBehaviour)]
 pub(crate) struct ApiaryBehaviour {
@@ -152,13 +164,8 @@ impl ApiaryBehaviour {
                 .map_err(|e| NetError::Setup(format!("gossipsub peer scoring: {e}")))?;
         }
 
-        let codec = cbor::codec::Codec::<BlobRequest, BlobResponse>::default()
-            .set_request_size_maximum(1024)
-            .set_response_size_maximum(
-                params.max_blob_bytes.saturating_add(BLOB_RESPONSE_OVERHEAD) as u64,
-            );
         let blobs = cbor::Behaviour::with_codec(
-            codec,
+            blob_codec(params.max_blob_bytes),
             [(StreamProtocol::new(BLOB_PROTOCOL), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(params.request_timeout),
         );

@@ -57,7 +57,10 @@ use std::{sync::Arc, time::Duration};
 use apiary_chain::keys::{Hotkey, HotkeyId};
 use tokio::sync::mpsc;
 
-pub use behaviour::{BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
+pub use behaviour::{
+    blob_codec, BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+    MAX_BLOB_REQUEST_BYTES,
+};
 pub use envelope::{
     SignedEnvelope, SubnetTag, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES,
 };
