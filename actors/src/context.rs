@@ -124,6 +124,9 @@ metrics! {
     gossip_impersonation,
     /// Announcements for another subnet or a window that is not open.
     gossip_stale,
+    /// Gossip payloads seen before in the same window (replays after gossipsub's duplicate
+    /// cache expired); ignored.
+    gossip_replayed,
     /// Update announcements accepted for evaluation.
     updates_received,
     /// Updates scored.

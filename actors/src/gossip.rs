@@ -89,13 +89,16 @@ impl Actor for GossipPeer {
                 from,
                 hotkey,
                 payload,
+                admitted,
             }) => {
-                // A hotkey that registered after our last metagraph read: the chain watcher (the
+                // The gate ([`crate::admission`]) admitted it, or did not know the hotkey: one
+                // that registered after our last metagraph read. The chain watcher (the
                 // metagraph's owner) re-reads it, at most once per block, before we decide.
-                let known = st
-                    .ctx
-                    .metagraph()
-                    .is_some_and(|m| m.by_hotkey(&hotkey).is_some());
+                let known = admitted
+                    || st
+                        .ctx
+                        .metagraph()
+                        .is_some_and(|m| m.by_hotkey(&hotkey).is_some());
                 let block = st.ctx.status().block;
                 if !known && st.refreshed_at != Some(block) {
                     st.refreshed_at = Some(block);

@@ -50,6 +50,7 @@
 //!    block); the validator checks the proof against its own model, then fetches and scores the
 //!    update while the window is open.
 
+pub mod admission;
 #[cfg(feature = "adversary")]
 mod adversary;
 pub mod blobs;

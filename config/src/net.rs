@@ -22,6 +22,20 @@ pub struct NetConfig {
     /// Hex 32-byte seed of the libp2p ed25519 key; generated and kept in
     /// `<data_dir>/p2p_key` if unset.
     pub p2p_key_seed: Option<String>,
+    /// Gossipsub peer scoring and the node's own strikes and bans (off only to study bad
+    /// input one message at a time).
+    pub peer_scoring: bool,
+    /// Strikes at which a peer is banned (a rejected gossip message is 1, a broken one 2,
+    /// serving bytes that do not match their id bans at once; strikes halve every minute).
+    pub ban_after_strikes: f64,
+    /// How long a ban lasts, in seconds.
+    pub ban_secs: u64,
+    /// Blob requests one peer may make per second (refill of its meter).
+    pub serve_requests_per_sec: f64,
+    /// Blob requests one peer may make in a burst.
+    pub serve_burst: f64,
+    /// Blob lookups served at once, all peers together.
+    pub max_concurrent_serves: usize,
 }
 
 impl Default for NetConfig {
@@ -34,6 +48,12 @@ impl Default for NetConfig {
             heartbeat_ms: 500,
             request_timeout_ms: 30_000,
             p2p_key_seed: None,
+            peer_scoring: true,
+            ban_after_strikes: 20.0,
+            ban_secs: 600,
+            serve_requests_per_sec: 16.0,
+            serve_burst: 64.0,
+            max_concurrent_serves: 32,
         }
     }
 }
@@ -41,6 +61,24 @@ impl Default for NetConfig {
 impl NetConfig {
     /// Checks the `[net]` keys on their own; the error names the key (`net.*`).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.ban_after_strikes.is_finite() && self.ban_after_strikes >= 1.0) {
+            return invalid(
+                "net.ban_after_strikes",
+                "must be at least 1 (20 is the default)",
+            );
+        }
+        if self.ban_secs == 0 || self.ban_secs > 30 * 24 * 3600 {
+            return invalid("net.ban_secs", "must be between 1 s and 30 days");
+        }
+        if !(self.serve_requests_per_sec.is_finite() && self.serve_requests_per_sec > 0.0) {
+            return invalid("net.serve_requests_per_sec", "must be > 0");
+        }
+        if !(self.serve_burst.is_finite() && self.serve_burst >= 1.0) {
+            return invalid("net.serve_burst", "must be at least 1");
+        }
+        if self.max_concurrent_serves == 0 {
+            return invalid("net.max_concurrent_serves", "must be at least 1");
+        }
         if !self.listen.starts_with('/') {
             return invalid(
                 "net.listen",

@@ -49,7 +49,7 @@ pub struct AdminLimits {
 impl Default for AdminLimits {
     fn default() -> Self {
         AdminLimits {
-            max_line: 64 * 1024,
+            max_line: MAX_LINE,
             max_conns: 16,
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
@@ -91,23 +91,8 @@ impl AdminStats {
 pub type Handler =
     Arc<dyn Fn(Request) -> Pin<Box<dyn Future<Output = Value> + Send>> + Send + Sync>;
 
-/// A request.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Request {
-    /// Command name.
-    pub cmd: String,
-    /// Optional limit for list commands.
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// `export`: the directory to write the Hugging Face model into (absolute, or relative to
-    /// the node's working directory).
-    #[serde(default)]
-    pub path: Option<String>,
-    /// `export`: `f32` (default, bit-exact) or `bf16`.
-    #[serde(default)]
-    pub dtype: Option<String>,
-}
+mod request;
+pub use request::{parse_request, Request, RequestError, MAX_LINE};
 
 /// Binds the socket (replacing a stale one) with mode 0600.
 pub fn bind(path: &Path) -> Result<UnixListener> {
@@ -350,14 +335,14 @@ async fn handle_conn(
                 continue;
             }
             if !discarding {
-                let out = match serde_json::from_slice::<Request>(&line) {
+                let out = match parse_request(&line) {
                     Ok(req) => {
                         stats.requests.fetch_add(1, Ordering::Relaxed);
                         handler(req).await
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "malformed admin request");
-                        json!({"ok": false, "error": format!("malformed request: {e}; send e.g. {{\"cmd\":\"status\"}}")})
+                        json!({"ok": false, "error": e.to_string()})
                     }
                 };
                 reply(&mut w, &out).await?;
@@ -467,8 +452,37 @@ async fn dispatch(
                            "connected": is_connected})
                 })
                 .collect();
+            // Each connected or banned peer's gossipsub score, strikes and ban.
+            let standings: Vec<Value> = ctx
+                .net
+                .standings()
+                .await
+                .into_iter()
+                .map(|s| {
+                    json!({"peer_id": s.peer.to_string(), "connected": s.connected,
+                           "gossip_score": s.gossip_score, "strikes": s.strikes,
+                           "banned": s.banned.as_ref().map(|(secs, why)|
+                               json!({"secs_left": secs, "reason": why}))})
+                })
+                .collect();
+            let banned: Vec<Value> = standings
+                .iter()
+                .filter(|s| !s["banned"].is_null())
+                .cloned()
+                .collect();
             json!({"connected": connected.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
-                   "neurons": neurons})
+                   "neurons": neurons, "standings": standings, "banned": banned})
+        }
+        "unban" => {
+            let Some(peer) = &req.peer else {
+                anyhow::bail!(
+                    "unban needs a peer id: {{\"cmd\": \"unban\", \"peer\": \"12D3KooW…\"}}"
+                );
+            };
+            let peer: apiary_net::PeerId = peer
+                .parse()
+                .map_err(|e| anyhow::anyhow!("`{peer}` is not a peer id: {e}"))?;
+            json!({"peer_id": peer.to_string(), "lifted": ctx.net.unban(peer).await?})
         }
         "scores" => {
             if ctx.cfg.node.role != apiary_config::Role::Validator {
@@ -506,8 +520,8 @@ async fn dispatch(
         }
         "export" => export(ctx, handles, req).await?,
         other => anyhow::bail!(
-            "unknown command `{other}`; use status, peers, scores, windows, weights, metrics, \
-             store or export"
+            "unknown command `{other}`; use status, peers, unban, scores, windows, weights, \
+             metrics, store or export"
         ),
     })
 }

@@ -126,8 +126,11 @@ pub struct DevnetArgs {
 /// `apiary admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// status | peers | scores | windows | weights | metrics | store | export
+    /// status | peers | unban | scores | windows | weights | metrics | store | export
     pub command: String,
+    /// `unban`: the peer id whose ban to lift (see `apiary admin peers`).
+    #[arg(long)]
+    pub peer: Option<String>,
     /// `export`: directory to write the model into (a Hugging Face LLaMA directory).
     #[arg(long)]
     pub path: Option<PathBuf>,
@@ -182,6 +185,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             if let Some(d) = &a.dtype {
                 req["dtype"] = d.clone().into();
+            }
+            if let Some(p) = &a.peer {
+                req["peer"] = p.clone().into();
             }
             // Export writes a whole model; every other command answers at once.
             let timeout = if a.command == "export" {

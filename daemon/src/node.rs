@@ -131,7 +131,14 @@ impl Node {
                     .with_context(|| format!("net.bootstrap `{b}` is not a multiaddr"))
             })
             .collect::<Result<Vec<_>>>()?;
-        let (net, net_events) = apiary_net::spawn(
+        // Envelope signatures bind this chain (its genesis hash) and the subnet.
+        let genesis = chain
+            .block_hash(0)
+            .await
+            .context("cannot read the chain's genesis hash")?
+            .context("the chain has no genesis block")?;
+        let gate = apiary_actors::admission::Gate::new();
+        let (net, net_events) = apiary_net::spawn_admitting(
             NetParams {
                 listen,
                 bootstrap,
@@ -143,8 +150,19 @@ impl Node {
                 heartbeat: Duration::from_millis(cfg.net.heartbeat_ms),
                 request_timeout: Duration::from_millis(cfg.net.request_timeout_ms),
                 event_buffer: 1024,
+                subnet: apiary_net::SubnetTag::new(&genesis, cfg.chain.netuid),
+                guard: apiary_net::GuardConfig {
+                    scoring: cfg.net.peer_scoring,
+                    ban_after: cfg.net.ban_after_strikes,
+                    ban_duration: Duration::from_secs(cfg.net.ban_secs),
+                    strike_half_life: Duration::from_secs(60),
+                    serve_burst: cfg.net.serve_burst,
+                    serve_per_sec: cfg.net.serve_requests_per_sec,
+                    max_concurrent_serves: cfg.net.max_concurrent_serves,
+                },
             },
             Arc::new(StoreBlobs(store.clone())),
+            gate.clone(),
         )
         .await
         .context("cannot start libp2p; check net.listen")?;
@@ -177,6 +195,7 @@ impl Node {
             hotkey,
             Arc::new(dataset),
         );
+        gate.bind(&ctx);
         let supervisor = spawn_supervisor(Arc::clone(&ctx)).await?;
         let handles = supervisor.handles().clone();
         let listener = admin::bind(&admin_path)?;

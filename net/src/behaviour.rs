@@ -1,7 +1,7 @@
 //! The composed libp2p behaviour and the blob request/response messages.
 
 use libp2p::{
-    gossipsub, identify,
+    allow_block_list, connection_limits, gossipsub, identify,
     identity::Keypair,
     kad, ping,
     request_response::{self, cbor, ProtocolSupport},
@@ -42,16 +42,84 @@ pub enum BlobResponse {
         /// The blob's size in bytes.
         size: u64,
     },
+    /// The peer is serving as much as it will (its meter for the requester is empty, or it
+    /// serves its maximum at once): ask another provider or later.
+    Busy,
+}
+
+/// Largest encoded [`BlobRequest`] a node reads, in bytes.
+pub const MAX_BLOB_REQUEST_BYTES: u64 = 1024;
+
+/// The codec of the blob protocol, exactly as the swarm uses it: CBOR, requests of at most
+/// [`MAX_BLOB_REQUEST_BYTES`], responses of at most `max_blob_bytes` plus CBOR framing. Public
+/// so the fuzz targets decode peers' bytes with the very codec the node runs.
+pub fn blob_codec(max_blob_bytes: usize) -> cbor::codec::Codec<BlobRequest, BlobResponse> {
+    cbor::codec::Codec::<BlobRequest, BlobResponse>::default()
+        .set_request_size_maximum(MAX_BLOB_REQUEST_BYTES)
+        .set_response_size_maximum(max_blob_bytes.saturating_add(BLOB_RESPONSE_OVERHEAD) as u64)
 }
 
 /// Everything the swarm runs.
 #[derive(NetworkBehaviour)]
 pub(crate) struct ApiaryBehaviour {
+    /// Banned peers: their connections are closed and refused.
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+    /// Caps on connections (per peer, pending, total).
+    pub(crate) limits: connection_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) blobs: cbor::Behaviour<BlobRequest, BlobResponse>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+}
+
+/// Connections to one peer at most (a redial while one is open is fine; a flood is not).
+const MAX_CONNECTIONS_PER_PEER: u32 = 2;
+/// Incoming connections still handshaking at most.
+const MAX_PENDING_INCOMING: u32 = 64;
+/// Established connections at most.
+const MAX_CONNECTIONS: u32 = 512;
+
+/// Gossipsub score thresholds: below `graylist` a peer's messages are ignored entirely (and the
+/// loop bans it); the others are gossipsub's defaults.
+pub(crate) fn peer_score_thresholds() -> gossipsub::PeerScoreThresholds {
+    gossipsub::PeerScoreThresholds {
+        gossip_threshold: -10.0,
+        publish_threshold: -50.0,
+        graylist_threshold: -80.0,
+        ..Default::default()
+    }
+}
+
+/// Gossipsub v1.1 scoring for apiary's one topic. What counts is P4, invalid messages: each
+/// message the application rejects adds to a counter whose square, times -10, lowers the
+/// sender's score (3 rejections: -90, past the graylist). Mesh-delivery penalties (P3, P3b)
+/// are off: in small swarms honest peers deliver few messages and would be punished for it.
+/// IP colocation is off too: nodes behind one NAT (or every node of a test on 127.0.0.1) are
+/// not sybils by that alone.
+pub(crate) fn peer_score_params(topic: &str) -> gossipsub::PeerScoreParams {
+    let topic_params = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        time_in_mesh_weight: 0.01,
+        time_in_mesh_quantum: std::time::Duration::from_secs(1),
+        time_in_mesh_cap: 100.0,
+        first_message_deliveries_weight: 1.0,
+        first_message_deliveries_decay: 0.9,
+        first_message_deliveries_cap: 20.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
+    params
+        .topics
+        .insert(gossipsub::IdentTopic::new(topic).hash(), topic_params);
+    params
 }
 
 /// The gossipsub transmit limit: four times the app-level limit (plus the envelope and
@@ -82,19 +150,22 @@ impl ApiaryBehaviour {
             .flood_publish(true)
             .build()
             .map_err(|e| NetError::Config(format!("gossipsub: {e}")))?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(keypair.clone()),
             gossip_config,
         )
         .map_err(|e| NetError::Setup(format!("gossipsub: {e}")))?;
+        if params.guard.scoring {
+            gossipsub
+                .with_peer_score(
+                    peer_score_params(&crate::topic_name(params.netuid)),
+                    peer_score_thresholds(),
+                )
+                .map_err(|e| NetError::Setup(format!("gossipsub peer scoring: {e}")))?;
+        }
 
-        let codec = cbor::codec::Codec::<BlobRequest, BlobResponse>::default()
-            .set_request_size_maximum(1024)
-            .set_response_size_maximum(
-                params.max_blob_bytes.saturating_add(BLOB_RESPONSE_OVERHEAD) as u64,
-            );
         let blobs = cbor::Behaviour::with_codec(
-            codec,
+            blob_codec(params.max_blob_bytes),
             [(StreamProtocol::new(BLOB_PROTOCOL), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(params.request_timeout),
         );
@@ -114,7 +185,15 @@ impl ApiaryBehaviour {
         // Small private swarms have no confirmed external addresses; answer DHT queries anyway.
         kad.set_mode(Some(kad::Mode::Server));
 
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
+                .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                .with_max_established(Some(MAX_CONNECTIONS)),
+        );
         Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
+            limits,
             gossipsub,
             blobs,
             identify,

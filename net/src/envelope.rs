@@ -11,7 +11,7 @@ use crate::NetError;
 
 /// Domain tag prepended to the payload before signing, so a gossip signature can never be
 /// replayed as a signature over some other apiary message (extrinsics, records, ...).
-pub const GOSSIP_DOMAIN: &[u8] = b"apiary-gossip-v1";
+pub const GOSSIP_DOMAIN: &[u8] = b"apiary-gossip-v2";
 
 /// Upper bound on the bytes an encoded envelope adds around its payload: 32 bytes of hotkey,
 /// a length-prefixed 64-byte signature and the payload's varint length prefix (at most 9 bytes),
@@ -21,6 +21,23 @@ pub const ENVELOPE_OVERHEAD: usize = 128;
 /// The largest envelope [`SignedEnvelope::decode`] accepts whatever `limit` it is given
 /// (16 MiB); gossip payloads are far smaller than this.
 pub const MAX_ENVELOPE_BYTES: usize = 16 << 20;
+
+/// What a gossip signature binds besides the payload: the chain (its genesis block hash) and
+/// the subnet, so an envelope signed for one subnet never verifies on another (or on another
+/// chain with the same netuid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SubnetTag(pub [u8; 32]);
+
+impl SubnetTag {
+    /// The tag of subnet `netuid` on the chain whose genesis block hash is `genesis`.
+    pub fn new(genesis: &[u8; 32], netuid: u16) -> SubnetTag {
+        let mut h = blake3::Hasher::new();
+        h.update(GOSSIP_DOMAIN);
+        h.update(genesis);
+        h.update(&netuid.to_le_bytes());
+        SubnetTag(*h.finalize().as_bytes())
+    }
+}
 
 /// A gossip payload signed by a hotkey. Encoded with bincode 2 (standard config, via serde).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -35,18 +52,19 @@ pub struct SignedEnvelope {
     pub payload: Vec<u8>,
 }
 
-/// The bytes a gossip signature covers: the domain tag followed by the payload.
-fn signing_bytes(payload: &[u8]) -> Vec<u8> {
-    let mut msg = Vec::with_capacity(GOSSIP_DOMAIN.len() + payload.len());
-    msg.extend_from_slice(GOSSIP_DOMAIN);
+/// The bytes a gossip signature covers: the subnet tag (which includes the domain tag)
+/// followed by the payload.
+fn signing_bytes(tag: &SubnetTag, payload: &[u8]) -> Vec<u8> {
+    let mut msg = Vec::with_capacity(tag.0.len() + payload.len());
+    msg.extend_from_slice(&tag.0);
     msg.extend_from_slice(payload);
     msg
 }
 
 impl SignedEnvelope {
-    /// Signs `payload` with `hotkey`.
-    pub fn sign(hotkey: &Hotkey, payload: Vec<u8>) -> Self {
-        let signature = hotkey.sign(&signing_bytes(&payload));
+    /// Signs `payload` with `hotkey` for the subnet `tag`.
+    pub fn sign(hotkey: &Hotkey, tag: &SubnetTag, payload: Vec<u8>) -> Self {
+        let signature = hotkey.sign(&signing_bytes(tag, &payload));
         Self {
             hotkey: hotkey.id(),
             signature,
@@ -54,10 +72,10 @@ impl SignedEnvelope {
         }
     }
 
-    /// Checks the hotkey's signature over the domain-tagged payload.
-    pub fn verify(&self) -> Result<(), KeyError> {
+    /// Checks the hotkey's signature over the payload for the subnet `tag`.
+    pub fn verify(&self, tag: &SubnetTag) -> Result<(), KeyError> {
         self.hotkey
-            .verify(&signing_bytes(&self.payload), &self.signature)
+            .verify(&signing_bytes(tag, &self.payload), &self.signature)
     }
 
     /// Encodes the envelope (bincode 2, standard config).
@@ -122,40 +140,58 @@ fn decode_limited<const N: usize>(
 mod tests {
     use super::*;
 
+    const TAG: SubnetTag = SubnetTag([9; 32]);
+
+    #[test]
+    fn a_signature_binds_the_chain_and_the_subnet() {
+        let k = Hotkey::from_dev_label("env-erin");
+        let here = SubnetTag::new(&[1; 32], 3);
+        let env = SignedEnvelope::sign(&k, &here, b"announce".to_vec());
+        env.verify(&here).expect("verifies on its subnet");
+        assert!(
+            env.verify(&SubnetTag::new(&[1; 32], 4)).is_err(),
+            "other netuid"
+        );
+        assert!(
+            env.verify(&SubnetTag::new(&[2; 32], 3)).is_err(),
+            "other chain"
+        );
+    }
+
     #[test]
     fn sign_encode_decode_verify() {
         let k = Hotkey::from_dev_label("env-alice");
-        let env = SignedEnvelope::sign(&k, b"hello world".to_vec());
-        env.verify().expect("fresh envelope verifies");
+        let env = SignedEnvelope::sign(&k, &TAG, b"hello world".to_vec());
+        env.verify(&TAG).expect("fresh envelope verifies");
         let bytes = env.encode();
         assert!(bytes.len() <= env.payload.len() + ENVELOPE_OVERHEAD);
         let back = SignedEnvelope::decode(&bytes, 1024).expect("decodes");
         assert_eq!(back, env);
-        back.verify().expect("decoded envelope verifies");
+        back.verify(&TAG).expect("decoded envelope verifies");
     }
 
     #[test]
     fn tampering_breaks_the_signature() {
         let k = Hotkey::from_dev_label("env-bob");
-        let mut env = SignedEnvelope::sign(&k, b"payload".to_vec());
+        let mut env = SignedEnvelope::sign(&k, &TAG, b"payload".to_vec());
         env.payload[0] ^= 1;
-        assert!(env.verify().is_err());
-        let mut env = SignedEnvelope::sign(&k, b"payload".to_vec());
+        assert!(env.verify(&TAG).is_err());
+        let mut env = SignedEnvelope::sign(&k, &TAG, b"payload".to_vec());
         env.hotkey = Hotkey::from_dev_label("env-carol").id();
-        assert!(env.verify().is_err());
+        assert!(env.verify(&TAG).is_err());
         // The domain tag matters: a raw signature over the payload alone does not verify.
         let raw = SignedEnvelope {
             hotkey: k.id(),
             signature: k.sign(b"payload"),
             payload: b"payload".to_vec(),
         };
-        assert!(raw.verify().is_err());
+        assert!(raw.verify(&TAG).is_err());
     }
 
     #[test]
     fn limits_and_garbage() {
         let k = Hotkey::from_dev_label("env-dave");
-        let env = SignedEnvelope::sign(&k, vec![7u8; 200]);
+        let env = SignedEnvelope::sign(&k, &TAG, vec![7u8; 200]);
         let bytes = env.encode();
         assert!(matches!(
             SignedEnvelope::decode(&bytes, 100),

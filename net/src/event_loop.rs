@@ -1,7 +1,12 @@
 //! The task that owns the swarm: it executes [`Command`]s from handles and turns swarm events
 //! into [`NetEvent`]s.
 
-use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use libp2p::{
@@ -25,12 +30,29 @@ use tokio::{
 use tracing::{debug, info, trace, warn, Instrument};
 
 use crate::{
-    behaviour::{max_transmit_size, ApiaryBehaviour, ApiaryBehaviourEvent},
-    envelope::ENVELOPE_OVERHEAD,
+    behaviour::{max_transmit_size, peer_score_thresholds, ApiaryBehaviour, ApiaryBehaviourEvent},
+    envelope::{SubnetTag, ENVELOPE_OVERHEAD},
+    guard::Guard,
     stats::bump,
-    BlobProvider, BlobRequest, BlobResponse, NetError, NetEvent, NetHandle, NetParams, NetStats,
-    SignedEnvelope,
+    Admission, Admit, BlobProvider, BlobRequest, BlobResponse, NetError, NetEvent, NetHandle,
+    NetParams, NetStats, PeerStanding, SignedEnvelope,
 };
+
+/// Strike weights: how bad each misbehaviour is (a peer is banned at `GuardConfig::ban_after`,
+/// 20 by default).
+mod weight {
+    /// A gossip message the application rejected (it can never be valid).
+    pub(super) const REJECTED: f64 = 1.0;
+    /// A gossip message that did not decode, was oversize or had a bad signature.
+    pub(super) const BROKEN: f64 = 2.0;
+    /// A gossip message from a hotkey the application did not know.
+    pub(super) const UNKNOWN_HOTKEY: f64 = 0.25;
+    /// A blob request past the peer's meter.
+    pub(super) const THROTTLED: f64 = 0.1;
+}
+
+/// How often bans expire and gossipsub scores are checked.
+const GUARD_TICK: Duration = Duration::from_secs(1);
 
 /// How long [`spawn`] waits for the listener to report its address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -69,6 +91,25 @@ pub(crate) enum Command {
         data: Vec<u8>,
         /// Outcome of the publish.
         reply: oneshot::Sender<Result<(), NetError>>,
+    },
+    /// Report every known peer's standing (score, strikes, ban).
+    Standings(oneshot::Sender<Vec<PeerStanding>>),
+    /// Lift a peer's ban; the reply says whether there was one.
+    Unban {
+        /// The peer.
+        peer: PeerId,
+        /// Whether a ban was lifted.
+        reply: oneshot::Sender<bool>,
+    },
+    /// The application caught a peer misbehaving (e.g. serving bytes that do not match their
+    /// id): a strike of `weight`.
+    Report {
+        /// The peer.
+        peer: PeerId,
+        /// The strike's weight.
+        weight: f64,
+        /// What it did.
+        reason: String,
     },
     /// Ask a peer for a blob; the reply carries the raw response (the handle verifies it).
     FetchBlob {
@@ -114,12 +155,19 @@ pub(crate) struct EventLoop {
     pending_dials: HashMap<ConnectionId, PendingDial>,
     pending_fetches: HashMap<OutboundRequestId, PendingFetch>,
     lookups: JoinSet<Lookup>,
+    /// The application's admission of gossip.
+    admit: Arc<dyn Admit>,
+    /// What envelope signatures must bind.
+    subnet: SubnetTag,
+    /// Strikes, bans, meters.
+    guard: Guard,
 }
 
 /// Builds the swarm, listens, dials the bootstrap peers and spawns the loop.
 pub(crate) async fn spawn(
     params: NetParams,
     provider: Arc<dyn BlobProvider>,
+    admit: Arc<dyn Admit>,
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     params.validate()?;
     let local_peer_id = params.keypair.public().to_peer_id();
@@ -168,6 +216,9 @@ pub(crate) async fn spawn(
         pending_dials: HashMap::new(),
         pending_fetches: HashMap::new(),
         lookups: JoinSet::new(),
+        admit,
+        subnet: params.subnet,
+        guard: Guard::new(params.guard),
     };
     event_loop.wait_listening(&params.listen).await?;
     for addr in &params.bootstrap {
@@ -187,6 +238,7 @@ pub(crate) async fn spawn(
         cmd_tx,
         local_peer_id,
         params.hotkey,
+        params.subnet,
         stats,
         params.max_message_bytes,
         params.request_timeout,
@@ -252,9 +304,12 @@ impl EventLoop {
     }
 
     async fn run(mut self) {
+        let mut tick = tokio::time::interval(GUARD_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown_reply = loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                _ = tick.tick() => self.on_guard_tick(),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(reply)) => break Some(reply),
                     Some(command) => self.on_command(command),
@@ -286,8 +341,101 @@ impl EventLoop {
         }
     }
 
+    /// Ends expired bans and bans peers whose gossipsub score fell below the graylist.
+    fn on_guard_tick(&mut self) {
+        let now = Instant::now();
+        for peer in self.guard.expire(now) {
+            info!(%peer, "ban expired");
+            self.lift(&peer);
+        }
+        let graylist = peer_score_thresholds().graylist_threshold;
+        let low: Vec<(PeerId, f64)> = self
+            .swarm
+            .connected_peers()
+            .filter(|p| !self.guard.is_banned(p, now))
+            .filter_map(|p| {
+                let score = self.swarm.behaviour().gossipsub.peer_score(p)?;
+                (score < graylist).then_some((*p, score))
+            })
+            .collect();
+        for (peer, score) in low {
+            let reason = format!("gossip score {score:.1} below the graylist ({graylist})");
+            let ban = self.guard.ban(peer, &reason, now);
+            self.enforce_ban(peer, &ban.reason);
+        }
+    }
+
+    /// Adds a strike; bans the peer when it crosses the threshold.
+    fn strike(&mut self, peer: PeerId, weight: f64, reason: &str) {
+        if let Some(ban) = self.guard.strike(peer, weight, reason, Instant::now()) {
+            self.enforce_ban(peer, &ban.reason);
+        }
+    }
+
+    /// Blocks a banned peer: its connections close, new ones are refused, gossipsub ignores it.
+    fn enforce_ban(&mut self, peer: PeerId, reason: &str) {
+        bump(&self.stats.peers_banned, 1);
+        warn!(%peer, %reason, secs = self.guard.config().ban_duration.as_secs(), "banning peer");
+        let b = self.swarm.behaviour_mut();
+        b.blocked.block_peer(peer);
+        b.gossipsub.blacklist_peer(&peer);
+    }
+
+    /// Undoes [`EventLoop::enforce_ban`].
+    fn lift(&mut self, peer: &PeerId) {
+        let b = self.swarm.behaviour_mut();
+        b.blocked.unblock_peer(*peer);
+        b.gossipsub.remove_blacklisted_peer(peer);
+    }
+
+    fn standings(&mut self) -> Vec<PeerStanding> {
+        let now = Instant::now();
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut peers: Vec<PeerId> = connected.clone();
+        for (p, _) in self.guard.bans(now) {
+            if !peers.contains(&p) {
+                peers.push(p);
+            }
+        }
+        let bans: HashMap<PeerId, crate::Ban> = self.guard.bans(now).into_iter().collect();
+        peers
+            .into_iter()
+            .map(|peer| PeerStanding {
+                peer,
+                connected: connected.contains(&peer),
+                gossip_score: self.swarm.behaviour().gossipsub.peer_score(&peer),
+                strikes: self.guard.strikes(peer, now),
+                banned: bans.get(&peer).map(|b| {
+                    (
+                        b.until.saturating_duration_since(now).as_secs(),
+                        b.reason.clone(),
+                    )
+                }),
+            })
+            .collect()
+    }
+
     fn on_command(&mut self, command: Command) {
         match command {
+            Command::Standings(reply) => {
+                let _ = reply.send(self.standings());
+            }
+            Command::Unban { peer, reply } => {
+                let lifted = self.guard.unban(&peer);
+                if lifted {
+                    info!(%peer, "ban lifted by the operator");
+                    self.lift(&peer);
+                }
+                let _ = reply.send(lifted);
+            }
+            Command::Report {
+                peer,
+                weight,
+                reason,
+            } => {
+                debug!(%peer, weight, %reason, "peer reported");
+                self.strike(peer, weight, &reason);
+            }
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
@@ -450,6 +598,10 @@ impl EventLoop {
                 ..
             } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connection established");
+                if self.guard.is_banned(&peer_id, Instant::now()) {
+                    bump(&self.stats.connections_refused_banned, 1);
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                }
                 if let Some(pending) = self.pending_dials.remove(&connection_id) {
                     let _ = pending.reply.send(Ok(()));
                 }
@@ -522,28 +674,53 @@ impl EventLoop {
                 message,
             } => {
                 let from = message.source.unwrap_or(propagation_source);
-                let verdict = if message.topic == self.topic {
+                let checked = if message.topic == self.topic {
                     self.check_gossip(&message.data, &from)
                 } else {
                     debug!(peer = %from, topic = %message.topic, "gossip on an unexpected topic");
-                    None
+                    Err(weight::BROKEN)
                 };
-                let acceptance = if verdict.is_some() {
-                    MessageAcceptance::Accept
-                } else {
-                    MessageAcceptance::Reject
+                let (acceptance, deliver) = match checked {
+                    Err(w) => {
+                        self.strike(propagation_source, w, "sent a broken gossip message");
+                        (MessageAcceptance::Reject, None)
+                    }
+                    Ok(env) => match self.admit.admit(&from, &env.hotkey, &env.payload) {
+                        Admission::Accept => (MessageAcceptance::Accept, Some((env, true))),
+                        Admission::Reject(why) => {
+                            bump(&self.stats.gossip_rejected, 1);
+                            debug!(peer = %from, hotkey = %env.hotkey, reason = why, "gossip refused by admission");
+                            self.strike(propagation_source, weight::REJECTED, why);
+                            (MessageAcceptance::Reject, None)
+                        }
+                        Admission::Ignore(why) => {
+                            bump(&self.stats.gossip_ignored, 1);
+                            trace!(peer = %from, reason = why, "gossip ignored by admission");
+                            (MessageAcceptance::Ignore, None)
+                        }
+                        Admission::Unknown => {
+                            bump(&self.stats.gossip_unknown_hotkey, 1);
+                            self.strike(
+                                propagation_source,
+                                weight::UNKNOWN_HOTKEY,
+                                "gossip from hotkeys not registered on the subnet",
+                            );
+                            (MessageAcceptance::Ignore, Some((env, false)))
+                        }
+                    },
                 };
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
-                if let Some(env) = verdict {
+                if let Some((env, admitted)) = deliver {
                     bump(&self.stats.gossip_received, 1);
-                    trace!(peer = %from, hotkey = %env.hotkey, size = env.payload.len(), "gossip accepted");
+                    trace!(peer = %from, hotkey = %env.hotkey, size = env.payload.len(), admitted, "gossip delivered");
                     self.emit(NetEvent::Gossip {
                         from,
                         hotkey: env.hotkey,
                         payload: env.payload,
+                        admitted,
                     });
                 }
             }
@@ -567,33 +744,34 @@ impl EventLoop {
         }
     }
 
-    /// Size check, envelope decoding and hotkey signature check; counts every failure.
-    fn check_gossip(&self, data: &[u8], from: &PeerId) -> Option<SignedEnvelope> {
+    /// Size check, envelope decoding and hotkey signature check (for this subnet); counts every
+    /// failure and returns its strike weight.
+    fn check_gossip(&self, data: &[u8], from: &PeerId) -> Result<SignedEnvelope, f64> {
         let limit = self.max_message_bytes.saturating_add(ENVELOPE_OVERHEAD);
         if data.len() > limit {
             bump(&self.stats.oversize, 1);
             warn!(peer = %from, size = data.len(), limit, "rejecting oversize gossip");
-            return None;
+            return Err(weight::BROKEN);
         }
         let env = match SignedEnvelope::decode(data, self.max_message_bytes) {
             Ok(env) => env,
             Err(NetError::Oversize { size, limit }) => {
                 bump(&self.stats.oversize, 1);
                 warn!(peer = %from, size, limit, "rejecting oversize gossip payload");
-                return None;
+                return Err(weight::BROKEN);
             }
             Err(error) => {
                 bump(&self.stats.malformed, 1);
                 warn!(peer = %from, %error, "rejecting malformed gossip");
-                return None;
+                return Err(weight::BROKEN);
             }
         };
-        if let Err(error) = env.verify() {
+        if let Err(error) = env.verify(&self.subnet) {
             bump(&self.stats.bad_signature, 1);
-            warn!(peer = %from, hotkey = %env.hotkey, %error, "rejecting gossip with a bad hotkey signature");
-            return None;
+            warn!(peer = %from, hotkey = %env.hotkey, %error, "rejecting gossip with a bad hotkey signature (or signed for another subnet)");
+            return Err(weight::BROKEN);
         }
-        Some(env)
+        Ok(env)
     }
 
     fn on_blobs(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
@@ -602,6 +780,21 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    let now = Instant::now();
+                    let busy = self.lookups.len() >= self.guard.config().max_concurrent_serves;
+                    if busy || !self.guard.take_request(peer, now) {
+                        bump(&self.stats.blob_requests_throttled, 1);
+                        debug!(%peer, busy, "blob request throttled");
+                        if !busy {
+                            self.strike(peer, weight::THROTTLED, "blob requests past its meter");
+                        }
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .blobs
+                            .send_response(channel, BlobResponse::Busy);
+                        return;
+                    }
                     let provider = self.provider.clone();
                     let id = request.id;
                     trace!(%peer, id = %hex::encode(id), "blob requested");

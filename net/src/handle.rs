@@ -7,7 +7,14 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::{event_loop::Command, stats::bump, BlobResponse, NetError, NetStats, SignedEnvelope};
+use crate::{
+    event_loop::Command, stats::bump, BlobResponse, NetError, NetStats, PeerStanding,
+    SignedEnvelope, SubnetTag,
+};
+
+/// Strike weight of a peer that served bytes that do not match their id: it is banned at once
+/// (an honest node never does that; a corrupted disk is its operator's to fix).
+const WRONG_BYTES_WEIGHT: f64 = f64::INFINITY;
 
 /// Blobs larger than this are hashed on the blocking pool instead of the caller's task.
 const HASH_INLINE_MAX: usize = 1 << 20;
@@ -21,6 +28,7 @@ pub struct NetHandle {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
     hotkey: Hotkey,
+    subnet: SubnetTag,
     stats: Arc<NetStats>,
     max_message_bytes: usize,
     request_timeout: Duration,
@@ -40,6 +48,7 @@ impl NetHandle {
         commands: mpsc::Sender<Command>,
         local_peer_id: PeerId,
         hotkey: Hotkey,
+        subnet: SubnetTag,
         stats: Arc<NetStats>,
         max_message_bytes: usize,
         request_timeout: Duration,
@@ -48,6 +57,7 @@ impl NetHandle {
             commands,
             local_peer_id,
             hotkey,
+            subnet,
             stats,
             max_message_bytes,
             request_timeout,
@@ -127,7 +137,7 @@ impl NetHandle {
                 limit: self.max_message_bytes,
             });
         }
-        let env = SignedEnvelope::sign(&self.hotkey, payload);
+        let env = SignedEnvelope::sign(&self.hotkey, &self.subnet, payload);
         self.publish_raw(env.encode()).await
     }
 
@@ -158,6 +168,14 @@ impl NetHandle {
             BlobResponse::Found(bytes) => bytes.into_vec(),
             BlobResponse::NotFound => return Err(NetError::NotFound { peer, id }),
             BlobResponse::TooLarge { size } => return Err(NetError::BlobTooLarge { peer, size }),
+            BlobResponse::Busy => {
+                return Err(NetError::RequestFailed {
+                    peer,
+                    reason: "the peer is busy serving (its meter for us is empty); try another \
+                             provider or later"
+                        .into(),
+                })
+            }
         };
         bump(&self.stats.bytes_received, bytes.len() as u64);
         let (bytes, got) = if bytes.len() > HASH_INLINE_MAX {
@@ -177,6 +195,11 @@ impl NetHandle {
         if got != id {
             bump(&self.stats.bad_blob_hash, 1);
             tracing::warn!(%peer, id = %hex::encode(id), got = %hex::encode(got), "peer served a blob with the wrong hash");
+            self.report_peer(
+                peer,
+                WRONG_BYTES_WEIGHT,
+                "served bytes that do not match their id",
+            );
             return Err(NetError::HashMismatch { peer, id });
         }
         bump(&self.stats.blobs_fetched, 1);
@@ -214,6 +237,31 @@ impl NetHandle {
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "no providers given and no peers connected".into()),
         })
+    }
+
+    /// What this node's envelope signatures bind (chain genesis and netuid).
+    pub fn subnet_tag(&self) -> SubnetTag {
+        self.subnet
+    }
+
+    /// Every connected or banned peer's standing: gossipsub score, strikes, ban.
+    pub async fn standings(&self) -> Vec<PeerStanding> {
+        self.ask(Command::Standings).await.unwrap_or_default()
+    }
+
+    /// Lifts `peer`'s ban; whether it had one.
+    pub async fn unban(&self, peer: PeerId) -> Result<bool, NetError> {
+        self.ask(|reply| Command::Unban { peer, reply }).await
+    }
+
+    /// Reports a peer caught misbehaving by the application: a strike of `weight` (a peer is
+    /// banned at 20 by default). Never waits.
+    pub fn report_peer(&self, peer: PeerId, weight: f64, reason: &str) {
+        let _ = self.commands.try_send(Command::Report {
+            peer,
+            weight,
+            reason: reason.to_string(),
+        });
     }
 
     /// The live counters.

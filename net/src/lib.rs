@@ -25,8 +25,16 @@
 //! * **gossipsub** on the topic `apiary/{netuid}/announce/v1`. libp2p-signed messages
 //!   (ed25519 peer key), message id = blake3 of the data, and *application validation*: each
 //!   message is size-checked, decoded as a [`SignedEnvelope`] and its sr25519 hotkey signature
-//!   verified before it is reported `Accept` (and forwarded) or `Reject` (and dropped). Only
-//!   accepted messages become [`NetEvent::Gossip`]. The transport limit is four times
+//!   verified (the signature binds the chain's genesis hash and the netuid, [`SubnetTag`]),
+//!   then the application's [`Admit`] gives the verdict — registered hotkey, uid, window
+//!   range, subnet — *before* the message is reported `Accept` (and forwarded), `Reject`
+//!   (dropped, the sender penalised) or `Ignore` (dropped). Only accepted messages (and those
+//!   from hotkeys the application did not know, marked) become [`NetEvent::Gossip`].
+//! * **Peer scoring and bans**: gossipsub v1.1 peer scoring (invalid-message penalties,
+//!   graylisting; IP colocation off, since test swarms share 127.0.0.1), plus the loop's own
+//!   strikes ([`GuardConfig`]: failed checks, rejected admissions, wrong blob bytes, blob
+//!   requests past the meter) and timed bans through libp2p's block list; `connection_limits`
+//!   caps connections per peer and in total. The transport limit is four times
 //!   `max_message_bytes` so oversize messages reach the application check and are counted.
 //!   Mesh parameters suit small swarms (D_lo 1, D 3, D_hi 6) and publishing floods to every
 //!   subscribed peer.
@@ -40,6 +48,7 @@ mod behaviour;
 mod envelope;
 mod error;
 mod event_loop;
+mod guard;
 mod handle;
 mod stats;
 
@@ -48,9 +57,15 @@ use std::{sync::Arc, time::Duration};
 use apiary_chain::keys::{Hotkey, HotkeyId};
 use tokio::sync::mpsc;
 
-pub use behaviour::{BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL};
-pub use envelope::{SignedEnvelope, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES};
+pub use behaviour::{
+    blob_codec, BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
+    MAX_BLOB_REQUEST_BYTES,
+};
+pub use envelope::{
+    SignedEnvelope, SubnetTag, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES,
+};
 pub use error::NetError;
+pub use guard::{Ban, GuardConfig};
 pub use handle::NetHandle;
 pub use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
 pub use stats::{NetStats, NetStatsSnapshot};
@@ -78,6 +93,10 @@ pub struct NetParams {
     pub request_timeout: Duration,
     /// Capacity of the event channel returned by [`spawn`].
     pub event_buffer: usize,
+    /// What envelope signatures bind: the chain's genesis hash and the netuid.
+    pub subnet: SubnetTag,
+    /// Strikes, bans and the blob-serving meter.
+    pub guard: GuardConfig,
 }
 
 impl NetParams {
@@ -95,6 +114,8 @@ impl NetParams {
             heartbeat: Duration::from_secs(1),
             request_timeout: Duration::from_secs(30),
             event_buffer: 1024,
+            subnet: SubnetTag::new(&[0; 32], netuid),
+            guard: GuardConfig::default(),
         }
     }
 
@@ -142,10 +163,61 @@ pub trait BlobProvider: Send + Sync + 'static {
     fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>>;
 }
 
+/// The application's verdict on a gossip message that passed the size, decoding and signature
+/// checks, given before gossipsub forwards it: only what the node itself would act on is
+/// relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Relay it and hand it to the application.
+    Accept,
+    /// Drop it and penalise the peer that sent it (gossipsub's invalid-message score and a
+    /// strike): it can never be valid (wrong subnet, impersonation, absurd window …). The
+    /// reason names the check.
+    Reject(&'static str),
+    /// Drop it without penalty (e.g. a duplicate or a window just closed).
+    Ignore(&'static str),
+    /// The signer is not a hotkey this node knows (it may have registered since the node last
+    /// read the metagraph): not relayed, a light strike, and handed to the application marked
+    /// unadmitted so it can re-read the metagraph and decide.
+    Unknown,
+}
+
+/// Decides what gossip is relayed ([`Admission`]). Called on the network loop for every
+/// message: it must be quick and must not block (read snapshots, never wait on an actor).
+pub trait Admit: Send + Sync + 'static {
+    /// The verdict on `payload`, signed by `hotkey`, received from `from`.
+    fn admit(&self, from: &PeerId, hotkey: &HotkeyId, payload: &[u8]) -> Admission;
+}
+
+/// Admits everything that is well formed and signed (tools and tests).
+pub struct AdmitAll;
+
+impl Admit for AdmitAll {
+    fn admit(&self, _: &PeerId, _: &HotkeyId, _: &[u8]) -> Admission {
+        Admission::Accept
+    }
+}
+
+/// A peer's standing, for the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerStanding {
+    /// The peer.
+    pub peer: PeerId,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Its gossipsub score (None: no score kept for it).
+    pub gossip_score: Option<f64>,
+    /// Its strikes (decaying).
+    pub strikes: f64,
+    /// Its ban, if one is in force: seconds left and why.
+    pub banned: Option<(u64, String)>,
+}
+
 /// What the network tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetEvent {
-    /// A gossip envelope that passed the size, decoding and hotkey-signature checks.
+    /// A gossip envelope that passed the size, decoding and hotkey-signature checks and the
+    /// application's [`Admit`] (or came from a hotkey it did not know: `admitted` false).
     Gossip {
         /// The libp2p peer that published it (the gossipsub-signed source; the forwarding peer
         /// if the message carried none).
@@ -154,6 +226,9 @@ pub enum NetEvent {
         hotkey: HotkeyId,
         /// The envelope's payload.
         payload: Vec<u8>,
+        /// False when [`Admit`] did not know the hotkey ([`Admission::Unknown`]): the message
+        /// was not relayed, and the application decides after re-reading the metagraph.
+        admitted: bool,
     },
     /// The first connection to a peer was established.
     PeerConnected(PeerId),
@@ -170,5 +245,14 @@ pub async fn spawn(
     params: NetParams,
     blobs: Arc<dyn BlobProvider>,
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
-    event_loop::spawn(params, blobs).await
+    event_loop::spawn(params, blobs, Arc::new(AdmitAll)).await
+}
+
+/// [`spawn`] with the application's admission: gossip is relayed only when `admit` accepts it.
+pub async fn spawn_admitting(
+    params: NetParams,
+    blobs: Arc<dyn BlobProvider>,
+    admit: Arc<dyn Admit>,
+) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
+    event_loop::spawn(params, blobs, admit).await
 }

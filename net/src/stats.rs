@@ -31,6 +31,18 @@ pub struct NetStats {
     pub bytes_sent: AtomicU64,
     /// Blob payload bytes received from peers (verified or not).
     pub bytes_received: AtomicU64,
+    /// Gossip messages the application refused (not relayed, sender penalised).
+    pub gossip_rejected: AtomicU64,
+    /// Gossip messages the application ignored (not relayed).
+    pub gossip_ignored: AtomicU64,
+    /// Gossip messages from hotkeys the application did not know (not relayed).
+    pub gossip_unknown_hotkey: AtomicU64,
+    /// Peers banned.
+    pub peers_banned: AtomicU64,
+    /// Blob requests refused: the peer's meter was empty or the node served its maximum at once.
+    pub blob_requests_throttled: AtomicU64,
+    /// Connections closed or refused because the peer is banned.
+    pub connections_refused_banned: AtomicU64,
 }
 
 /// A point-in-time copy of [`NetStats`].
@@ -60,6 +72,18 @@ pub struct NetStatsSnapshot {
     pub bytes_sent: u64,
     /// See [`NetStats::bytes_received`].
     pub bytes_received: u64,
+    /// See [`NetStats::gossip_rejected`].
+    pub gossip_rejected: u64,
+    /// See [`NetStats::gossip_ignored`].
+    pub gossip_ignored: u64,
+    /// See [`NetStats::gossip_unknown_hotkey`].
+    pub gossip_unknown_hotkey: u64,
+    /// See [`NetStats::peers_banned`].
+    pub peers_banned: u64,
+    /// See [`NetStats::blob_requests_throttled`].
+    pub blob_requests_throttled: u64,
+    /// See [`NetStats::connections_refused_banned`].
+    pub connections_refused_banned: u64,
 }
 
 /// Adds `n` to a counter and returns the new value.
@@ -84,6 +108,12 @@ impl NetStats {
             bad_blob_hash: r(&self.bad_blob_hash),
             bytes_sent: r(&self.bytes_sent),
             bytes_received: r(&self.bytes_received),
+            gossip_rejected: r(&self.gossip_rejected),
+            gossip_ignored: r(&self.gossip_ignored),
+            gossip_unknown_hotkey: r(&self.gossip_unknown_hotkey),
+            peers_banned: r(&self.peers_banned),
+            blob_requests_throttled: r(&self.blob_requests_throttled),
+            connections_refused_banned: r(&self.connections_refused_banned),
         }
     }
 }

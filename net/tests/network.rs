@@ -126,6 +126,7 @@ async fn next_gossip(events: &mut mpsc::Receiver<NetEvent>) -> (PeerId, HotkeyId
                 from,
                 hotkey,
                 payload,
+                ..
             })) => return (from, hotkey, payload),
             Ok(Some(_)) => continue,
             Ok(None) => panic!("event channel closed"),
@@ -218,11 +219,11 @@ async fn bad_signature_is_counted_and_not_delivered() {
     let (mut a, b) = pair().await;
 
     // Signed by bob, then tampered with.
-    let mut forged = SignedEnvelope::sign(&b.hotkey, b"original".to_vec());
+    let mut forged = SignedEnvelope::sign(&b.hotkey, &b.net.subnet_tag(), b"original".to_vec());
     forged.payload = b"tampered".to_vec();
     publish_retrying(|| b.net.publish_envelope(forged.clone())).await;
     // Claims alice's hotkey but is signed by bob.
-    let mut impostor = SignedEnvelope::sign(&b.hotkey, b"i am alice".to_vec());
+    let mut impostor = SignedEnvelope::sign(&b.hotkey, &b.net.subnet_tag(), b"i am alice".to_vec());
     impostor.hotkey = a.hotkey.id();
     publish_retrying(|| b.net.publish_envelope(impostor.clone())).await;
     // Then a good one: it must be the first gossip A delivers.
@@ -244,7 +245,7 @@ async fn oversize_gossip_is_counted_and_not_delivered() {
 
     publish_retrying(|| b.net.publish_raw(vec![0xAB; 2 * MAX_MSG])).await;
     // An envelope whose payload is over the limit but whose framing fits the raw check.
-    let big = SignedEnvelope::sign(&b.hotkey, vec![1u8; MAX_MSG + 50]);
+    let big = SignedEnvelope::sign(&b.hotkey, &b.net.subnet_tag(), vec![1u8; MAX_MSG + 50]);
     publish_retrying(|| b.net.publish_envelope(big.clone())).await;
     publish_retrying(|| b.net.publish(b"small".to_vec())).await;
 
@@ -261,7 +262,7 @@ async fn malformed_gossip_is_counted_and_not_delivered() {
     let (mut a, b) = pair().await;
 
     publish_retrying(|| b.net.publish_raw(b"this is not an envelope".to_vec())).await;
-    let mut trailing = SignedEnvelope::sign(&b.hotkey, b"x".to_vec()).encode();
+    let mut trailing = SignedEnvelope::sign(&b.hotkey, &b.net.subnet_tag(), b"x".to_vec()).encode();
     trailing.extend_from_slice(b"junk");
     publish_retrying(|| b.net.publish_raw(trailing.clone())).await;
     publish_retrying(|| b.net.publish(b"well formed".to_vec())).await;
@@ -340,8 +341,10 @@ async fn blob_fetch_verifies_hashes() {
     ));
 
     let sb = b.net.stats().snapshot();
-    // The liar was asked three times: directly, and by each fetch_blob_any.
-    assert_eq!(sb.bad_blob_hash, 3, "{sb:?}");
+    // The liar was asked once: serving bytes that do not match their id banned it at once,
+    // so fetch_blob_any could not reach it again.
+    assert_eq!(sb.bad_blob_hash, 1, "{sb:?}");
+    assert_eq!(sb.peers_banned, 1, "{sb:?}");
     assert_eq!(sb.blobs_fetched, 2, "{sb:?}");
     assert!(sb.bytes_received >= 2 * blob.len() as u64, "{sb:?}");
     let sa = a.net.stats().snapshot();

@@ -54,9 +54,12 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     init_tracing();
     let mut net = TestNet::new();
     let dir = net.dir.path().to_path_buf();
-    let vcfg = test_config(&dir, "validator", Role::Validator);
+    let mut vcfg = test_config(&dir, "validator", Role::Validator);
+    // Each bad message is studied on its own here; bans are the attack suite's (attacks.rs).
+    vcfg.net.peer_scoring = false;
     let v = net.spawn(vcfg.clone()).await;
     let vctx = net.nodes[v].ctx().clone();
+    let tag = vctx.net.subnet_tag();
     let vctx_handles = net.nodes[v].handles().clone();
 
     // A registered rogue and an unregistered stranger, on a raw libp2p node.
@@ -77,6 +80,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         1,
     );
     params.heartbeat = Duration::from_millis(100);
+    params.subnet = tag;
     let (rogue, _events) = apiary_net::spawn(params, provider.clone())
         .await
         .expect("rogue net");
@@ -121,7 +125,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
 
     // (1) Bad signature: claims the rogue's hotkey, signed by the stranger.
     let payload = GossipMsg::Update(ann(ContentId::of(b"x"), 1)).encode();
-    let mut env = SignedEnvelope::sign(&stranger, payload.clone());
+    let mut env = SignedEnvelope::sign(&stranger, &tag, payload.clone());
     env.hotkey = rogue_key.id();
     publish(&rogue, env).await;
     wait_until(T, "bad signature counted", || async {
@@ -134,7 +138,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     a.uid = 99;
     publish(
         &rogue,
-        SignedEnvelope::sign(&stranger, GossipMsg::Update(a).encode()),
+        SignedEnvelope::sign(&stranger, &tag, GossipMsg::Update(a).encode()),
     )
     .await;
     wait_until(T, "unregistered counted", || async {
@@ -158,7 +162,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     wait_until(T, "oversize counted", || async { ns().oversize >= 1 }).await;
     publish(
         &rogue,
-        SignedEnvelope::sign(&rogue_key, b"not a gossip message".to_vec()),
+        SignedEnvelope::sign(&rogue_key, &tag, b"not a gossip message".to_vec()),
     )
     .await;
     wait_until(T, "malformed counted", || async {
@@ -175,7 +179,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         a.window = u64::MAX - u64::from(i % 2);
         publish(
             &rogue,
-            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a).encode()),
+            SignedEnvelope::sign(&rogue_key, &tag, GossipMsg::Update(a).encode()),
         )
         .await;
     }
@@ -201,6 +205,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         &rogue,
         SignedEnvelope::sign(
             &rogue_key,
+            &tag,
             GossipMsg::Update(ann(lie_id, honest.len())).encode(),
         ),
     )
@@ -239,7 +244,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         a.base_model = base;
         publish(
             &rogue,
-            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a.clone()).encode()),
+            SignedEnvelope::sign(&rogue_key, &tag, GossipMsg::Update(a.clone()).encode()),
         )
         .await;
         let want = 2 + i as u64;
@@ -299,7 +304,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         }
         publish(
             &rogue,
-            SignedEnvelope::sign(&rogue_key, GossipMsg::Update(a.clone()).encode()),
+            SignedEnvelope::sign(&rogue_key, &tag, GossipMsg::Update(a.clone()).encode()),
         )
         .await;
         let want = 1 + i as u64;
@@ -420,7 +425,11 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     original.window = vctx.window();
     publish(
         &rogue,
-        SignedEnvelope::sign(&first_key, GossipMsg::Update(original.clone()).encode()),
+        SignedEnvelope::sign(
+            &first_key,
+            &tag,
+            GossipMsg::Update(original.clone()).encode(),
+        ),
     )
     .await;
     wait_until(T, "the original announcement admitted", || async {
@@ -431,7 +440,7 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     copy.uid = copier_uid;
     publish(
         &rogue,
-        SignedEnvelope::sign(&copier_key, GossipMsg::Update(copy).encode()),
+        SignedEnvelope::sign(&copier_key, &tag, GossipMsg::Update(copy).encode()),
     )
     .await;
     wait_until(T, "the copy counted", || async {
