@@ -78,7 +78,7 @@ const PEER_BANS: bool = true;
 const METERED_SERVING: bool = true;
 /// Admin socket limits: an oversize line is discarded rather than buffered (the process grows
 /// by less than [`ADMIN_RSS_BOUND`]), and idle connections cannot lock `status` out.
-const ADMIN_LIMITS: bool = false;
+const ADMIN_LIMITS: bool = true;
 /// A replay of an honest envelope in its own window (after gossipsub's duplicate cache has
 /// forgotten it) is recognised and counted (a counter named `*replay*` or `*duplicate*`); on
 /// main it is dropped silently as a second announcement for the same `(window, uid)`.
