@@ -22,7 +22,9 @@ pub struct UpdateAnnouncement {
     pub update: ContentId,
     /// Size of the blob in bytes.
     pub size: u64,
-    /// The miner's training loss on its pages.
+    /// The miner's training loss on its pages (NaN when it has none, e.g. a lazy miner; JSON,
+    /// as the store writes it, has no NaN and reads `null` back as NaN).
+    #[serde(deserialize_with = "loss_or_nan")]
     pub loss: f32,
     /// Content id of the miner's **sync proof** for this window: the slice of `base_model`
     /// seeded by the hash of the window's first block ([`crate::sync`]); `None` when the miner
@@ -99,9 +101,45 @@ impl GossipMsg {
     }
 }
 
+/// Reads a loss: in a human-readable format (the store's JSON) `null` stands for NaN, which
+/// JSON cannot write; binary formats (bincode, on the wire) carry the f32 as it is.
+fn loss_or_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+    use serde::Deserialize;
+    if d.is_human_readable() {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    } else {
+        f32::deserialize(d)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nan_loss_survives_the_store_and_the_wire() {
+        let ann = UpdateAnnouncement {
+            netuid: 1,
+            window: 4,
+            uid: 2,
+            base_model: ContentId::of(b"a"),
+            update: ContentId::of(b"u"),
+            size: 10,
+            loss: f32::NAN,
+            sync_slice: None,
+        };
+        // The store's JSON writes NaN as null and reads it back as NaN.
+        let json = serde_json::to_vec(&ann).expect("json");
+        let back: UpdateAnnouncement = serde_json::from_slice(&json).expect("reads back");
+        assert!(back.loss.is_nan());
+        assert_eq!(back.update, ann.update);
+        // bincode (gossip) carries the f32 as it is.
+        let wire = GossipMsg::Update(ann).encode();
+        match GossipMsg::decode(&wire, 4096).expect("decode") {
+            GossipMsg::Update(a) => assert!(a.loss.is_nan()),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn announcement_with_a_sync_slice_roundtrips() {
