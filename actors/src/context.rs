@@ -127,6 +127,10 @@ metrics! {
     /// Gossip payloads seen before in the same window (replays after gossipsub's duplicate
     /// cache expired); ignored.
     gossip_replayed,
+    /// Times the network's events waited because the gossip peer had
+    /// [`crate::gossip::GOSSIP_QUEUE`] events in hand: the network's own bounded channel then
+    /// fills and drops, counted in the net layer's `events_dropped`.
+    gossip_queue_full,
     /// Update announcements accepted for evaluation.
     updates_received,
     /// Updates scored.

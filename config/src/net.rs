@@ -36,6 +36,9 @@ pub struct NetConfig {
     pub serve_burst: f64,
     /// Blob lookups served at once, all peers together.
     pub max_concurrent_serves: usize,
+    /// Share of those that peers not known as subnet members may take (0–1); the rest is kept
+    /// for peers that published admitted gossip in the last hour (registered peers first).
+    pub serve_unregistered_share: f64,
 }
 
 impl Default for NetConfig {
@@ -54,6 +57,7 @@ impl Default for NetConfig {
             serve_requests_per_sec: 16.0,
             serve_burst: 64.0,
             max_concurrent_serves: 32,
+            serve_unregistered_share: 0.5,
         }
     }
 }
@@ -78,6 +82,12 @@ impl NetConfig {
         }
         if self.max_concurrent_serves == 0 {
             return invalid("net.max_concurrent_serves", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.serve_unregistered_share) {
+            return invalid(
+                "net.serve_unregistered_share",
+                "must be between 0 (members only) and 1 (no reserve); 0.5 is the default",
+            );
         }
         if !self.listen.starts_with('/') {
             return invalid(

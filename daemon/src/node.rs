@@ -159,6 +159,7 @@ impl Node {
                     serve_burst: cfg.net.serve_burst,
                     serve_per_sec: cfg.net.serve_requests_per_sec,
                     max_concurrent_serves: cfg.net.max_concurrent_serves,
+                    unregistered_share: cfg.net.serve_unregistered_share,
                 },
             },
             Arc::new(StoreBlobs(store.clone())),

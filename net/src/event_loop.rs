@@ -686,7 +686,13 @@ impl EventLoop {
                         (MessageAcceptance::Reject, None)
                     }
                     Ok(env) => match self.admit.admit(&from, &env.hotkey, &env.payload) {
-                        Admission::Accept => (MessageAcceptance::Accept, Some((env, true))),
+                        Admission::Accept => {
+                            // The originator signed as a registered hotkey: serve it first.
+                            if message.source.is_some() {
+                                self.guard.vouch(from, Instant::now());
+                            }
+                            (MessageAcceptance::Accept, Some((env, true)))
+                        }
                         Admission::Reject(why) => {
                             bump(&self.stats.gossip_rejected, 1);
                             debug!(peer = %from, hotkey = %env.hotkey, reason = why, "gossip refused by admission");
@@ -781,7 +787,7 @@ impl EventLoop {
                     request, channel, ..
                 } => {
                     let now = Instant::now();
-                    let busy = self.lookups.len() >= self.guard.config().max_concurrent_serves;
+                    let busy = !self.guard.has_slot(&peer, self.lookups.len(), now);
                     if busy || !self.guard.take_request(peer, now) {
                         bump(&self.stats.blob_requests_throttled, 1);
                         debug!(%peer, busy, "blob request throttled");

@@ -29,7 +29,14 @@ pub struct GuardConfig {
     pub serve_per_sec: f64,
     /// Blob lookups served at once, all peers together.
     pub max_concurrent_serves: usize,
+    /// Share of `max_concurrent_serves` that peers not known as subnet members may take
+    /// (0..=1); the rest is kept for members. A member is a peer that published gossip the
+    /// application admitted from a registered hotkey within [`MEMBER_TTL`].
+    pub unregistered_share: f64,
 }
+
+/// How long a peer counts as a member after its last admitted gossip.
+pub(crate) const MEMBER_TTL: Duration = Duration::from_secs(3600);
 
 impl Default for GuardConfig {
     fn default() -> Self {
@@ -41,6 +48,7 @@ impl Default for GuardConfig {
             serve_burst: 64.0,
             serve_per_sec: 16.0,
             max_concurrent_serves: 32,
+            unregistered_share: 0.5,
         }
     }
 }
@@ -68,6 +76,8 @@ pub(crate) struct Guard {
     cfg: GuardConfig,
     peers: HashMap<PeerId, Record>,
     bans: HashMap<PeerId, Ban>,
+    /// Peers that published admitted gossip, and when they last did.
+    members: HashMap<PeerId, Instant>,
 }
 
 impl Guard {
@@ -76,6 +86,7 @@ impl Guard {
             cfg,
             peers: HashMap::new(),
             bans: HashMap::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -151,6 +162,8 @@ impl Guard {
         for p in &ended {
             self.bans.remove(p);
         }
+        self.members
+            .retain(|_, at| now.saturating_duration_since(*at) < MEMBER_TTL);
         // Forget quiet peers with no strikes left.
         let half = self.cfg.strike_half_life;
         self.peers
@@ -175,6 +188,31 @@ impl Guard {
         self.record(peer, now).strikes
     }
 
+    /// Records that `peer` published gossip the application admitted (a registered hotkey).
+    pub(crate) fn vouch(&mut self, peer: PeerId, now: Instant) {
+        self.members.insert(peer, now);
+    }
+
+    /// Whether `peer` counts as a subnet member now.
+    pub(crate) fn is_member(&self, peer: &PeerId, now: Instant) -> bool {
+        self.members
+            .get(peer)
+            .is_some_and(|at| now.saturating_duration_since(*at) < MEMBER_TTL)
+    }
+
+    /// Whether a new lookup for `peer` fits, with `in_flight` lookups running: members may
+    /// fill every slot, other peers only their share, so a crowd of strangers never keeps
+    /// the subnet's own nodes from the blobs they need.
+    pub(crate) fn has_slot(&self, peer: &PeerId, in_flight: usize, now: Instant) -> bool {
+        let max = self.cfg.max_concurrent_serves;
+        let limit = if self.is_member(peer, now) {
+            max
+        } else {
+            serve_slots_for_strangers(max, self.cfg.unregistered_share)
+        };
+        in_flight < limit
+    }
+
     /// Takes one request token from the peer's bucket; false when it is empty.
     pub(crate) fn take_request(&mut self, peer: PeerId, now: Instant) -> bool {
         let r = self.record(peer, now);
@@ -185,6 +223,16 @@ impl Guard {
             false
         }
     }
+}
+
+/// Concurrent lookups open to non-members: `floor(max × share)`, share clamped to 0..=1.
+pub(crate) fn serve_slots_for_strangers(max: usize, share: f64) -> usize {
+    let share = if share.is_finite() {
+        share.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    ((max as f64) * share).floor() as usize
 }
 
 #[cfg(test)]
@@ -200,7 +248,36 @@ mod tests {
             serve_burst: 4.0,
             serve_per_sec: 2.0,
             max_concurrent_serves: 2,
+            unregistered_share: 0.5,
         }
+    }
+
+    #[test]
+    fn members_may_fill_every_slot_strangers_only_their_share() {
+        let mut g = Guard::new(GuardConfig {
+            max_concurrent_serves: 8,
+            ..cfg()
+        });
+        let (member, stranger, t0) = (PeerId::random(), PeerId::random(), Instant::now());
+        g.vouch(member, t0);
+        assert!(g.has_slot(&stranger, 3, t0));
+        assert!(!g.has_slot(&stranger, 4, t0), "strangers get 8 × 0.5");
+        assert!(g.has_slot(&member, 7, t0));
+        assert!(!g.has_slot(&member, 8, t0));
+        // Membership lapses after MEMBER_TTL without admitted gossip.
+        let later = t0 + MEMBER_TTL;
+        assert!(!g.has_slot(&member, 4, later));
+        g.expire(later);
+        assert!(!g.is_member(&member, t0));
+    }
+
+    #[test]
+    fn the_strangers_share_is_clamped() {
+        assert_eq!(serve_slots_for_strangers(32, 0.5), 16);
+        assert_eq!(serve_slots_for_strangers(32, 0.0), 0);
+        assert_eq!(serve_slots_for_strangers(32, 2.0), 32);
+        assert_eq!(serve_slots_for_strangers(32, f64::NAN), 0);
+        assert_eq!(serve_slots_for_strangers(3, 0.5), 1);
     }
 
     #[test]
