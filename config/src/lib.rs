@@ -15,6 +15,7 @@
 
 mod chain;
 mod checkpoint;
+mod competition;
 mod compression;
 mod error;
 mod model;
@@ -27,6 +28,7 @@ mod validator;
 
 pub use chain::{ChainBackend, ChainConfig, ChainRpc};
 pub use checkpoint::CheckpointConfig;
+pub use competition::{CompetitionConfig, CompetitionRule, EvalDataset};
 pub use compression::CompressionConfig;
 pub use error::ConfigError;
 pub use model::ModelConfig;

@@ -3,7 +3,7 @@
 
 use crate::error::{invalid, ConfigError};
 use crate::{
-    ChainBackend, ChainConfig, CheckpointConfig, CompressionConfig, ModelConfig, NetConfig,
+    ChainBackend, ChainConfig, CheckpointConfig, CompetitionConfig, CompressionConfig, ModelConfig, NetConfig,
     NodeSection, SupervisorConfig, TrainConfig, ValidatorConfig,
 };
 use serde::{Deserialize, Serialize};
@@ -31,6 +31,9 @@ pub struct NodeConfig {
     pub checkpoint: CheckpointConfig,
     /// Supervision of the node's actors.
     pub supervisor: SupervisorConfig,
+    /// Model competitions this node takes part in (`[[competition]]`, any number).
+    #[serde(rename = "competition", skip_serializing_if = "Vec::is_empty")]
+    pub competitions: Vec<CompetitionConfig>,
 }
 
 impl NodeConfig {
@@ -89,6 +92,9 @@ impl NodeConfig {
         self.compression.validate()?;
         self.checkpoint.validate()?;
         self.supervisor.validate()?;
+        for c in &self.competitions {
+            c.validate()?;
+        }
         self.validate_across_sections()
     }
 
@@ -98,6 +104,28 @@ impl NodeConfig {
             return invalid(
                 "node.hotkey_seed",
                 "the subtensor backend signs with the wallet hotkey (chain.wallet / chain.hotkey); remove node.hotkey_seed",
+            );
+        }
+        let mut ids = std::collections::BTreeSet::new();
+        for c in &self.competitions {
+            if !ids.insert(c.id.as_str()) {
+                return invalid("competition.id", format!("`{}` appears twice", c.id));
+            }
+            if c.piece_bytes > self.net.max_blob_bytes {
+                return invalid(
+                    "competition.piece_bytes",
+                    format!(
+                        "competition `{}`: {} is larger than net.max_blob_bytes ({}); pieces travel as blobs",
+                        c.id, c.piece_bytes, self.net.max_blob_bytes
+                    ),
+                );
+            }
+        }
+        let shares: f64 = self.competitions.iter().map(|c| c.share).sum();
+        if shares > 1.0 + 1e-9 {
+            return invalid(
+                "competition.share",
+                format!("the competitions' shares add up to {shares:.3}; at most 1 (training gets the rest)"),
             );
         }
         if self.node.role == crate::Role::Validator {
