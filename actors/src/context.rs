@@ -279,19 +279,7 @@ impl NodeContext {
         window: u64,
         window_hash: &[u8; 32],
     ) -> Result<Vec<Vec<u32>>, String> {
-        let t = &self.cfg.train;
-        let mut head = [0u8; 8];
-        head.copy_from_slice(&window_hash[..8]);
-        apiary_model::assign_pages(
-            uid,
-            window,
-            t.data_seed ^ u64::from_le_bytes(head),
-            self.dataset.train_pages(),
-            t.pages_per_window,
-        )
-        .into_iter()
-        .map(|i| self.dataset.page(i).map_err(|e| e.to_string()))
-        .collect()
+        self.pages_from(uid, window, window_hash, 0)
     }
 
     /// The window's **control pages**: drawn like a miner's from the window's first block hash,
@@ -303,13 +291,25 @@ impl NodeContext {
         window: u64,
         window_hash: &[u8; 32],
     ) -> Result<Vec<Vec<u32>>, String> {
+        self.pages_from(0, window, window_hash, CONTROL_SEED)
+    }
+
+    /// `train.pages_per_window` pages for `uid` in `window`, from `train.data_seed` mixed with
+    /// the window hash's first 8 bytes and `stream` (0: the miners' stream).
+    fn pages_from(
+        &self,
+        uid: u16,
+        window: u64,
+        window_hash: &[u8; 32],
+        stream: u64,
+    ) -> Result<Vec<Vec<u32>>, String> {
         let t = &self.cfg.train;
         let mut head = [0u8; 8];
         head.copy_from_slice(&window_hash[..8]);
         apiary_model::assign_pages(
-            0,
+            uid,
             window,
-            t.data_seed ^ u64::from_le_bytes(head) ^ CONTROL_SEED,
+            t.data_seed ^ u64::from_le_bytes(head) ^ stream,
             self.dataset.train_pages(),
             t.pages_per_window,
         )

@@ -34,13 +34,36 @@ pub fn window_of(block: u64, blocks_per_window: u64) -> u64 {
     block / blocks_per_window.max(1)
 }
 
-/// Where a node can be reached on libp2p; kept in its on-chain commitment.
+/// Where a node can be reached on libp2p, and the models it entered in competitions; kept in
+/// its on-chain commitment (one per hotkey and subnet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// libp2p peer id (base58).
     pub peer_id: String,
     /// Multiaddrs without the `/p2p` suffix.
     pub addrs: Vec<String>,
+    /// Models committed to competitions, at most one per competition (absent from the JSON
+    /// when empty, so a plain peer record reads and encodes as before).
+    #[serde(default, rename = "m", skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelCommit>,
+}
+
+/// A model entered in a competition, as committed on chain.
+///
+/// Why both ids: `model` names the model's manifest (what validators fetch); `digest` is
+/// `blake3(model ‖ hotkey)` as SN9 commits it, binding the entry to the committing hotkey so
+/// that a record copied from another miner's commitment is visibly not its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelCommit {
+    /// The competition's id (`[[competition]] id`).
+    #[serde(rename = "c")]
+    pub competition: String,
+    /// blake3 of the model's manifest, hex.
+    #[serde(rename = "i")]
+    pub model: String,
+    /// `blake3(model id ‖ hotkey)`, hex.
+    #[serde(rename = "d")]
+    pub digest: String,
 }
 
 impl PeerRecord {
@@ -67,6 +90,9 @@ pub struct Neuron {
     pub validator_permit: bool,
     /// Its commitment decoded as a peer record, if any.
     pub peer: Option<PeerRecord>,
+    /// Block its commitment was last changed at, where the backend says.
+    #[serde(default)]
+    pub commit_block: Option<u64>,
     /// Block of its last weight submission (its registration block before that).
     pub last_update: u64,
     /// Block it registered at.

@@ -121,6 +121,9 @@ struct NeuronState {
     hotkey: HotkeyId,
     stake: u64,
     commitment: Option<Vec<u8>>,
+    /// Block the commitment was set at.
+    #[serde(default)]
+    commitment_block: Option<u64>,
     last_update: u64,
     registered_at: u64,
 }
@@ -427,6 +430,7 @@ impl LocalChain {
                     stake: n.stake,
                     validator_permit: permits.contains(&n.uid),
                     peer: n.commitment.as_deref().and_then(PeerRecord::decode),
+                    commit_block: n.commitment.as_ref().and(n.commitment_block),
                     last_update: n.last_update,
                     registered_at: n.registered_at,
                 })
@@ -451,6 +455,7 @@ fn apply(subnet: &mut Subnet, signer: &HotkeyId, call: &Call, block: u64) -> Res
                 hotkey: *signer,
                 stake: 0,
                 commitment: None,
+                commitment_block: None,
                 last_update: block,
                 registered_at: block,
             });
@@ -468,7 +473,10 @@ fn apply(subnet: &mut Subnet, signer: &HotkeyId, call: &Call, block: u64) -> Res
                 .iter_mut()
                 .find(|n| &n.hotkey == signer)
                 .ok_or(ChainError::NotRegistered(*signer, netuid))?;
-            n.commitment = Some(data.clone());
+            if n.commitment.as_ref() != Some(data) {
+                n.commitment = Some(data.clone());
+                n.commitment_block = Some(block);
+            }
             Ok(n.uid)
         }
         Call::SetWeights { uids, weights, .. } => {
@@ -663,6 +671,7 @@ mod tests {
             let rec = PeerRecord {
                 peer_id: "12D3Koo".into(),
                 addrs: vec!["/ip4/127.0.0.1/tcp/1".into()],
+                models: Vec::new(),
             };
             chain
                 .set_commitment(1, &m, rec.encode())
@@ -677,6 +686,7 @@ mod tests {
             let vrec = PeerRecord {
                 peer_id: "12D3KooV".into(),
                 addrs: vec!["/ip4/127.0.0.1/tcp/2".into()],
+                models: Vec::new(),
             };
             chain
                 .set_commitment(1, &v, vrec.encode())

@@ -158,13 +158,20 @@ impl CompetitionConfig {
             );
         }
         if self.model_types.is_empty() {
-            return invalid("competition.model_types", "name at least one, e.g. [\"llama\"]");
+            return invalid(
+                "competition.model_types",
+                "name at least one, e.g. [\"llama\"]",
+            );
         }
         if self.min_params > self.max_params || self.max_params == 0 {
-            return invalid("competition.max_params", "must be > 0 and at least min_params");
+            return invalid(
+                "competition.max_params",
+                "must be > 0 and at least min_params",
+            );
         }
         if self.tokenizer != "bytes"
-            && !(self.tokenizer.len() == 64 && self.tokenizer.chars().all(|c| c.is_ascii_hexdigit()))
+            && !(self.tokenizer.len() == 64
+                && self.tokenizer.chars().all(|c| c.is_ascii_hexdigit()))
         {
             return invalid(
                 "competition.tokenizer",
@@ -172,7 +179,10 @@ impl CompetitionConfig {
             );
         }
         if self.seq_len < 2 || self.eval_pages == 0 {
-            return invalid("competition.eval_pages", "seq_len must be ≥ 2 and eval_pages ≥ 1");
+            return invalid(
+                "competition.eval_pages",
+                "seq_len must be ≥ 2 and eval_pages ≥ 1",
+            );
         }
         if let Some(d) = self
             .datasets
@@ -211,13 +221,19 @@ impl CompetitionConfig {
         }
         if !(self.copy_distance.is_finite() && self.copy_distance >= 0.0) || self.probe_tokens == 0
         {
-            return invalid("competition.copy_distance", "must be ≥ 0, with probe_tokens ≥ 1");
+            return invalid(
+                "competition.copy_distance",
+                "must be ≥ 0, with probe_tokens ≥ 1",
+            );
         }
         if self.max_models_per_round == 0 {
             return invalid("competition.max_models_per_round", "must be at least 1");
         }
         if self.piece_bytes < 4096 || self.piece_bytes > 256 * 1024 * 1024 {
-            return invalid("competition.piece_bytes", "must be between 4 KiB and 256 MiB");
+            return invalid(
+                "competition.piece_bytes",
+                "must be between 4 KiB and 256 MiB",
+            );
         }
         Ok(())
     }

@@ -3,8 +3,8 @@
 
 use crate::error::{invalid, ConfigError};
 use crate::{
-    ChainBackend, ChainConfig, CheckpointConfig, CompetitionConfig, CompressionConfig, ModelConfig, NetConfig,
-    NodeSection, SupervisorConfig, TrainConfig, ValidatorConfig,
+    ChainBackend, ChainConfig, CheckpointConfig, CompetitionConfig, CompressionConfig, ModelConfig,
+    NetConfig, NodeSection, SupervisorConfig, TrainConfig, ValidatorConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -181,6 +181,15 @@ impl Node {
                 .iter()
                 .map(|a| a.to_string())
                 .collect(),
+            // Models this hotkey entered in competitions stay entered across restarts.
+            models: match chain.metagraph(netuid).await {
+                Ok(mg) => mg
+                    .by_hotkey(&hotkey.id())
+                    .and_then(|n| n.peer.as_ref())
+                    .map(|p| p.models.clone())
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            },
         };
         if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
             tracing::warn!(error = %e, "could not publish the peer record on chain; peers must use bootstrap addresses");

@@ -149,6 +149,11 @@ pub fn commitment_bytes<T>(registration: &Value<T>) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The block a `Commitments.CommitmentOf` registration was made at (its `block` field).
+pub fn commitment_block<T>(registration: &Value<T>) -> Option<u64> {
+    uint(field(registration, "block")?).and_then(|b| u64::try_from(b).ok())
+}
+
 /// The `info` argument of `Commitments.set_commitment`: `data` split into `Raw` fields of at
 /// most `chunk` bytes.
 pub fn commitment_info(data: &[u8], chunk: usize) -> Value {

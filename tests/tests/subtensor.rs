@@ -100,6 +100,7 @@ async fn subtensor_registration_commitments_weights_and_runtime_rules() {
         .map(|i| PeerRecord {
             peer_id: format!("12D3KooWTestPeer{i}"),
             addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 40000 + i)],
+            models: Vec::new(),
         })
         .collect();
     for (k, r) in keys.iter().zip(&records) {

@@ -148,6 +148,7 @@ mod tests {
             addrs: (0..10)
                 .map(|i| format!("/ip4/10.0.0.{i}/tcp/40000"))
                 .collect(),
+            models: Vec::new(),
         };
         let fitted = fit_commitment(rec.encode()).expect("fits");
         assert!(fitted.len() <= MAX_COMMITMENT_BYTES);

@@ -142,12 +142,15 @@ impl SubtensorChain {
             .unwrap_or_default()
             .into_iter()
             .collect();
-        let commitments: HashMap<[u8; 32], Vec<u8>> =
+        let commitments: HashMap<[u8; 32], (Vec<u8>, Option<u64>)> =
             if values::has_storage(at.metadata_ref(), "Commitments", "CommitmentOf") {
                 self.iter_under::<AccountId32, Value>(&at, "Commitments", "CommitmentOf", netuid)
                     .await?
                     .into_iter()
-                    .filter_map(|(k, v)| values::commitment_bytes(&v).map(|b| (k.0, b)))
+                    .filter_map(|(k, v)| {
+                        values::commitment_bytes(&v)
+                            .map(|b| (k.0, (b, values::commitment_block(&v))))
+                    })
                     .collect()
             } else {
                 HashMap::new()
@@ -189,7 +192,10 @@ impl SubtensorChain {
                 hotkey: HotkeyId(acc.0),
                 stake,
                 validator_permit: permits.get(*uid as usize).copied().unwrap_or(false),
-                peer: commitments.get(&acc.0).and_then(|b| PeerRecord::decode(b)),
+                peer: commitments
+                    .get(&acc.0)
+                    .and_then(|(b, _)| PeerRecord::decode(b)),
+                commit_block: commitments.get(&acc.0).and_then(|(_, blk)| *blk),
                 last_update: last_update.get(*uid as usize).copied().unwrap_or(0),
                 registered_at: registered.get(uid).copied().unwrap_or(0),
             })
