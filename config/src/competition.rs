@@ -238,3 +238,75 @@ impl CompetitionConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NodeConfig;
+
+    fn comp(id: &str) -> CompetitionConfig {
+        CompetitionConfig {
+            id: id.into(),
+            ..CompetitionConfig::default()
+        }
+    }
+
+    fn key_of(r: Result<(), ConfigError>) -> Option<&'static str> {
+        r.err().and_then(|e| e.key())
+    }
+
+    #[test]
+    fn each_bad_key_is_named() {
+        assert!(comp("tiny").validate().is_ok());
+        assert_eq!(key_of(comp("").validate()), Some("competition.id"));
+        assert_eq!(key_of(comp("a/b").validate()), Some("competition.id"));
+        let cases: Vec<(fn(&mut CompetitionConfig), &str)> = vec![
+            (|c| c.tokenizer = "gpt2".into(), "competition.tokenizer"),
+            (|c| c.max_params = 0, "competition.max_params"),
+            (|c| c.min_params = 20_000_000_000, "competition.max_params"),
+            (|c| c.share = 0.0, "competition.share"),
+            (|c| c.share = f64::NAN, "competition.share"),
+            (|c| c.temperature = 0.0, "competition.temperature"),
+            (|c| c.epsilon_start = 0.7, "competition.epsilon_start"),
+            (|c| c.piece_bytes = 10, "competition.piece_bytes"),
+            (|c| c.eval_every_blocks = 0, "competition.eval_every_blocks"),
+            (
+                |c| {
+                    c.datasets = vec![EvalDataset {
+                        path: "x".into(),
+                        weight: -1.0,
+                    }]
+                },
+                "competition.datasets",
+            ),
+        ];
+        for (f, key) in cases {
+            let mut c = comp("tiny");
+            f(&mut c);
+            let err = c.validate().expect_err(key);
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(
+                err.to_string().contains("tiny"),
+                "names the competition: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn competitions_parse_from_toml_and_are_checked_together() {
+        let text = "[[competition]]\nid = \"a\"\nshare = 0.6\n[[competition]]\nid = \"b\"\nshare = 0.3\nrule = \"king_of_the_hill\"\n";
+        let cfg = NodeConfig::from_toml_str(text, std::path::Path::new("x.toml")).expect("parses");
+        cfg.validate().expect("valid");
+        assert_eq!(cfg.competitions.len(), 2);
+        assert_eq!(cfg.competitions[1].rule, CompetitionRule::KingOfTheHill);
+        let mut over = cfg.clone();
+        over.competitions[1].share = 0.5;
+        assert_eq!(key_of(over.validate()), Some("competition.share"));
+        let mut dup = cfg.clone();
+        dup.competitions[1].id = "a".into();
+        assert_eq!(key_of(dup.validate()), Some("competition.id"));
+        let mut big = cfg;
+        big.net.max_blob_bytes = 1 << 20;
+        assert_eq!(key_of(big.validate()), Some("competition.piece_bytes"));
+    }
+}
