@@ -175,6 +175,10 @@ metrics! {
     blobs_swept,
     /// Applied windows after which the store was over `node.disk_budget_mb`.
     disk_over_budget,
+    /// Competition models refused (any reason; per reason on `apiary compete leaderboard`).
+    competition_refused,
+    /// Competition evaluation rounds run.
+    competition_rounds,
 }
 
 impl Metrics {
@@ -235,6 +239,9 @@ pub struct NodeContext {
     /// Hashes of recent windows' first blocks by window (the seeds of sync slices), filled by
     /// the chain watcher and by [`NodeContext::window_seed`]; at most [`WINDOW_SEEDS_KEPT`].
     window_seeds: RwLock<BTreeMap<u64, [u8; 32]>>,
+    /// Blobs this node keeps from the sweep for as long as it runs (the models it entered in
+    /// competitions, which it serves).
+    pub pinned: StdMutex<Vec<apiary_storage::Pin>>,
 }
 
 /// Recent window seeds a node remembers.
@@ -265,6 +272,7 @@ impl NodeContext {
             metrics: Metrics::default(),
             rejections: Rejections::default(),
             window_seeds: RwLock::new(BTreeMap::new()),
+            pinned: StdMutex::new(Vec::new()),
         })
     }
 

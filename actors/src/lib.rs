@@ -55,6 +55,7 @@ pub mod admission;
 mod adversary;
 pub mod blobs;
 pub mod chain_watcher;
+pub mod competition;
 pub mod context;
 pub mod evaluator;
 pub mod gossip;

@@ -12,6 +12,7 @@
 //! trainer is reachable at once.
 
 use crate::chain_watcher::{ChainWatcher, ChainWatcherHandle};
+use crate::competition::{Competitions, CompetitionsHandle};
 use crate::context::{Metrics, NodeContext, NodeEvent};
 use crate::evaluator::{Evaluator, EvaluatorArgs, EvaluatorHandle};
 use crate::gossip::{GossipArgs, GossipMsgIn, GossipPeer};
@@ -45,6 +46,8 @@ pub struct Handles {
     pub weight_setter: WeightSetterHandle,
     /// The incentive mechanism the node runs.
     pub mechanism: Arc<Windowed>,
+    /// Model competitions (`[[competition]]`): validators rank, everyone serves its entries.
+    pub competitions: CompetitionsHandle,
 }
 
 impl Handles {
@@ -57,6 +60,7 @@ impl Handles {
             evaluator: EvaluatorHandle(Slot::new("evaluator")),
             weight_setter: WeightSetterHandle(Slot::new("weight setter")),
             mechanism: Arc::new(Windowed::new(&cfg.validator)),
+            competitions: CompetitionsHandle::new(),
         }
     }
 }
@@ -159,10 +163,20 @@ pub fn children() -> Vec<ChildSpec> {
                     core: h.core,
                     evaluator: h.evaluator,
                     mechanism: h.mechanism,
+                    competitions: Arc::clone(&h.competitions.board),
                 };
                 Box::pin(start(WeightSetter, args, h.weight_setter.0, sup))
             },
             clear: |h| h.weight_setter.0.set(None),
+        },
+        ChildSpec {
+            name: "competitions",
+            validator_only: false,
+            spawn: |ctx, h, sup| {
+                let args = (ctx, Arc::clone(&h.competitions.board));
+                Box::pin(start(Competitions, args, h.competitions.slot, sup))
+            },
+            clear: |h| h.competitions.slot.set(None),
         },
     ]
 }

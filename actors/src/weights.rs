@@ -20,6 +20,7 @@
 //! When the subnet uses commit-reveal the backend commits a hash; at every window start the
 //! setter asks it to reveal the commits whose reveal period has come.
 
+use crate::competition::{merge_shares, Board};
 use crate::context::{NodeContext, NodeEvent};
 use crate::evaluator::EvaluatorHandle;
 use crate::handle::{CoreHandle, Slot};
@@ -80,6 +81,8 @@ pub struct WeightSetterArgs {
     pub evaluator: EvaluatorHandle,
     /// The incentive mechanism: how scores become weights.
     pub mechanism: Arc<Windowed>,
+    /// The competitions' published weights, merged by share.
+    pub competitions: Arc<Board>,
 }
 
 /// Its state.
@@ -88,6 +91,7 @@ pub struct WeightSetterState {
     core: CoreHandle,
     evaluator: EvaluatorHandle,
     mechanism: Arc<Windowed>,
+    competitions: Arc<Board>,
     last: Option<WeightSubmission>,
 }
 
@@ -106,6 +110,7 @@ impl Actor for WeightSetter {
             core,
             evaluator,
             mechanism,
+            competitions,
         } = args;
         let last = ctx
             .store
@@ -119,6 +124,7 @@ impl Actor for WeightSetter {
             core,
             evaluator,
             mechanism,
+            competitions,
             last,
         })
     }
@@ -180,7 +186,21 @@ async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
         }
     };
     let pairs: Vec<(u16, f64)> = scores.iter().map(|s| (s.uid, s.ema)).collect();
-    let (uids, weights) = st.mechanism.weights(&pairs);
+    let (mut uids, mut weights) = st.mechanism.weights(&pairs);
+    // Several mechanisms on one subnet: the runtime (spec 218) has one weight vector per
+    // validator, so training and each competition get their configured share of it.
+    let comps = st.competitions.weights();
+    if !comps.is_empty() {
+        let train_share = 1.0 - comps.iter().map(|(s, _)| s).sum::<f64>();
+        let train: Vec<(u16, f64)> = uids
+            .iter()
+            .zip(&weights)
+            .map(|(u, w)| (*u, f64::from(*w)))
+            .collect();
+        let mut parts = vec![(train_share, train)];
+        parts.extend(comps);
+        (uids, weights) = apiary_chain::normalize_weights(&merge_shares(&parts));
+    }
     if uids.is_empty() {
         return;
     }

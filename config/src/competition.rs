@@ -210,10 +210,12 @@ impl CompetitionConfig {
         if !(self.ema_alpha > 0.0 && self.ema_alpha <= 1.0) {
             return invalid("competition.ema_alpha", "must be in (0, 1]");
         }
-        if !(self.koth_margin.is_finite() && self.koth_margin >= 0.0)
-            || !(self.koth_alpha > 0.0 && self.koth_alpha < 0.5)
-            || self.bootstrap_samples < 10
-        {
+        let koth_ok = self.koth_margin.is_finite()
+            && self.koth_margin >= 0.0
+            && self.koth_alpha > 0.0
+            && self.koth_alpha < 0.5
+            && self.bootstrap_samples >= 10;
+        if !koth_ok {
             return invalid(
                 "competition.koth_margin",
                 "koth_margin ≥ 0, koth_alpha in (0, 0.5), bootstrap_samples ≥ 10",
@@ -260,7 +262,8 @@ mod tests {
         assert!(comp("tiny").validate().is_ok());
         assert_eq!(key_of(comp("").validate()), Some("competition.id"));
         assert_eq!(key_of(comp("a/b").validate()), Some("competition.id"));
-        let cases: Vec<(fn(&mut CompetitionConfig), &str)> = vec![
+        type Case = (fn(&mut CompetitionConfig), &'static str);
+        let cases: Vec<Case> = vec![
             (|c| c.tokenizer = "gpt2".into(), "competition.tokenizer"),
             (|c| c.max_params = 0, "competition.max_params"),
             (|c| c.min_params = 20_000_000_000, "competition.max_params"),

@@ -519,9 +519,20 @@ async fn dispatch(
             v
         }
         "export" => export(ctx, handles, req).await?,
+        "leaderboard" => serde_json::to_value(handles.competitions.board.leaderboards())?,
+        "compete_submit" => {
+            let (Some(path), Some(id)) = (&req.path, &req.competition) else {
+                anyhow::bail!(
+                    "compete_submit needs `path` (the model directory) and `competition`"
+                );
+            };
+            let done =
+                apiary_actors::competition::submit(ctx, id, std::path::Path::new(path)).await?;
+            serde_json::to_value(done)?
+        }
         other => anyhow::bail!(
             "unknown command `{other}`; use status, peers, unban, scores, windows, weights, \
-             metrics, store or export"
+             metrics, store, export, leaderboard or compete_submit"
         ),
     })
 }

@@ -37,6 +37,9 @@ pub enum Cmd {
     /// Operator commands against a subtensor endpoint.
     #[command(subcommand)]
     Chain(crate::chain_cmd::ChainCmd),
+    /// Model competitions: enter a model, see the leaderboard.
+    #[command(subcommand)]
+    Compete(CompeteCmd),
     /// Check a config file and print it with defaults filled in.
     CheckConfig {
         /// The TOML file.
@@ -123,6 +126,50 @@ pub struct DevnetArgs {
     pub adversary: Vec<AdversaryKind>,
 }
 
+/// `apiary compete …` (talks to a running node over its admin socket).
+#[derive(Debug, Subcommand)]
+pub enum CompeteCmd {
+    /// Check a Hugging Face LLaMA directory against a competition's rules, store it as
+    /// pieces the node serves, and commit it on chain.
+    Submit {
+        /// The model directory (`config.json`, `model.safetensors`, optional `tokenizer.json`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The competition's id (a `[[competition]]` of the node's config).
+        #[arg(long)]
+        competition: String,
+        /// The node's admin socket and data dir.
+        #[command(flatten)]
+        node: NodeSocket,
+    },
+    /// Every competition's leaderboard: entries, status, loss, win rate, ε and weight.
+    Leaderboard {
+        /// The node's admin socket and data dir.
+        #[command(flatten)]
+        node: NodeSocket,
+    },
+    /// Same as `leaderboard` (what this validator evaluated and how it ranks it).
+    Status {
+        /// The node's admin socket and data dir.
+        #[command(flatten)]
+        node: NodeSocket,
+    },
+}
+
+/// Where a running node's admin socket is.
+#[derive(Debug, Args)]
+pub struct NodeSocket {
+    /// The admin socket (default `<data-dir>/admin.sock`).
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// The node's data dir.
+    #[arg(long, default_value = "./apiary-data")]
+    pub data_dir: PathBuf,
+    /// Print the raw JSON reply.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `apiary admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
@@ -205,6 +252,37 @@ pub async fn run(cli: Cli) -> Result<()> {
                     "{}",
                     reply["error"].as_str().unwrap_or("admin request failed")
                 );
+            }
+            Ok(())
+        }
+        Cmd::Compete(c) => {
+            let (node, req, timeout) = match c {
+                CompeteCmd::Submit {
+                    model,
+                    competition,
+                    node,
+                } => {
+                    let path = std::path::absolute(&model).context("resolving --model")?;
+                    let req = serde_json::json!({"cmd": "compete_submit",
+                        "path": path.display().to_string(), "competition": competition});
+                    (node, req, std::time::Duration::from_secs(3600))
+                }
+                CompeteCmd::Leaderboard { node } | CompeteCmd::Status { node } => (
+                    node,
+                    serde_json::json!({"cmd": "leaderboard"}),
+                    crate::admin::CLIENT_TIMEOUT,
+                ),
+            };
+            let socket = node
+                .socket
+                .unwrap_or_else(|| node.data_dir.join("admin.sock"));
+            let reply = crate::admin::request_timeout(&socket, &req, timeout).await?;
+            if node.json {
+                println!("{reply}");
+            } else if reply["ok"].as_bool() == Some(true) {
+                print!("{}", crate::admin::render_table(&reply["result"]));
+            } else {
+                anyhow::bail!("{}", reply["error"].as_str().unwrap_or("request failed"));
             }
             Ok(())
         }

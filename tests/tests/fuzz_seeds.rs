@@ -191,6 +191,34 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("blob_codec", name.into(), bytes));
     }
 
+    // A competition model manifest: the tiny model exported and packaged in 1 KiB pieces.
+    {
+        let dir = tempfile::tempdir().unwrap();
+        apiary_model::export_hf_dir(
+            &base,
+            &dense_cfg.model,
+            dir.path(),
+            apiary_model::HfDtype::F32,
+            None,
+        )
+        .unwrap();
+        let m = apiary_compete::package_dir(dir.path(), "tiny", 1024, |_, _| {
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .unwrap();
+        let bytes = m.to_bytes();
+        assert_eq!(
+            apiary_compete::ModelManifest::from_bytes(&bytes, 1 << 20).unwrap(),
+            m
+        );
+        out.push(("model_manifest", "tiny".into(), bytes));
+    }
+    out.push((
+        "admin_request",
+        "compete-submit".into(),
+        b"{\"cmd\":\"compete_submit\",\"path\":\"/tmp/m\",\"competition\":\"tiny\"}\n".to_vec(),
+    ));
+
     // Admin request lines.
     for (i, line) in [
         r#"{"cmd":"status"}"#,

@@ -28,6 +28,9 @@ pub struct Request {
     /// `unban`: the peer id whose ban to lift.
     #[serde(default)]
     pub peer: Option<String>,
+    /// `compete_submit`: the competition's id (`path` is the model directory).
+    #[serde(default)]
+    pub competition: Option<String>,
 }
 
 /// Why a request line was refused.
