@@ -203,6 +203,8 @@ struct Standing {
 /// One competition's state.
 struct Comp {
     cfg: CompetitionConfig,
+    /// Its evaluation data with mixing weights (validators only).
+    data: Vec<(Arc<apiary_data::Dataset>, f64)>,
     next_round: u64,
     rounds: u64,
     models: HashMap<[u8; 32], Known>,
@@ -238,11 +240,22 @@ impl Actor for Competitions {
         // After a restart, keep serving the models this hotkey entered.
         let ctx2 = Arc::clone(&ctx);
         tokio::spawn(async move { pin_own_models(&ctx2).await });
+        let mut data = Vec::new();
+        for c in &ctx.cfg.competitions {
+            data.push(if ctx.cfg.node.role == Role::Validator {
+                let (ctx2, c2) = (Arc::clone(&ctx), c.clone());
+                tokio::task::spawn_blocking(move || eval_data(&ctx2, &c2)).await??
+            } else {
+                Vec::new()
+            });
+        }
         let comps = ctx
             .cfg
             .competitions
             .iter()
-            .map(|c| Comp {
+            .zip(data)
+            .map(|(c, data)| Comp {
+                data,
                 cfg: c.clone(),
                 next_round: 0,
                 rounds: 0,
@@ -428,7 +441,7 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
     }
 
     // Near-copies: logits on this validator's private probe too close to an earlier commit's.
-    let probe = private_probe(ctx, &cfg, block);
+    let probe = private_probe(ctx, c, block);
     let mut logits: Vec<Option<Vec<f32>>> = Vec::new();
     for (_, model) in &loaded {
         let (model, probe, window) = (Arc::clone(model), probe.clone(), cfg.seq_len);
@@ -500,7 +513,7 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             return;
         }
     };
-    let pages = round_pages(ctx, &cfg, &seed);
+    let pages = round_pages(c, &seed);
     let mut losses: Vec<Vec<f64>> = Vec::new();
     for &i in &order {
         let (model, round_pages) = (Arc::clone(&eligible[i].1), pages.clone());
@@ -630,22 +643,99 @@ fn set_status(entries: &mut [Entry], uid: u16, status: &str, reason: String) {
     }
 }
 
-/// `eval_pages` pages of the node's data, drawn from the round block's hash.
-fn round_pages(ctx: &NodeContext, cfg: &CompetitionConfig, seed: &[u8; 32]) -> Vec<Vec<u32>> {
-    apiary_compete::eval_pages(&[(Arc::clone(&ctx.dataset), 1.0)], *seed, cfg.eval_pages)
-        .unwrap_or_default()
+/// Why a competition's evaluation data cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalDataError {
+    /// The competition names a tokenizer this node does not have.
+    #[error("competition `{0}` evaluates with tokenizer {1}; set train.tokenizer to that tokenizer.json (b3sum must match)")]
+    Tokenizer(String, String),
+    /// A dataset failed to open.
+    #[error("competition `{id}`: cannot open evaluation data {path}: {reason}; check competition.datasets")]
+    Data {
+        /// The competition.
+        id: String,
+        /// The dataset.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Opens a competition's evaluation datasets (its `datasets`, or else the node's `train.data`)
+/// in pages of the competition's `seq_len`, tokenized with the competition's tokenizer. The
+/// node's own dataset is reused when it already is exactly that.
+fn eval_data(
+    ctx: &NodeContext,
+    cfg: &CompetitionConfig,
+) -> Result<Vec<(Arc<apiary_data::Dataset>, f64)>, EvalDataError> {
+    let node_bytes = ctx.cfg.train.tokenizer.is_none();
+    if cfg.datasets.is_empty() && cfg.seq_len == ctx.cfg.model.seq_len {
+        let same = if cfg.tokenizer == "bytes" {
+            node_bytes
+        } else {
+            ctx.dataset.manifest().tokenizer_hash == cfg.tokenizer
+        };
+        if same {
+            return Ok(vec![(Arc::clone(&ctx.dataset), 1.0)]);
+        }
+    }
+    let tokenizer = if cfg.tokenizer == "bytes" {
+        apiary_data::Tokenizer::bytes()
+    } else {
+        let t = ctx
+            .cfg
+            .train
+            .tokenizer
+            .as_ref()
+            .and_then(|p| apiary_data::Tokenizer::from_file(p).ok())
+            .filter(|t| hex::encode(t.hash()) == cfg.tokenizer);
+        t.ok_or_else(|| EvalDataError::Tokenizer(cfg.id.clone(), cfg.tokenizer.clone()))?
+    };
+    let sets: Vec<(PathBuf, f64)> = if cfg.datasets.is_empty() {
+        vec![(ctx.cfg.train.data.clone(), 1.0)]
+    } else {
+        cfg.datasets
+            .iter()
+            .map(|d| (d.path.clone(), d.weight))
+            .collect()
+    };
+    let root = ctx.cfg.node.data_dir.join("competitions").join(&cfg.id);
+    sets.into_iter()
+        .enumerate()
+        .map(|(i, (path, w))| {
+            apiary_data::Dataset::open(
+                &path,
+                &tokenizer,
+                cfg.seq_len,
+                ctx.cfg.train.held_out_fraction,
+                &root.join(format!("data-{i}")),
+            )
+            .map(|d| (Arc::new(d), w))
+            .map_err(|e| EvalDataError::Data {
+                id: cfg.id.clone(),
+                path,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// `eval_pages` pages of the competition's data (split by mixing weight), drawn from the round
+/// block's hash.
+fn round_pages(c: &Comp, seed: &[u8; 32]) -> Vec<Vec<u32>> {
+    apiary_compete::eval_pages(&c.data, *seed, c.cfg.eval_pages).unwrap_or_default()
 }
 
 /// This validator's private probe: `probe_tokens` tokens of the node's data chosen by a hash
 /// of the hotkey's signature over the round block, which no one else can compute, so no miner
 /// can tune a near-copy to it.
-fn private_probe(ctx: &NodeContext, cfg: &CompetitionConfig, block: u64) -> Vec<u32> {
+fn private_probe(ctx: &NodeContext, c: &Comp, block: u64) -> Vec<u32> {
+    let cfg = &c.cfg;
     let mut msg = b"apiary-competition-probe".to_vec();
     msg.extend_from_slice(cfg.id.as_bytes());
     msg.extend_from_slice(&block.to_le_bytes());
     let seed = *blake3::hash(&ctx.hotkey.sign(&msg)).as_bytes();
-    apiary_compete::probe(seed, &[(Arc::clone(&ctx.dataset), 1.0)], cfg.probe_tokens)
-        .unwrap_or_default()
+    apiary_compete::probe(seed, &c.data, cfg.probe_tokens).unwrap_or_default()
 }
 
 /// Fetches a model's manifest and pieces (storing and pinning them), assembles it in the data
