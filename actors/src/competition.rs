@@ -502,6 +502,18 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             .then(ka.2.cmp(&kb.2))
     });
     order.truncate(cfg.max_models_per_round);
+    // King of the hill compares every challenger with the leader: it is always evaluated.
+    if cfg.rule == CompetitionRule::KingOfTheHill {
+        if let Some(l) = c.leader {
+            let at = eligible.iter().position(|(m, _)| (m.uid, m.model) == l);
+            if let Some(at) = at.filter(|at| !order.contains(at)) {
+                if order.len() >= cfg.max_models_per_round {
+                    order.pop();
+                }
+                order.push(at);
+            }
+        }
+    }
     order.sort_by_key(|&i| (eligible[i].0.block, eligible[i].0.uid));
 
     // The round's pages come from the round block's hash: the same for every validator.
@@ -558,7 +570,14 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             rules::softmax(&emas, cfg.temperature)
         }
         CompetitionRule::KingOfTheHill => {
-            king_of_the_hill(c, &order, &eligible, &losses, block);
+            let keys: Vec<ModelKey> = order
+                .iter()
+                .map(|&i| (eligible[i].0.uid, eligible[i].0.model))
+                .collect();
+            let still = c
+                .leader
+                .is_some_and(|l| eligible.iter().any(|(m, _)| (m.uid, m.model) == l));
+            c.leader = next_leader(&cfg, c.leader, still, &keys, &losses, block);
             uids.iter()
                 .map(|u| {
                     if c.leader.map(|l| l.0) == Some(*u) {
@@ -600,39 +619,45 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
     tracing::info!(competition = %cfg.id, block, evaluated = order.len(), "competition round");
 }
 
-/// King of the hill: the leader stays unless the best challenger's per-page advantage has a
-/// bootstrap lower bound above the margin.
-fn king_of_the_hill(
-    c: &mut Comp,
-    order: &[usize],
-    eligible: &[(&Commit, Arc<LoadedModel>)],
+/// A model: its uid and manifest id.
+type ModelKey = (u16, [u8; 32]);
+
+/// King of the hill after one round: `evaluated` are this round's models with their per-page
+/// `losses`; `eligible` says whether the current leader is still in the competition. The leader
+/// stays unless the best challenger's per-page advantage has a paired-bootstrap lower bound
+/// above `koth_margin`; a leader that was not evaluated this round keeps its place; a leader
+/// that left (or none yet) is replaced by the round's best.
+pub fn next_leader(
+    cfg: &CompetitionConfig,
+    leader: Option<ModelKey>,
+    eligible: bool,
+    evaluated: &[ModelKey],
     losses: &[Vec<f64>],
-    block: u64,
-) {
+    seed: u64,
+) -> Option<ModelKey> {
     let mean = |k: usize| losses[k].iter().sum::<f64>() / losses[k].len().max(1) as f64;
-    let best = (0..order.len()).min_by(|&a, &b| mean(a).total_cmp(&mean(b)));
-    let Some(best) = best else { return };
-    let leader_k = c.leader.and_then(|(uid, model)| {
-        order
-            .iter()
-            .position(|&i| eligible[i].0.uid == uid && eligible[i].0.model == model)
-    });
-    let m = eligible[order[best]].0;
-    match leader_k {
-        None => c.leader = Some((m.uid, m.model)),
-        Some(l) if l != best => {
-            if rules::koth_dethrones(
-                &losses[l],
-                &losses[best],
-                c.cfg.koth_margin,
-                c.cfg.koth_alpha,
-                c.cfg.bootstrap_samples,
-                block,
-            ) {
-                c.leader = Some((m.uid, m.model));
-            }
-        }
-        Some(_) => {}
+    let best = (0..evaluated.len().min(losses.len())).min_by(|&a, &b| mean(a).total_cmp(&mean(b)));
+    let leader = leader.filter(|_| eligible);
+    let Some(best) = best else { return leader };
+    let Some(current) = leader else {
+        return Some(evaluated[best]);
+    };
+    let Some(l) = evaluated.iter().position(|k| *k == current) else {
+        return Some(current);
+    };
+    if l != best
+        && rules::koth_dethrones(
+            &losses[l],
+            &losses[best],
+            cfg.koth_margin,
+            cfg.koth_alpha,
+            cfg.bootstrap_samples,
+            seed,
+        )
+    {
+        Some(evaluated[best])
+    } else {
+        Some(current)
     }
 }
 
@@ -977,6 +1002,58 @@ pub async fn pin_own_models(ctx: &Arc<NodeContext>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn koth() -> CompetitionConfig {
+        CompetitionConfig {
+            id: "k".into(),
+            rule: CompetitionRule::KingOfTheHill,
+            koth_margin: 0.01,
+            koth_alpha: 0.05,
+            bootstrap_samples: 500,
+            ..CompetitionConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_king_stays_unless_clearly_beaten() {
+        let cfg = koth();
+        let (a, b) = ((1, [1; 32]), (2, [2; 32]));
+        let lose = |x: f64| vec![x; 16];
+        // No leader yet: the round's best.
+        assert_eq!(
+            next_leader(&cfg, None, false, &[a, b], &[lose(3.0), lose(2.9)], 1),
+            Some(b)
+        );
+        // Better by less than the margin: the leader stays.
+        assert_eq!(
+            next_leader(&cfg, Some(a), true, &[a, b], &[lose(3.0), lose(2.995)], 1),
+            Some(a)
+        );
+        // Better by 0.1 nats on every page: dethroned.
+        assert_eq!(
+            next_leader(&cfg, Some(a), true, &[a, b], &[lose(3.0), lose(2.9)], 1),
+            Some(b)
+        );
+        // Better on average but only on some pages (noisy): the bootstrap's bound is below
+        // the margin, the leader stays.
+        let noisy: Vec<f64> = (0..16)
+            .map(|i| if i % 2 == 0 { 2.7 } else { 3.25 })
+            .collect();
+        assert_eq!(
+            next_leader(&cfg, Some(a), true, &[a, b], &[lose(3.0), noisy], 1),
+            Some(a)
+        );
+        // A leader not evaluated this round keeps its place; one that left is replaced.
+        assert_eq!(
+            next_leader(&cfg, Some(a), true, &[b], &[lose(1.0)], 1),
+            Some(a)
+        );
+        assert_eq!(
+            next_leader(&cfg, Some(a), false, &[b], &[lose(9.0)], 1),
+            Some(b)
+        );
+        assert_eq!(next_leader(&cfg, Some(a), false, &[], &[], 1), None);
+    }
 
     #[test]
     fn shares_merge_distributions_and_skip_empty_parts() {

@@ -280,7 +280,15 @@ pub async fn run(cli: Cli) -> Result<()> {
             if node.json {
                 println!("{reply}");
             } else if reply["ok"].as_bool() == Some(true) {
-                print!("{}", crate::admin::render_table(&reply["result"]));
+                let result = &reply["result"];
+                match result.as_array() {
+                    Some(boards) => {
+                        for b in boards {
+                            print!("{}", crate::admin::render_table(&leaderboard_view(b)));
+                        }
+                    }
+                    None => print!("{}", crate::admin::render_table(result)),
+                }
             } else {
                 anyhow::bail!("{}", reply["error"].as_str().unwrap_or("request failed"));
             }
@@ -329,6 +337,46 @@ async fn run_node(a: RunArgs) -> Result<()> {
     };
     node.shutdown().await;
     res
+}
+
+/// A leaderboard as a person reads it: short model ids, no hotkeys, refusals on one line.
+fn leaderboard_view(b: &serde_json::Value) -> serde_json::Value {
+    let short = |v: &serde_json::Value| -> serde_json::Value {
+        v.as_str()
+            .map(|s| s.chars().take(12).collect::<String>())
+            .into()
+    };
+    let entries: Vec<serde_json::Value> = b["entries"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "uid": e["uid"], "model": short(&e["model"]),
+                        "commit": e["commit_block"], "status": e["status"],
+                        "loss": e["loss"], "win_rate": e["win_rate"], "ema": e["ema"],
+                        "eps": e["epsilon"], "weight": e["weight"], "rounds": e["rounds"],
+                        "reason": e["reason"],
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let refusals = b["refusals"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "competition": b["competition"], "share": b["share"], "rounds": b["rounds"],
+        "round_block": b["round_block"], "leader": b["leader"],
+        "evaluated": b["evaluated"].as_array().map(|a| a.len()).unwrap_or(0),
+        "refusals": refusals, "entries": entries,
+    })
 }
 
 #[cfg(test)]
