@@ -3,11 +3,11 @@
 # `cargo +nightly fuzz build`, then runs each from its committed seeds (fuzz/seeds/<target>/)
 # for a bounded number of cases. Any crash fails CI and leaves the input in
 # fuzz/artifacts/<target>/.
-#   APIARY_FUZZ_RUNS  cases per target (default 20000)
+#   APIARY_FUZZ_RUNS  cases per target (default 500000)
 #   APIARY_FUZZ_SECS  wall-clock cap per target in seconds (default 30)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-RUNS="${APIARY_FUZZ_RUNS:-20000}"
+RUNS="${APIARY_FUZZ_RUNS:-500000}"
 SECS="${APIARY_FUZZ_SECS:-30}"
 
 # cargo-fuzz needs a nightly toolchain (sanitizer-coverage flags) and the cargo-fuzz binary.

@@ -36,12 +36,16 @@ use apiary_compete::{
 };
 use apiary_config::{CompetitionConfig, CompetitionRule, Role};
 use apiary_storage::{ContentId, Pin};
+use futures::StreamExt;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+/// Pieces of one model fetched at once.
+const PARALLEL_PIECES: usize = 8;
 
 /// One model's line on a leaderboard.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -54,7 +58,8 @@ pub struct Entry {
     pub model: String,
     /// Block of the commitment (the earliest this validator saw for this hotkey and model).
     pub commit_block: u64,
-    /// `eligible`, `waiting` (inside the evaluation delay), `copy`, `near_copy` or `refused`.
+    /// `eligible`, `waiting` (inside the evaluation delay), `copy`, `near_copy`, `refused`, or
+    /// `unreachable` (no peer served it this round; tried again next round).
     pub status: String,
     /// Why it is not eligible, in words.
     pub reason: Option<String>,
@@ -426,6 +431,12 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
         if !c.models.contains_key(&m.model) {
             let known = fetch_and_check(ctx, &cfg, m.model).await;
             if let Err(reason) = &known.verdict {
+                if reason.starts_with("unreachable") {
+                    // No holder answered: try again next round rather than refuse for good.
+                    c.refuse("unreachable");
+                    set_status(&mut entries, m.uid, "unreachable", reason.clone());
+                    continue;
+                }
                 let r = reason.split(':').next().unwrap_or("refused").to_string();
                 c.refuse(&r);
                 Metrics::inc(&ctx.metrics.competition_refused);
@@ -778,10 +789,20 @@ async fn fetch_and_check(ctx: &Arc<NodeContext>, cfg: &CompetitionConfig, id: [u
             return Err("manifest: its bytes do not hash to the committed id".to_string());
         }
         check_manifest(&manifest, cfg).map_err(|r| r.to_string())?;
-        for piece in manifest.piece_ids() {
-            crate::blobs::fetch_blob(ctx, ContentId(piece), None, true)
-                .await
-                .map_err(|e| format!("unreachable: {e}"))?;
+        // Pieces come in parallel, each from a different peer first (rotating over the
+        // connected ones; any other holder if that one fails), each verified on arrival.
+        let peers = ctx.net.connected_peers().await;
+        let fetches = manifest.piece_ids().into_iter().enumerate().map(|(i, piece)| {
+            let from = (!peers.is_empty()).then(|| peers[i % peers.len()]);
+            async move {
+                crate::blobs::fetch_blob(ctx, ContentId(piece), from, true)
+                    .await
+                    .map(|_| piece)
+            }
+        });
+        let mut fetched = futures::stream::iter(fetches).buffer_unordered(PARALLEL_PIECES);
+        while let Some(piece) = fetched.next().await {
+            let piece = piece.map_err(|e| format!("unreachable: {e}"))?;
             pins.push(ctx.store.pin(ContentId(piece)));
         }
         let dir = model_dir(ctx, &cfg.id, &id);
