@@ -792,14 +792,18 @@ async fn fetch_and_check(ctx: &Arc<NodeContext>, cfg: &CompetitionConfig, id: [u
         // Pieces come in parallel, each from a different peer first (rotating over the
         // connected ones; any other holder if that one fails), each verified on arrival.
         let peers = ctx.net.connected_peers().await;
-        let fetches = manifest.piece_ids().into_iter().enumerate().map(|(i, piece)| {
-            let from = (!peers.is_empty()).then(|| peers[i % peers.len()]);
-            async move {
-                crate::blobs::fetch_blob(ctx, ContentId(piece), from, true)
-                    .await
-                    .map(|_| piece)
-            }
-        });
+        let fetches = manifest
+            .piece_ids()
+            .into_iter()
+            .enumerate()
+            .map(|(i, piece)| {
+                let from = (!peers.is_empty()).then(|| peers[i % peers.len()]);
+                async move {
+                    crate::blobs::fetch_blob(ctx, ContentId(piece), from, true)
+                        .await
+                        .map(|_| piece)
+                }
+            });
         let mut fetched = futures::stream::iter(fetches).buffer_unordered(PARALLEL_PIECES);
         while let Some(piece) = fetched.next().await {
             let piece = piece.map_err(|e| format!("unreachable: {e}"))?;
