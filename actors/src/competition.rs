@@ -217,6 +217,8 @@ struct Comp {
     standings: HashMap<u16, Standing>,
     leader: Option<(u16, [u8; 32])>,
     refusals: BTreeMap<String, u64>,
+    /// What was counted in `refusals` already: (uid, model, reason).
+    refused: std::collections::HashSet<(u16, [u8; 32], String)>,
     board: Leaderboard,
 }
 
@@ -240,8 +242,9 @@ impl Actor for Competitions {
         myself: ActorRef<Self::Msg>,
         (ctx, board): Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let every = Duration::from_millis(ctx.cfg.chain.block_time_ms.max(50));
-        myself.send_interval(every, || CompetitionMsg::Tick);
+        // One tick outstanding at a time: the next is scheduled when one is handled, so a
+        // long evaluation round never queues up ticks behind it.
+        myself.send_after(tick_every(&ctx), || CompetitionMsg::Tick);
         // After a restart, keep serving the models this hotkey entered.
         let ctx2 = Arc::clone(&ctx);
         tokio::spawn(async move { pin_own_models(&ctx2).await });
@@ -269,6 +272,7 @@ impl Actor for Competitions {
                 standings: HashMap::new(),
                 leader: None,
                 refusals: BTreeMap::new(),
+                refused: Default::default(),
                 board: Leaderboard {
                     competition: c.id.clone(),
                     share: c.share,
@@ -281,12 +285,13 @@ impl Actor for Competitions {
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
         st: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             CompetitionMsg::Tick => {
+                myself.send_after(tick_every(&st.ctx), || CompetitionMsg::Tick);
                 if st.ctx.cfg.node.role != Role::Validator {
                     return Ok(());
                 }
@@ -310,6 +315,31 @@ impl Actor for Competitions {
     }
 }
 
+/// The node-wide counter name of a refusal reason.
+fn counter_name(reason: &str) -> &'static str {
+    match reason {
+        "copy" => "competition_copy",
+        "near_copy" => "competition_near_copy",
+        "unreachable" => "competition_unreachable",
+        "digest" => "competition_digest",
+        "commitment" => "competition_commitment",
+        "manifest" => "competition_manifest",
+        "too_large" => "competition_too_large",
+        "model_type" => "competition_model_type",
+        "params" => "competition_params",
+        "tokenizer" => "competition_tokenizer",
+        "seq_len" => "competition_seq_len",
+        "tensors" => "competition_tensors",
+        "unreadable" => "competition_unreadable",
+        _ => "competition_other",
+    }
+}
+
+/// How often the actor looks at the chain head: once per block.
+fn tick_every(ctx: &NodeContext) -> Duration {
+    Duration::from_millis(ctx.cfg.chain.block_time_ms.max(50))
+}
+
 /// A commitment seen in the metagraph.
 struct Commit {
     uid: u16,
@@ -323,8 +353,15 @@ fn parse_id(hex_id: &str) -> Option<[u8; 32]> {
 }
 
 impl Comp {
-    fn refuse(&mut self, reason: &str) {
+    /// Counts a refusal of `model` (committed by `uid`) once, here and in the node's
+    /// per-check counters (`apiary admin metrics` → `rejected`, as `competition_<reason>`).
+    fn refuse(&mut self, ctx: &NodeContext, uid: u16, model: [u8; 32], reason: &str) {
+        if !self.refused.insert((uid, model, reason.to_string())) {
+            return;
+        }
         *self.refusals.entry(reason.to_string()).or_default() += 1;
+        ctx.rejections.count(counter_name(reason));
+        Metrics::inc(&ctx.metrics.competition_refused);
     }
 }
 
@@ -368,12 +405,14 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             rounds: 0,
         };
         let Some(model) = parse_id(&mc.model) else {
-            entry.reason = Some("the committed model id is not 64 hex characters".into());
+            entry.reason = Some("commitment: the model id is not 64 hex characters".into());
+            c.refuse(ctx, n.uid, [0; 32], "commitment");
             entries.push(entry);
             continue;
         };
         if hex::encode(commit_digest(&model, &n.hotkey.0)) != mc.digest {
-            entry.reason = Some("digest is not blake3(model ‖ hotkey)".into());
+            entry.reason = Some("digest: not blake3(model ‖ hotkey)".into());
+            c.refuse(ctx, n.uid, model, "digest");
             entries.push(entry);
             continue;
         }
@@ -416,7 +455,7 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
                     "copy",
                     format!("the same model as uid {uid}, committed earlier (block {blk})"),
                 );
-                c.refuse("copy");
+                c.refuse(ctx, m.uid, m.model, "copy");
             }
             None => {
                 owner.insert(m.model, (m.uid, m.block));
@@ -433,13 +472,12 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             if let Err(reason) = &known.verdict {
                 if reason.starts_with("unreachable") {
                     // No holder answered: try again next round rather than refuse for good.
-                    c.refuse("unreachable");
+                    c.refuse(ctx, m.uid, m.model, "unreachable");
                     set_status(&mut entries, m.uid, "unreachable", reason.clone());
                     continue;
                 }
                 let r = reason.split(':').next().unwrap_or("refused").to_string();
-                c.refuse(&r);
-                Metrics::inc(&ctx.metrics.competition_refused);
+                c.refuse(ctx, m.uid, m.model, &r);
                 tracing::info!(competition = %cfg.id, uid = m.uid, %reason, "model refused");
             }
             c.models.insert(m.model, known);
@@ -483,7 +521,8 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
                             loaded[i].0.uid
                         ),
                     );
-                    c.refuse("near_copy");
+                    let (uid, model) = (loaded[j].0.uid, loaded[j].0.model);
+                    c.refuse(ctx, uid, model, "near_copy");
                     break;
                 }
             }

@@ -18,11 +18,15 @@
 //! validator's recompute on the miner's pages and on control pages
 //! ([`crate::windowed::score_parts`]), weights by shaped, normalized EMA, accepted updates
 //! aggregated. The others plug in as:
-//! - **Model competitions** (SN9 / AI-factory): cadence per submission (a model committed on
-//!   chain); checks: `fetchable`, `constraints` (architecture, parameter count, tokenizer),
-//!   `not_a_copy` (content id seen with an earlier commit); score: per-page loss against every
-//!   other model with the earlier commit's loss taken as `loss × (1 − ε)`; weights: softmax
-//!   of win rates; nothing aggregated (the best model is the output).
+//! - **Model competitions** (SN9 / AI-factory; [`crate::competition`], built): cadence per
+//!   submission (a model committed on chain); checks, each a named refusal counted per reason:
+//!   `digest`, `copy` (content id of an earlier commit), `unreachable`, the constraints
+//!   (`manifest`, `model_type`, `params`, `tokenizer`, `seq_len`, `tensors`), `near_copy`
+//!   (private-probe logits); score: per-page pairwise wins against every other model with the
+//!   earlier commit's loss taken as `loss × (1 − ε)`, so a score depends on the round's other
+//!   models (a round, not one submission, is the unit); weights: softmax of EMA win rates (or
+//!   king of the hill), merged with training's by share in the weight setter; nothing
+//!   aggregated (the best model is the output).
 //! - **Loss-function search** (Hivetrain AutoML): cadence per submission (a loss program);
 //!   checks: `parses`, `bounded` (op count, no NaN on probe batches); score: held-out loss of a
 //!   small model trained with it; weights: win rate; nothing aggregated.
