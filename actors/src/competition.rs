@@ -1020,17 +1020,7 @@ async fn own_record(ctx: &NodeContext) -> PeerRecord {
         .and_then(|mg| mg.by_hotkey(&ctx.hotkey.id()).and_then(|n| n.peer.clone()));
     match on_chain {
         Some(p) => p,
-        None => PeerRecord {
-            peer_id: ctx.net.local_peer_id().to_string(),
-            addrs: ctx
-                .net
-                .listen_addrs()
-                .await
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            models: Vec::new(),
-        },
+        None => crate::context::local_peer_record(&ctx.net).await,
     }
 }
 

@@ -209,6 +209,21 @@ impl Rejections {
     }
 }
 
+/// This node's peer record as its swarm sees it now: peer id and listen addresses, no
+/// competition entries.
+pub async fn local_peer_record(net: &NetHandle) -> apiary_chain::PeerRecord {
+    apiary_chain::PeerRecord {
+        peer_id: net.local_peer_id().to_string(),
+        addrs: net
+            .listen_addrs()
+            .await
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        models: Vec::new(),
+    }
+}
+
 /// Mixed into the page seed of a window's control pages ([`NodeContext::control_pages`]).
 const CONTROL_SEED: u64 = 0xC0_4E_70_01_5E_ED_00_01;
 

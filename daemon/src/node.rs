@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use apiary_actors::context::NodeContext;
 use apiary_actors::{spawn_supervisor, Handles, SupervisorHandle};
 use apiary_chain::local::{LocalChain, SubnetParams};
-use apiary_chain::{ChainClient, PeerRecord};
+use apiary_chain::ChainClient;
 use apiary_config::{ChainBackend, NodeConfig};
 use apiary_data::{Dataset, Tokenizer};
 use apiary_net::{BlobProvider, NetParams};
@@ -173,24 +173,13 @@ impl Node {
             let uid = chain.register(netuid, &hotkey).await?;
             tracing::info!(uid, hotkey = %hotkey.id(), "registered");
         }
-        let record = PeerRecord {
-            peer_id: net.local_peer_id().to_string(),
-            addrs: net
-                .listen_addrs()
-                .await
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-            // Models this hotkey entered in competitions stay entered across restarts.
-            models: match chain.metagraph(netuid).await {
-                Ok(mg) => mg
-                    .by_hotkey(&hotkey.id())
-                    .and_then(|n| n.peer.as_ref())
-                    .map(|p| p.models.clone())
-                    .unwrap_or_default(),
-                Err(_) => Vec::new(),
-            },
-        };
+        let mut record = apiary_actors::context::local_peer_record(&net).await;
+        // Models this hotkey entered in competitions stay entered across restarts.
+        if let Ok(mg) = chain.metagraph(netuid).await {
+            if let Some(p) = mg.by_hotkey(&hotkey.id()).and_then(|n| n.peer.as_ref()) {
+                record.models = p.models.clone();
+            }
+        }
         if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
             tracing::warn!(error = %e, "could not publish the peer record on chain; peers must use bootstrap addresses");
         }

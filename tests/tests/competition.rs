@@ -7,7 +7,7 @@
 //! validators fetch, check, evaluate and rank them; then the best model's miner goes offline
 //! and a third validator that joins later still fetches its model from the nodes that hold it.
 
-use apiary_chain::{ModelCommit, PeerRecord};
+use apiary_chain::ModelCommit;
 use apiary_config::{CompetitionConfig, ModelConfig, NodeConfig, Role};
 use apiary_model::{export_hf_dir, HfDtype, Params};
 use apiary_storage::ContentId;
@@ -101,21 +101,12 @@ async fn commit_unchecked(node: &apiary_daemon::Node, dir: &Path) {
     .expect("package");
     let mid = store.put_blob(&manifest.to_bytes()).expect("manifest");
     let hotkey = ctx.hotkey.id();
-    let record = PeerRecord {
-        peer_id: ctx.net.local_peer_id().to_string(),
-        addrs: ctx
-            .net
-            .listen_addrs()
-            .await
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-        models: vec![ModelCommit {
-            competition: COMP.into(),
-            model: hex::encode(mid.0),
-            digest: hex::encode(apiary_compete::commit_digest(&mid.0, &hotkey.0)),
-        }],
-    };
+    let mut record = apiary_actors::context::local_peer_record(&ctx.net).await;
+    record.models = vec![ModelCommit {
+        competition: COMP.into(),
+        model: hex::encode(mid.0),
+        digest: hex::encode(apiary_compete::commit_digest(&mid.0, &hotkey.0)),
+    }];
     ctx.chain
         .set_commitment(1, &ctx.hotkey, record.encode())
         .await
