@@ -23,6 +23,7 @@
 //!   none. Blobs are written before the records that name them; the WAL keeps that order.
 
 pub mod gc;
+pub mod outboard;
 
 pub use gc::{Pin, StoreUsage, SweepReport};
 
