@@ -422,11 +422,11 @@ async fn round(ctx: &Arc<NodeContext>, c: &mut Comp, block: u64) {
             .or_insert(entry.commit_block);
         *first = (*first).min(entry.commit_block);
         entry.commit_block = *first;
-        if block < entry.commit_block + cfg.eval_delay_blocks {
+        if block < entry.commit_block.saturating_add(cfg.eval_delay_blocks) {
             entry.status = "waiting".into();
             entry.reason = Some(format!(
                 "evaluated from block {}",
-                entry.commit_block + cfg.eval_delay_blocks
+                entry.commit_block.saturating_add(cfg.eval_delay_blocks)
             ));
             entries.push(entry);
             continue;
