@@ -828,17 +828,21 @@ async fn fetch_and_check(ctx: &Arc<NodeContext>, cfg: &CompetitionConfig, id: [u
             return Err("manifest: its bytes do not hash to the committed id".to_string());
         }
         check_manifest(&manifest, cfg).map_err(|r| r.to_string())?;
-        // Pieces come in parallel, each from a different peer first (rotating over the
-        // connected ones; any other holder if that one fails), each verified on arrival.
+        // Pieces come in parallel, each one in verified 1 MiB groups from every peer that
+        // holds it (a different peer asked first for each piece), straight into the store.
         let peers = ctx.net.connected_peers().await;
         let fetches = manifest
             .piece_ids()
             .into_iter()
             .enumerate()
             .map(|(i, piece)| {
-                let from = (!peers.is_empty()).then(|| peers[i % peers.len()]);
+                let first: Vec<_> = peers
+                    .get(i % peers.len().max(1))
+                    .copied()
+                    .into_iter()
+                    .collect();
                 async move {
-                    crate::blobs::fetch_blob(ctx, ContentId(piece), from, true)
+                    crate::blobs::download_blob(ctx, ContentId(piece), &first)
                         .await
                         .map(|_| piece)
                 }

@@ -20,7 +20,7 @@
 //! ([`TrainerHandle::snapshot`]). It reports to the core what it holds at start
 //! ([`Event::ModelAt`]), each record applied or refused, and each window trained.
 
-use crate::blobs::fetch_blob;
+use crate::blobs::{download_blob, fetch_blob};
 use crate::context::{Metrics, NodeContext, NodeEvent};
 use crate::handle::{CoreHandle, Slot};
 use crate::protocol::{GossipMsg, UpdateAnnouncement, WindowRecord};
@@ -732,20 +732,29 @@ async fn apply_record(
             "our aggregate differs from the record; downloading the checkpoint"
         );
     }
-    // Catch up: download the checkpoint (model and outer state) by id.
-    let bytes = fetch_blob(ctx, rec.model, from, false).await?;
-    let outer_bytes = fetch_blob(ctx, rec.outer_state, from, false).await?;
+    // Catch up: download the checkpoint (model and outer state) by id, in verified ranges from
+    // every peer that holds it (the record's publisher first), straight into the store.
+    let hints: Vec<PeerId> = from.into_iter().collect();
+    let (model, outer) = tokio::join!(
+        download_blob(ctx, rec.model, &hints),
+        download_blob(ctx, rec.outer_state, &hints)
+    );
+    model?;
+    outer?;
     let ctx2 = Arc::clone(ctx);
     let applied = tokio::task::spawn_blocking(move || -> Result<Applied, WorkError> {
         let c = &ctx2.cfg;
+        let read = |id: ContentId| -> Result<Vec<u8>, WorkError> {
+            ctx2.store.get_blob(id)?.ok_or_else(|| {
+                WorkError::Fetch(format!(
+                    "checkpoint blob {} vanished after download",
+                    id.short()
+                ))
+            })
+        };
+        let (bytes, outer_bytes) = (read(rec.model)?, read(rec.outer_state)?);
         let p = Params::from_bytes(&c.model, &bytes).map_err(|e| e.to_string())?;
         let outer = OuterState::from_bytes(&c.model, &outer_bytes).map_err(|e| e.to_string())?;
-        ctx2.store
-            .put_blob_verified(rec.model, &bytes)
-            .map_err(|e| e.to_string())?;
-        ctx2.store
-            .put_blob_verified(rec.outer_state, &outer_bytes)
-            .map_err(|e| e.to_string())?;
         let loss = apiary_model::eval_loss(&c.model, &p, &ctx2.held_out_pages()?)
             .map_err(|e| e.to_string())?;
         Ok(Applied {

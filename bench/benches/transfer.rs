@@ -40,7 +40,8 @@ use anyhow::{bail, ensure, Context, Result};
 use apiary_chain::keys::Hotkey;
 use apiary_config::NetConfig;
 use apiary_net::{
-    BlobProvider, GuardConfig, Keypair, Multiaddr, NetEvent, NetHandle, NetParams, PeerId, Protocol,
+    BlobProvider, DownloadOptions, GuardConfig, Keypair, MemorySink, Multiaddr, NetEvent,
+    NetHandle, NetParams, Outboard, PeerId, Protocol, PART_LOG,
 };
 use futures::future::{join_all, try_join_all};
 use serde_json::json;
@@ -85,12 +86,25 @@ const NETUID: u16 = 1;
 const MB: f64 = 1e6;
 
 /// Serves blobs from memory. The trait hands out an owned `Vec`, so every serve copies the
-/// blob, as the daemon's RocksDB read does.
-struct MapProvider(HashMap<[u8; 32], Arc<Vec<u8>>>);
+/// blob (or the range), as the daemon's RocksDB read does. Outboards are computed once, as the
+/// store keeps them.
+struct MapProvider(HashMap<[u8; 32], (Arc<Vec<u8>>, Outboard)>);
 
 impl BlobProvider for MapProvider {
     fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>> {
-        self.0.get(id).map(|bytes| bytes.as_ref().clone())
+        self.0.get(id).map(|(bytes, _)| bytes.as_ref().clone())
+    }
+
+    fn outboard(&self, id: &[u8; 32]) -> Option<Outboard> {
+        self.0.get(id).map(|(_, ob)| ob.clone())
+    }
+
+    fn get_range(&self, id: &[u8; 32], offset: u64, len: u64) -> Option<Vec<u8>> {
+        let (bytes, _) = self.0.get(id)?;
+        let start = usize::try_from(offset).ok()?;
+        bytes
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+            .map(<[u8]>::to_vec)
     }
 }
 
@@ -129,7 +143,12 @@ fn params(label: &str, cfg: &NetConfig) -> Result<NetParams> {
 
 /// Starts a node serving `blobs`.
 async fn start(label: &str, blobs: &[Arc<Vec<u8>>]) -> Result<Node> {
-    let provider = MapProvider(blobs.iter().map(|b| (blob_id(b), b.clone())).collect());
+    let mut map = HashMap::new();
+    for b in blobs {
+        let ob = Outboard::compute(b, PART_LOG).context("outboard")?;
+        map.insert(blob_id(b), (b.clone(), ob));
+    }
+    let provider = MapProvider(map);
     let (net, events) =
         apiary_net::spawn(params(label, &NetConfig::default())?, Arc::new(provider))
             .await
@@ -210,21 +229,34 @@ async fn tcp_copy(data: &Arc<Vec<u8>>) -> Result<f64> {
     Ok(secs)
 }
 
-/// One blob fetch: who fetches, from whom, what.
+/// One blob fetch: who fetches, from whom, what, and how.
 struct Fetch<'a> {
     by: &'a NetHandle,
+    /// The provider (`/apiary/blob/1`), or the first of the providers (ranged).
     from: PeerId,
     id: [u8; 32],
     len: usize,
+    /// Ranged download from every connected holder (`/apiary/range/1`) instead of the whole
+    /// blob from `from` in one response.
+    ranged: bool,
 }
 
 /// Runs `fetches` concurrently; seconds until the last one returned verified bytes.
 async fn timed_fetches(fetches: &[Fetch<'_>]) -> Result<f64> {
     let start = Instant::now();
     try_join_all(fetches.iter().map(|f| async move {
-        // The bytes are checked (length here, blake3 inside fetch_blob) and dropped at once,
-        // so at most one copy per fetch stays alive.
-        let bytes = f.by.fetch_blob(f.from, f.id).await.context("blob fetch")?;
+        // The bytes are checked (length here, blake3 inside fetch_blob or per group in the
+        // download) and dropped at once, so at most one copy per fetch stays alive.
+        let bytes = if f.ranged {
+            let sink = Arc::new(MemorySink::default());
+            f.by.download(f.id, &[f.from], sink.clone(), &DownloadOptions::default())
+                .await
+                .context("ranged download")?;
+            sink.take(&f.id)
+                .context("the download left nothing in the sink")?
+        } else {
+            f.by.fetch_blob(f.from, f.id).await.context("blob fetch")?
+        };
         ensure!(
             bytes.len() == f.len,
             "fetched {} bytes, expected {}",
@@ -279,8 +311,9 @@ async fn measure(
     Ok(m)
 }
 
-/// `1 -> 1`: B fetches the blob from A.
-async fn one_to_one(blob: &Arc<Vec<u8>>) -> Result<Measured> {
+/// `1 -> 1`: B fetches the blob from A, whole (`/apiary/blob/1`, the baseline before ranged
+/// transfers) or ranged.
+async fn one_to_one(blob: &Arc<Vec<u8>>, ranged: bool) -> Result<Measured> {
     let a = start("provider", std::slice::from_ref(blob)).await?;
     let b = start("fetcher", &[]).await?;
     connect(&b.net, &a.net).await?;
@@ -289,40 +322,36 @@ async fn one_to_one(blob: &Arc<Vec<u8>>) -> Result<Measured> {
         from: a.net.local_peer_id(),
         id: blob_id(blob),
         len: blob.len(),
+        ranged,
     };
-    let m = measure(("apiary 1 -> 1", "one_to_one"), blob, &[fetch]).await;
+    let label = if ranged {
+        ("ranged 1 -> 1", "one_to_one")
+    } else {
+        ("whole blob/1 1 -> 1 (before)", "one_to_one_whole")
+    };
+    let m = measure(label, blob, &[fetch]).await;
     shutdown(vec![a, b]).await;
     m
 }
 
-/// `7 -> 1`: one node fetches seven different sevenths of the blob from seven providers.
+/// `7 -> 1`: seven providers hold the blob; one ranged download pulls it from all of them.
 async fn many_to_one(blob: &Arc<Vec<u8>>) -> Result<Measured> {
-    let part = blob.len() / FANOUT;
-    let parts: Vec<Arc<Vec<u8>>> = blob
-        .chunks_exact(part)
-        .take(FANOUT)
-        .map(|c| Arc::new(c.to_vec()))
-        .collect();
     let mut providers = Vec::new();
-    for (i, p) in parts.iter().enumerate() {
-        providers.push(start(&format!("provider-{i}"), std::slice::from_ref(p)).await?);
+    for i in 0..FANOUT {
+        providers.push(start(&format!("provider-{i}"), std::slice::from_ref(blob)).await?);
     }
     let fetcher = start("fetcher", &[]).await?;
     for p in &providers {
         connect(&fetcher.net, &p.net).await?;
     }
-    let fetches: Vec<Fetch<'_>> = providers
-        .iter()
-        .zip(&parts)
-        .map(|(p, bytes)| Fetch {
-            by: &fetcher.net,
-            from: p.net.local_peer_id(),
-            id: blob_id(bytes),
-            len: bytes.len(),
-        })
-        .collect();
-    let m = measure(("apiary 7 -> 1 (7 parts)", "seven_to_one"), blob, &fetches).await;
-    drop(fetches);
+    let fetch = Fetch {
+        by: &fetcher.net,
+        from: providers[0].net.local_peer_id(),
+        id: blob_id(blob),
+        len: blob.len(),
+        ranged: true,
+    };
+    let m = measure(("ranged 7 -> 1", "seven_to_one"), blob, &[fetch]).await;
     providers.push(fetcher);
     shutdown(providers).await;
     m
@@ -344,10 +373,11 @@ async fn one_to_many(blob: &Arc<Vec<u8>>) -> Result<Measured> {
             from: provider.net.local_peer_id(),
             id: blob_id(blob),
             len: blob.len(),
+            ranged: true,
         })
         .collect();
     let m = measure(
-        ("apiary 1 -> 7 (aggregate)", "one_to_seven"),
+        ("ranged 1 -> 7 (aggregate)", "one_to_seven"),
         blob,
         &fetches,
     )
@@ -530,7 +560,8 @@ async fn main() -> Result<()> {
     let blob = Arc::new(random_bytes(blob_bytes, "apiary-bench transfer"));
 
     let runs = vec![
-        one_to_one(&blob).await?,
+        one_to_one(&blob, false).await?,
+        one_to_one(&blob, true).await?,
         many_to_one(&blob).await?,
         one_to_many(&blob).await?,
     ];

@@ -395,6 +395,84 @@ pub struct StatusReply {
     /// Chain connection health (subtensor: connected, reconnects, latest head, ms since it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain_health: Option<Value>,
+    /// Blobs downloading now (checkpoints, model pieces): bytes held of the total, providers,
+    /// rate and ETA.
+    #[serde(default)]
+    pub downloads: Vec<apiary_net::DownloadStatus>,
+}
+
+/// The `sync` reply: how far the node's model is behind the chain's window and what it is
+/// downloading to catch up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// Current window (from the chain).
+    pub window: u64,
+    /// Window of the node's model (None before it has one).
+    pub model_window: Option<u64>,
+    /// Windows the model is behind the previous window (the newest it can have applied).
+    pub behind: u64,
+    /// Blobs downloading now.
+    pub downloads: Vec<apiary_net::DownloadStatus>,
+}
+
+/// Builds the `sync` reply.
+pub fn sync(ctx: &NodeContext) -> SyncReply {
+    let s = ctx.status();
+    let newest = s.window.saturating_sub(1);
+    SyncReply {
+        window: s.window,
+        model_window: s.model_window,
+        behind: s.model_window.map_or(newest, |m| newest.saturating_sub(m)),
+        downloads: ctx.net.downloads(),
+    }
+}
+
+/// One line that shows a sync in progress: a bar over the bytes of every download in flight,
+/// the rate, the ETA, and the windows still to apply (for `apiary admin sync --watch`).
+pub fn sync_line(r: &SyncReply, width: usize) -> String {
+    let total: u64 = r.downloads.iter().map(|d| d.total_bytes).sum();
+    let done: u64 = r.downloads.iter().map(|d| d.done_bytes).sum();
+    let rate: f64 = r.downloads.iter().map(|d| d.rate_bps).sum();
+    let eta = r
+        .downloads
+        .iter()
+        .filter_map(|d| d.eta_s)
+        .fold(None::<f64>, |m, e| Some(m.map_or(e, |m| m.max(e))));
+    let frac = if total == 0 {
+        if r.behind == 0 {
+            1.0
+        } else {
+            0.0
+        }
+    } else {
+        done as f64 / total as f64
+    };
+    let filled = ((frac * width as f64).round() as usize).min(width);
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    let model = r.model_window.map_or("none".to_string(), |m| m.to_string());
+    let mut line = format!(
+        "[{}{}] {:>3.0}% ",
+        "#".repeat(filled),
+        ".".repeat(width - filled),
+        frac * 100.0
+    );
+    if r.downloads.is_empty() {
+        line.push_str("no download in flight");
+    } else {
+        line.push_str(&format!(
+            "{:.1}/{:.1} MiB, {} download(s), {:.1} MiB/s, ETA {}",
+            mib(done),
+            mib(total),
+            r.downloads.len(),
+            rate / (1u64 << 20) as f64,
+            eta.map_or("?".to_string(), |e| format!("{e:.0}s"))
+        ));
+    }
+    line.push_str(&format!(
+        " | model window {model}, chain window {}, {} behind",
+        r.window, r.behind
+    ));
+    line
 }
 
 /// Builds the status reply.
@@ -424,6 +502,7 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         dataset: hex::encode(ctx.dataset.hash()),
         fatal: s.fatal,
         chain_health: ctx.chain.connection_health(),
+        downloads: ctx.net.downloads(),
     }
 }
 
@@ -436,6 +515,7 @@ async fn dispatch(
     let limit = req.limit.unwrap_or(20);
     Ok(match req.cmd.as_str() {
         "status" => serde_json::to_value(status(ctx).await)?,
+        "sync" => serde_json::to_value(sync(ctx))?,
         "peers" => {
             let connected = ctx.net.connected_peers().await;
             let mg = ctx.metagraph();
@@ -716,6 +796,44 @@ pub fn render_table(v: &Value) -> String {
 mod tests {
     use super::*;
     use tokio::sync::mpsc;
+
+    #[test]
+    fn sync_line_shows_bytes_rate_eta_and_windows() {
+        let dl = |total: u64, done: u64, rate: f64, eta: Option<f64>| apiary_net::DownloadStatus {
+            id: "ab".repeat(32),
+            total_bytes: total,
+            done_bytes: done,
+            resumed_bytes: 0,
+            providers: 3,
+            elapsed_s: 1.0,
+            rate_bps: rate,
+            eta_s: eta,
+        };
+        let r = SyncReply {
+            window: 14,
+            model_window: Some(11),
+            behind: 2,
+            downloads: vec![
+                dl(100 << 20, 50 << 20, 25.0 * (1 << 20) as f64, Some(2.0)),
+                dl(100 << 20, 100 << 20, 5.0 * (1 << 20) as f64, Some(0.0)),
+            ],
+        };
+        assert_eq!(
+            sync_line(&r, 10),
+            "[########..]  75% 150.0/200.0 MiB, 2 download(s), 30.0 MiB/s, ETA 2s \
+             | model window 11, chain window 14, 2 behind"
+        );
+        let idle = SyncReply {
+            window: 3,
+            model_window: Some(2),
+            behind: 0,
+            downloads: vec![],
+        };
+        assert_eq!(
+            sync_line(&idle, 4),
+            "[####] 100% no download in flight | model window 2, chain window 3, 0 behind"
+        );
+    }
 
     fn rss_kb() -> u64 {
         memory()["vmrss_kb"]

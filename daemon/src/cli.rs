@@ -173,8 +173,12 @@ pub struct NodeSocket {
 /// `apiary admin`.
 #[derive(Debug, Args)]
 pub struct AdminArgs {
-    /// status | peers | unban | scores | windows | weights | metrics | store | export
+    /// status | sync | peers | unban | scores | windows | weights | metrics | store | export
     pub command: String,
+    /// Ask again every second: `sync` draws a progress bar (bytes, rate, ETA, windows behind)
+    /// until the node has caught up; other commands redraw their table.
+    #[arg(long)]
+    pub watch: bool,
     /// `unban`: the peer id whose ban to lift (see `apiary admin peers`).
     #[arg(long)]
     pub peer: Option<String>,
@@ -242,18 +246,38 @@ pub async fn run(cli: Cli) -> Result<()> {
             } else {
                 crate::admin::CLIENT_TIMEOUT
             };
-            let reply = crate::admin::request_timeout(&socket, &req, timeout).await?;
-            if a.json {
-                println!("{reply}");
-            } else if reply["ok"].as_bool() == Some(true) {
-                print!("{}", crate::admin::render_table(&reply["result"]));
-            } else {
-                anyhow::bail!(
-                    "{}",
-                    reply["error"].as_str().unwrap_or("admin request failed")
-                );
+            loop {
+                let reply = crate::admin::request_timeout(&socket, &req, timeout).await?;
+                if reply["ok"].as_bool() != Some(true) {
+                    anyhow::bail!(
+                        "{}",
+                        reply["error"].as_str().unwrap_or("admin request failed")
+                    );
+                }
+                if a.json {
+                    println!("{reply}");
+                } else if a.watch && a.command == "sync" {
+                    let r: crate::admin::SyncReply =
+                        serde_json::from_value(reply["result"].clone())
+                            .context("reading the node's sync reply")?;
+                    let done = r.downloads.is_empty() && r.behind == 0;
+                    eprint!("\r\x1b[2K{}", crate::admin::sync_line(&r, 30));
+                    if done {
+                        eprintln!();
+                        return Ok(());
+                    }
+                } else {
+                    if a.watch {
+                        // Clear the screen and redraw from the top.
+                        print!("\x1b[2J\x1b[H");
+                    }
+                    print!("{}", crate::admin::render_table(&reply["result"]));
+                }
+                if !a.watch {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
-            Ok(())
         }
         Cmd::Compete(c) => {
             let (node, req, timeout) = match c {

@@ -2,14 +2,15 @@
 
 use crate::admin;
 use anyhow::{Context, Result};
+use apiary_actors::blobs::StoreBlobs;
 use apiary_actors::context::NodeContext;
 use apiary_actors::{spawn_supervisor, Handles, SupervisorHandle};
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::ChainClient;
 use apiary_config::{ChainBackend, NodeConfig};
 use apiary_data::{Dataset, Tokenizer};
-use apiary_net::{BlobProvider, NetParams};
-use apiary_storage::{ContentId, Store};
+use apiary_net::NetParams;
+use apiary_storage::Store;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,21 +23,6 @@ pub enum ChainSource {
     FromConfig,
     /// Use a chain shared with other nodes in this process (devnet, tests).
     Shared(Arc<dyn ChainClient>),
-}
-
-/// Serves blobs from the store to peers.
-struct StoreBlobs(Store);
-
-impl BlobProvider for StoreBlobs {
-    fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>> {
-        match self.0.get_blob(ContentId(*id)) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot serve a blob");
-                None
-            }
-        }
-    }
 }
 
 /// A running node.

@@ -47,6 +47,85 @@ pub enum BlobResponse {
     Busy,
 }
 
+/// Protocol of ranged, verified blob transfers (see [`RangeRequest`]).
+pub const RANGE_PROTOCOL: &str = "/apiary/range/1";
+/// Most groups one [`RangeRequest::Groups`] may ask for (16 MiB in 1 MiB groups): a request is
+/// one unit of work that can be re-asked elsewhere, so it stays small next to the blob.
+pub const MAX_RANGE_GROUPS: u32 = 16;
+/// Largest blob a ranged transfer handles: 1 TiB. Its outboard is 32 MiB of group hashes at
+/// most, in one response.
+pub const MAX_RANGED_BLOB_BYTES: u64 = 1 << 40;
+
+/// Asks a peer for part of a blob. Blobs are cut into aligned groups of
+/// `2^apiary_storage::outboard::PART_LOG` bytes (1 MiB); the requester first gets the
+/// [`RangeResponse::Outboard`] (the group hashes, checked against the id), then asks any
+/// provider for any groups and checks each group on arrival.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeRequest {
+    /// The blob's length and group hashes; the bytes themselves when the blob is one group.
+    Outboard {
+        /// blake3 hash of the blob.
+        #[serde(with = "serde_bytes")]
+        id: [u8; 32],
+    },
+    /// Groups `first .. first + count` of the blob (`count` ≤ [`MAX_RANGE_GROUPS`]).
+    Groups {
+        /// blake3 hash of the blob.
+        #[serde(with = "serde_bytes")]
+        id: [u8; 32],
+        /// First group.
+        first: u64,
+        /// Number of groups.
+        count: u32,
+    },
+}
+
+impl RangeRequest {
+    /// The blob the request is about.
+    pub fn id(&self) -> [u8; 32] {
+        match self {
+            RangeRequest::Outboard { id } | RangeRequest::Groups { id, .. } => *id,
+        }
+    }
+}
+
+/// A peer's answer to a [`RangeRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RangeResponse {
+    /// The blob's length and its group hashes (32 bytes per group, none for a blob of one
+    /// group), and for a blob of one group its bytes.
+    Outboard {
+        /// The blob's length in bytes.
+        len: u64,
+        /// The group chaining values, concatenated.
+        cvs: ByteBuf,
+        /// The whole blob when it is one group (saves a round trip for small blobs).
+        inline: Option<ByteBuf>,
+    },
+    /// The requested groups' bytes, concatenated.
+    Groups(ByteBuf),
+    /// The peer does not have the blob.
+    NotFound,
+    /// The request asks for groups past the blob's end or too many at once.
+    BadRange,
+    /// The peer is serving as much as it will: ask another provider or later.
+    Busy,
+}
+
+/// Bytes a CBOR-encoded [`RangeResponse`] adds around its payload.
+const RANGE_RESPONSE_OVERHEAD: u64 = 1024;
+
+/// The codec of the range protocol, exactly as the swarm uses it: requests of at most
+/// [`MAX_BLOB_REQUEST_BYTES`], responses of at most [`MAX_RANGE_GROUPS`] groups (or the
+/// outboard of the largest blob) plus framing. Public for the fuzz targets.
+pub fn range_codec() -> cbor::codec::Codec<RangeRequest, RangeResponse> {
+    let groups = u64::from(MAX_RANGE_GROUPS) << apiary_storage::outboard::PART_LOG;
+    let outboard = (MAX_RANGED_BLOB_BYTES >> apiary_storage::outboard::PART_LOG) * 32;
+    cbor::codec::Codec::<RangeRequest, RangeResponse>::default()
+        .set_request_size_maximum(MAX_BLOB_REQUEST_BYTES)
+        .set_response_size_maximum(groups.max(outboard) + RANGE_RESPONSE_OVERHEAD)
+}
+
 /// Largest encoded [`BlobRequest`] a node reads, in bytes.
 pub const MAX_BLOB_REQUEST_BYTES: u64 = 1024;
 
@@ -68,6 +147,7 @@ pub(crate) struct ApiaryBehaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) blobs: cbor::Behaviour<BlobRequest, BlobResponse>,
+    pub(crate) ranges: cbor::Behaviour<RangeRequest, RangeResponse>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -170,6 +250,14 @@ impl ApiaryBehaviour {
             request_response::Config::default().with_request_timeout(params.request_timeout),
         );
 
+        // Many ranges of one download are in flight to one peer at once, each on its own
+        // stream; the default of 100 concurrent streams per connection is plenty.
+        let ranges = cbor::Behaviour::with_codec(
+            range_codec(),
+            [(StreamProtocol::new(RANGE_PROTOCOL), ProtocolSupport::Full)],
+            request_response::Config::default().with_request_timeout(params.request_timeout),
+        );
+
         let identify = identify::Behaviour::new(identify::Config::new(
             IDENTIFY_PROTOCOL.to_string(),
             keypair.public(),
@@ -196,6 +284,7 @@ impl ApiaryBehaviour {
             limits,
             gossipsub,
             blobs,
+            ranges,
             identify,
             ping,
             kad,

@@ -100,4 +100,9 @@ pub enum NetError {
     /// The network event loop has stopped (after [`crate::NetHandle::shutdown`] or a crash).
     #[error("the network event loop has stopped; restart the node")]
     Shutdown,
+    /// The downloader could not store what it verified (disk full, store closed, ...).
+    #[error(
+        "storing a downloaded blob failed: {0}; check the data dir's disk space and permissions"
+    )]
+    Sink(String),
 }

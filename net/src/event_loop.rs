@@ -35,7 +35,8 @@ use crate::{
     guard::Guard,
     stats::bump,
     Admission, Admit, BlobProvider, BlobRequest, BlobResponse, NetError, NetEvent, NetHandle,
-    NetParams, NetStats, PeerStanding, SignedEnvelope,
+    NetParams, NetStats, PeerStanding, RangeRequest, RangeResponse, SignedEnvelope,
+    MAX_RANGED_BLOB_BYTES, MAX_RANGE_GROUPS, PART_LOG,
 };
 
 /// Strike weights: how bad each misbehaviour is (a peer is banned at `GuardConfig::ban_after`,
@@ -120,16 +121,47 @@ pub(crate) enum Command {
         /// The peer's response or the transport failure.
         reply: oneshot::Sender<Result<BlobResponse, NetError>>,
     },
+    /// Ask a peer for part of a blob (or its outboard); the reply carries the raw response
+    /// (the downloader verifies it).
+    FetchRange {
+        /// The peer asked.
+        peer: PeerId,
+        /// What is asked.
+        request: RangeRequest,
+        /// The peer's response or the transport failure.
+        reply: oneshot::Sender<Result<RangeResponse, NetError>>,
+    },
+    /// Announce in the DHT that this node provides a blob (a Kademlia provider record).
+    Provide {
+        /// The blob id.
+        id: [u8; 32],
+    },
+    /// Look up the DHT's provider records of a blob.
+    FindProviders {
+        /// The blob id.
+        id: [u8; 32],
+        /// The providers found (possibly none).
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
     /// Stop the loop; the reply is sent once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The outcome of a blob lookup on the blocking pool.
-struct Lookup {
-    channel: ResponseChannel<BlobResponse>,
-    id: [u8; 32],
-    peer: PeerId,
-    blob: Option<Vec<u8>>,
+/// The outcome of a lookup on the blocking pool.
+enum Lookup {
+    /// A whole blob for `/apiary/blob/1`.
+    Blob {
+        channel: ResponseChannel<BlobResponse>,
+        id: [u8; 32],
+        peer: PeerId,
+        blob: Option<Vec<u8>>,
+    },
+    /// A ready answer for `/apiary/range/1`.
+    Range {
+        channel: ResponseChannel<RangeResponse>,
+        peer: PeerId,
+        response: RangeResponse,
+    },
 }
 
 struct PendingDial {
@@ -137,9 +169,15 @@ struct PendingDial {
     reply: oneshot::Sender<Result<(), NetError>>,
 }
 
-struct PendingFetch {
+struct PendingFetch<R> {
     peer: PeerId,
-    reply: oneshot::Sender<Result<BlobResponse, NetError>>,
+    reply: oneshot::Sender<Result<R, NetError>>,
+}
+
+/// A Kademlia provider lookup in progress: the providers found so far.
+struct PendingProviders {
+    found: Vec<PeerId>,
+    reply: oneshot::Sender<Vec<PeerId>>,
 }
 
 pub(crate) struct EventLoop {
@@ -153,7 +191,9 @@ pub(crate) struct EventLoop {
     max_message_bytes: usize,
     max_blob_bytes: usize,
     pending_dials: HashMap<ConnectionId, PendingDial>,
-    pending_fetches: HashMap<OutboundRequestId, PendingFetch>,
+    pending_fetches: HashMap<OutboundRequestId, PendingFetch<BlobResponse>>,
+    pending_ranges: HashMap<OutboundRequestId, PendingFetch<RangeResponse>>,
+    pending_providers: HashMap<kad::QueryId, PendingProviders>,
     lookups: JoinSet<Lookup>,
     /// The application's admission of gossip.
     admit: Arc<dyn Admit>,
@@ -215,6 +255,8 @@ pub(crate) async fn spawn(
         max_blob_bytes: params.max_blob_bytes,
         pending_dials: HashMap::new(),
         pending_fetches: HashMap::new(),
+        pending_ranges: HashMap::new(),
+        pending_providers: HashMap::new(),
         lookups: JoinSet::new(),
         admit,
         subnet: params.subnet,
@@ -487,6 +529,40 @@ impl EventLoop {
                 self.pending_fetches
                     .insert(request_id, PendingFetch { peer, reply });
             }
+            Command::FetchRange {
+                peer,
+                request,
+                reply,
+            } => {
+                let request_id = self
+                    .swarm
+                    .behaviour_mut()
+                    .ranges
+                    .send_request(&peer, request);
+                trace!(%peer, ?request, "requesting range");
+                self.pending_ranges
+                    .insert(request_id, PendingFetch { peer, reply });
+            }
+            Command::Provide { id } => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if let Err(error) = kad.start_providing(kad::RecordKey::new(&id)) {
+                    debug!(id = %hex::encode(id), %error, "could not store a provider record");
+                }
+            }
+            Command::FindProviders { id, reply } => {
+                let query = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(kad::RecordKey::new(&id));
+                self.pending_providers.insert(
+                    query,
+                    PendingProviders {
+                        found: Vec::new(),
+                        reply,
+                    },
+                );
+            }
             Command::Shutdown(reply) => {
                 // Handled in `run`; answer anyway so a caller never hangs.
                 let _ = reply.send(());
@@ -588,7 +664,8 @@ impl EventLoop {
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Gossipsub(ev)) => self.on_gossipsub(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Blobs(ev)) => self.on_blobs(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Identify(ev)) => self.on_identify(ev),
-            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Kad(ev)) => on_kad(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ranges(ev)) => self.on_ranges(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ping(ev)) => on_ping(ev),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
@@ -786,14 +863,7 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    let now = Instant::now();
-                    let busy = !self.guard.has_slot(&peer, self.lookups.len(), now);
-                    if busy || !self.guard.take_request(peer, now) {
-                        bump(&self.stats.blob_requests_throttled, 1);
-                        debug!(%peer, busy, "blob request throttled");
-                        if !busy {
-                            self.strike(peer, weight::THROTTLED, "blob requests past its meter");
-                        }
+                    if !self.admit_request(peer) {
                         let _ = self
                             .swarm
                             .behaviour_mut()
@@ -804,7 +874,7 @@ impl EventLoop {
                     let provider = self.provider.clone();
                     let id = request.id;
                     trace!(%peer, id = %hex::encode(id), "blob requested");
-                    self.lookups.spawn_blocking(move || Lookup {
+                    self.lookups.spawn_blocking(move || Lookup::Blob {
                         blob: provider.get_blob(&id),
                         channel,
                         id,
@@ -828,16 +898,7 @@ impl EventLoop {
             } => {
                 debug!(%peer, %error, "blob request failed");
                 if let Some(pending) = self.pending_fetches.remove(&request_id) {
-                    let err = match error {
-                        request_response::OutboundFailure::Timeout => {
-                            NetError::Timeout(format!("blob request to {}", pending.peer))
-                        }
-                        other => NetError::RequestFailed {
-                            peer: pending.peer,
-                            reason: other.to_string(),
-                        },
-                    };
-                    let _ = pending.reply.send(Err(err));
+                    let _ = pending.reply.send(Err(outbound_error(pending.peer, error)));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
@@ -849,13 +910,112 @@ impl EventLoop {
         }
     }
 
+    /// Whether a blob or range request from `peer` is served now: a serving slot is free for it
+    /// (registered peers first) and its meter has a token. Counts and strikes refusals.
+    fn admit_request(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let busy = !self.guard.has_slot(&peer, self.lookups.len(), now);
+        if busy || !self.guard.take_request(peer, now) {
+            bump(&self.stats.blob_requests_throttled, 1);
+            debug!(%peer, busy, "blob request throttled");
+            if !busy {
+                self.strike(peer, weight::THROTTLED, "blob requests past its meter");
+            }
+            return false;
+        }
+        true
+    }
+
+    fn on_ranges(&mut self, event: request_response::Event<RangeRequest, RangeResponse>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    if !self.admit_request(peer) {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .ranges
+                            .send_response(channel, RangeResponse::Busy);
+                        return;
+                    }
+                    let provider = self.provider.clone();
+                    trace!(%peer, ?request, "range requested");
+                    self.lookups.spawn_blocking(move || Lookup::Range {
+                        response: serve_range(provider.as_ref(), &request),
+                        channel,
+                        peer,
+                    });
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pending) = self.pending_ranges.remove(&request_id) {
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                debug!(%peer, %error, "range request failed");
+                if let Some(pending) = self.pending_ranges.remove(&request_id) {
+                    let _ = pending.reply.send(Err(outbound_error(pending.peer, error)));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, %error, "serving a range failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
     fn on_lookup(&mut self, lookup: Lookup) {
-        let Lookup {
-            channel,
-            id,
-            peer,
-            blob,
-        } = lookup;
+        let (channel, id, peer, blob) = match lookup {
+            Lookup::Blob {
+                channel,
+                id,
+                peer,
+                blob,
+            } => (channel, id, peer, blob),
+            Lookup::Range {
+                channel,
+                peer,
+                response,
+            } => {
+                match &response {
+                    RangeResponse::Groups(bytes) => {
+                        bump(&self.stats.ranges_served, 1);
+                        bump(&self.stats.bytes_sent, bytes.len() as u64);
+                    }
+                    RangeResponse::Outboard { inline, .. } => {
+                        bump(&self.stats.ranges_served, 1);
+                        if let Some(bytes) = inline {
+                            bump(&self.stats.bytes_sent, bytes.len() as u64);
+                        }
+                    }
+                    RangeResponse::NotFound => {
+                        bump(&self.stats.blob_requests_not_found, 1);
+                    }
+                    RangeResponse::BadRange | RangeResponse::Busy => {}
+                }
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .ranges
+                    .send_response(channel, response)
+                    .is_err()
+                {
+                    debug!(%peer, "requester went away before the range was sent");
+                }
+                return;
+            }
+        };
         let response = match blob {
             None => {
                 bump(&self.stats.blob_requests_not_found, 1);
@@ -906,12 +1066,92 @@ impl EventLoop {
             other => trace!(?other, "identify event"),
         }
     }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => {
+                if let kad::QueryResult::GetProviders(result) = result {
+                    if let Some(pending) = self.pending_providers.get_mut(&id) {
+                        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                            for p in providers {
+                                if !pending.found.contains(&p) {
+                                    pending.found.push(p);
+                                }
+                            }
+                        }
+                    }
+                    if step.last {
+                        if let Some(pending) = self.pending_providers.remove(&id) {
+                            let _ = pending.reply.send(pending.found);
+                        }
+                    }
+                }
+            }
+            kad::Event::RoutingUpdated { peer, .. } => trace!(%peer, "kad routing updated"),
+            other => trace!(?other, "kad event"),
+        }
+    }
 }
 
-fn on_kad(event: kad::Event) {
-    match event {
-        kad::Event::RoutingUpdated { peer, .. } => trace!(%peer, "kad routing updated"),
-        other => trace!(?other, "kad event"),
+/// A transport failure of an outbound request, as the caller sees it.
+fn outbound_error(peer: PeerId, error: request_response::OutboundFailure) -> NetError {
+    match error {
+        request_response::OutboundFailure::Timeout => {
+            NetError::Timeout(format!("blob request to {peer}"))
+        }
+        other => NetError::RequestFailed {
+            peer,
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Answers a range request from the provider (on the blocking pool).
+fn serve_range(provider: &dyn BlobProvider, request: &RangeRequest) -> RangeResponse {
+    let group = 1u64 << PART_LOG;
+    match *request {
+        RangeRequest::Outboard { id } => {
+            let Some(outboard) = provider.outboard(&id) else {
+                return RangeResponse::NotFound;
+            };
+            if outboard.len > MAX_RANGED_BLOB_BYTES || outboard.group_log != PART_LOG {
+                return RangeResponse::NotFound;
+            }
+            let inline = if outboard.len <= group {
+                match provider.get_range(&id, 0, outboard.len) {
+                    Some(bytes) => Some(ByteBuf::from(bytes)),
+                    None => return RangeResponse::NotFound,
+                }
+            } else {
+                None
+            };
+            RangeResponse::Outboard {
+                len: outboard.len,
+                cvs: ByteBuf::from(outboard.cvs.concat()),
+                inline,
+            }
+        }
+        RangeRequest::Groups { id, first, count } => {
+            if count == 0 || count > MAX_RANGE_GROUPS {
+                return RangeResponse::BadRange;
+            }
+            let Some(outboard) = provider.outboard(&id) else {
+                return RangeResponse::NotFound;
+            };
+            let Some(offset) = first.checked_mul(group).filter(|o| *o < outboard.len) else {
+                return RangeResponse::BadRange;
+            };
+            let end = first
+                .saturating_add(u64::from(count))
+                .saturating_mul(group)
+                .min(outboard.len);
+            match provider.get_range(&id, offset, end - offset) {
+                Some(bytes) => RangeResponse::Groups(ByteBuf::from(bytes)),
+                None => RangeResponse::NotFound,
+            }
+        }
     }
 }
 

@@ -8,13 +8,16 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::{
-    event_loop::Command, stats::bump, BlobResponse, NetError, NetStats, PeerStanding,
-    SignedEnvelope, SubnetTag,
+    download::{self, BlobSink, DownloadOptions, DownloadReport, DownloadStatus, Downloads},
+    event_loop::Command,
+    stats::bump,
+    BlobResponse, NetError, NetStats, PeerStanding, RangeRequest, RangeResponse, SignedEnvelope,
+    SubnetTag,
 };
 
 /// Strike weight of a peer that served bytes that do not match their id: it is banned at once
 /// (an honest node never does that; a corrupted disk is its operator's to fix).
-const WRONG_BYTES_WEIGHT: f64 = f64::INFINITY;
+pub(crate) const WRONG_BYTES_WEIGHT: f64 = f64::INFINITY;
 
 /// Blobs larger than this are hashed on the blocking pool instead of the caller's task.
 const HASH_INLINE_MAX: usize = 1 << 20;
@@ -32,7 +35,11 @@ pub struct NetHandle {
     stats: Arc<NetStats>,
     max_message_bytes: usize,
     request_timeout: Duration,
+    downloads: Arc<Downloads>,
 }
+
+/// How long a DHT provider lookup may take.
+const FIND_PROVIDERS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for NetHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +68,7 @@ impl NetHandle {
             stats,
             max_message_bytes,
             request_timeout,
+            downloads: Arc::default(),
         }
     }
 
@@ -237,6 +245,61 @@ impl NetHandle {
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "no providers given and no peers connected".into()),
         })
+    }
+
+    /// Asks `peer` for a blob's outboard or groups ([`RangeRequest`]); the answer is not
+    /// verified here ([`NetHandle::download`] does that).
+    pub async fn fetch_range(
+        &self,
+        peer: PeerId,
+        request: RangeRequest,
+    ) -> Result<RangeResponse, NetError> {
+        self.ask_timed(
+            || format!("range request to {peer}"),
+            |reply| Command::FetchRange {
+                peer,
+                request,
+                reply,
+            },
+        )
+        .await?
+    }
+
+    /// Downloads blob `id` in verified ranges from many providers at once into `sink`:
+    /// `hints` first, then every connected peer, then the DHT's provider records. Resumes from
+    /// the groups the sink holds; a provider that sends a bad group is reported and its range
+    /// fetched elsewhere. See the `download` module docs.
+    pub async fn download(
+        &self,
+        id: [u8; 32],
+        hints: &[PeerId],
+        sink: Arc<dyn BlobSink>,
+        opts: &DownloadOptions,
+    ) -> Result<DownloadReport, NetError> {
+        download::download(self, &self.downloads, id, hints, sink, opts).await
+    }
+
+    /// The downloads in flight, with their progress.
+    pub fn downloads(&self) -> Vec<DownloadStatus> {
+        self.downloads.statuses()
+    }
+
+    /// Announces a Kademlia provider record for blob `id` (this node serves it). Never waits.
+    pub fn provide(&self, id: [u8; 32]) {
+        let _ = self.commands.try_send(Command::Provide { id });
+    }
+
+    /// The peers the DHT lists as providers of `id` (empty when none is known or the lookup
+    /// took longer than 5 s).
+    pub async fn find_providers(&self, id: [u8; 32]) -> Vec<PeerId> {
+        tokio::time::timeout(
+            FIND_PROVIDERS_TIMEOUT,
+            self.ask(|reply| Command::FindProviders { id, reply }),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default()
     }
 
     /// What this node's envelope signatures bind (chain genesis and netuid).

@@ -45,6 +45,7 @@
 //! * **ping** keeps an eye on liveness.
 
 mod behaviour;
+mod download;
 mod envelope;
 mod error;
 mod event_loop;
@@ -57,9 +58,14 @@ use std::{sync::Arc, time::Duration};
 use apiary_chain::keys::{Hotkey, HotkeyId};
 use tokio::sync::mpsc;
 
+pub use apiary_storage::outboard::{Outboard, PART_LOG};
 pub use behaviour::{
-    blob_codec, BlobRequest, BlobResponse, BLOB_PROTOCOL, IDENTIFY_PROTOCOL, KAD_PROTOCOL,
-    MAX_BLOB_REQUEST_BYTES,
+    blob_codec, range_codec, BlobRequest, BlobResponse, RangeRequest, RangeResponse, BLOB_PROTOCOL,
+    IDENTIFY_PROTOCOL, KAD_PROTOCOL, MAX_BLOB_REQUEST_BYTES, MAX_RANGED_BLOB_BYTES,
+    MAX_RANGE_GROUPS, RANGE_PROTOCOL,
+};
+pub use download::{
+    BlobSink, DownloadOptions, DownloadProgress, DownloadReport, DownloadStatus, MemorySink,
 };
 pub use envelope::{
     SignedEnvelope, SubnetTag, ENVELOPE_OVERHEAD, GOSSIP_DOMAIN, MAX_ENVELOPE_BYTES,
@@ -161,6 +167,24 @@ pub fn topic_name(netuid: u16) -> String {
 pub trait BlobProvider: Send + Sync + 'static {
     /// The bytes whose blake3 hash is `id`, if this node has them.
     fn get_blob(&self, id: &[u8; 32]) -> Option<Vec<u8>>;
+
+    /// The blob's [`Outboard`] in groups of `2^PART_LOG` bytes (its length and group hashes),
+    /// served to peers that download it in ranges. The default computes it from
+    /// [`BlobProvider::get_blob`]; a store that keeps outboards should return them instead.
+    fn outboard(&self, id: &[u8; 32]) -> Option<Outboard> {
+        let bytes = self.get_blob(id)?;
+        Outboard::compute(&bytes, PART_LOG).ok()
+    }
+
+    /// Bytes `offset .. offset + len` of the blob (`None` if absent or past its end). The
+    /// default slices [`BlobProvider::get_blob`]; a store that keeps big blobs in parts should
+    /// read only the parts needed.
+    fn get_range(&self, id: &[u8; 32], offset: u64, len: u64) -> Option<Vec<u8>> {
+        let bytes = self.get_blob(id)?;
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(usize::try_from(len).ok()?)?;
+        bytes.get(start..end).map(<[u8]>::to_vec)
+    }
 }
 
 /// The application's verdict on a gossip message that passed the size, decoding and signature

@@ -43,6 +43,15 @@ pub struct NetStats {
     pub blob_requests_throttled: AtomicU64,
     /// Connections closed or refused because the peer is banned.
     pub connections_refused_banned: AtomicU64,
+    /// Range requests answered (outboards and groups).
+    pub ranges_served: AtomicU64,
+    /// Ranges fetched from peers whose every group matched its hash.
+    pub ranges_fetched: AtomicU64,
+    /// Ranges (or outboards) fetched from peers that did not match their hashes: the sender
+    /// was reported and the range fetched elsewhere.
+    pub bad_ranges: AtomicU64,
+    /// Blobs completed by the ranged downloader.
+    pub downloads_completed: AtomicU64,
 }
 
 /// A point-in-time copy of [`NetStats`].
@@ -84,6 +93,18 @@ pub struct NetStatsSnapshot {
     pub blob_requests_throttled: u64,
     /// See [`NetStats::connections_refused_banned`].
     pub connections_refused_banned: u64,
+    /// See [`NetStats::ranges_served`].
+    #[serde(default)]
+    pub ranges_served: u64,
+    /// See [`NetStats::ranges_fetched`].
+    #[serde(default)]
+    pub ranges_fetched: u64,
+    /// See [`NetStats::bad_ranges`].
+    #[serde(default)]
+    pub bad_ranges: u64,
+    /// See [`NetStats::downloads_completed`].
+    #[serde(default)]
+    pub downloads_completed: u64,
 }
 
 /// Adds `n` to a counter and returns the new value.
@@ -114,6 +135,10 @@ impl NetStats {
             peers_banned: r(&self.peers_banned),
             blob_requests_throttled: r(&self.blob_requests_throttled),
             connections_refused_banned: r(&self.connections_refused_banned),
+            ranges_served: r(&self.ranges_served),
+            ranges_fetched: r(&self.ranges_fetched),
+            bad_ranges: r(&self.bad_ranges),
+            downloads_completed: r(&self.downloads_completed),
         }
     }
 }

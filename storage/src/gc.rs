@@ -1,6 +1,7 @@
-//! Mark-and-sweep of the blob column, pins, and the store's disk usage.
+//! Mark-and-sweep of the blobs, pins, and the store's disk usage.
 //!
-//! A sweep ([`Store::sweep`]) deletes every blob that is not
+//! A sweep ([`Store::sweep`]) deletes every blob (whole, or in parts with its outboard: see
+//! [`crate::parts`]) that is not
 //! * in the **roots** the caller passes (what its kept records name: see the actors crate's
 //!   `retention` module for the node's roots),
 //! * **pinned** in memory ([`Store::pin`]: e.g. a model a task is working on),
@@ -8,10 +9,15 @@
 //!   update scored but not yet in a record, a checkpoint aggregated but not yet applied) is
 //!   named by a record before the next sweep, or it is garbage.
 //!
+//! The same rules apply to an unfinished download (parts without an outboard entry): one that
+//! is pinned, or wrote a part since the previous sweep began, is kept; one left alone for a
+//! whole sweep interval is stale and its parts are deleted.
+//!
 //! The check and the delete happen under the lock that every blob write takes first, so a
-//! blob rewritten while a sweep runs is never lost.
+//! blob rewritten while a sweep runs is never lost (nor a download finished while it runs:
+//! [`Store::finish_parts`] takes the lock before checking its parts).
 
-use crate::{Column, ContentId, Result, Store};
+use crate::{parts, Column, ContentId, Result, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -39,6 +45,18 @@ struct History {
     deleted: u64,
     /// Blobs deleted since the last [`Store::reclaim`].
     unreclaimed: u64,
+}
+
+/// What a sweep found to delete.
+enum Doomed {
+    /// A blob stored whole.
+    Whole(ContentId),
+    /// A blob stored in parts, with its outboard entry.
+    Parted(ContentId),
+    /// Parts without an outboard entry: an unfinished download.
+    Unfinished(ContentId),
+    /// A key that is not an id (or a part key): nothing can name it.
+    Stray(Column, Vec<u8>),
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -108,6 +126,8 @@ pub struct SweepReport {
     pub young: usize,
     /// Deleted.
     pub deleted: usize,
+    /// Of those, unfinished downloads (parts without an outboard entry).
+    pub unfinished_deleted: usize,
     /// Store size on disk before and after (bytes; the space of deleted blobs comes back at
     /// the next [`Store::reclaim`] or when RocksDB compacts on its own).
     pub bytes_before: u64,
@@ -194,32 +214,38 @@ impl Store {
             ..SweepReport::default()
         };
         let mut candidates = Vec::new();
+        let whole = self.id_keys(Column::Blobs, &mut report, &mut candidates)?;
+        // In key order, as the probe for unfinished downloads needs.
+        let held = self.id_keys(Column::Outboards, &mut report, &mut candidates)?;
+        let unfinished = self.unfinished_parts(&held)?;
         {
             let previous = lock(&self.gc.previous);
             let pins = lock(&self.gc.pins);
-            let mut it = self.db.raw_iterator_cf(self.cf(Column::Blobs));
-            it.seek_to_first();
-            while let Some(k) = it.key() {
+            let mut classify = |id: ContentId, doomed: Doomed| {
                 report.scanned += 1;
-                match <[u8; 32]>::try_from(k) {
-                    Ok(arr) => {
-                        let id = ContentId(arr);
-                        if roots.contains(&id) {
-                            report.rooted += 1;
-                        } else if pins.contains_key(&id) {
-                            report.pinned += 1;
-                        } else if previous.contains(&id) {
-                            report.young += 1;
-                        } else {
-                            candidates.push(id);
-                        }
-                    }
-                    // Not a content id: nothing can name it.
-                    Err(_) => candidates.push(ContentId::of(k)),
+                if roots.contains(&id) {
+                    report.rooted += 1;
+                } else if pins.contains_key(&id) {
+                    report.pinned += 1;
+                } else if previous.contains(&id) {
+                    report.young += 1;
+                } else {
+                    candidates.push(doomed);
                 }
-                it.next();
+            };
+            for id in whole {
+                classify(id, Doomed::Whole(id));
             }
-            it.status().map_err(|e| self.db_err(e))?;
+            for id in held {
+                classify(id, Doomed::Parted(id));
+            }
+            for id in unfinished.ids {
+                classify(id, Doomed::Unfinished(id));
+            }
+        }
+        for key in unfinished.stray {
+            report.scanned += 1;
+            candidates.push(Doomed::Stray(Column::Parts, key));
         }
         // Check again under the write lock (a blob rewritten or pinned since the scan stays),
         // and delete while holding it.
@@ -227,12 +253,29 @@ impl Store {
             let young = lock(&self.gc.young);
             let pins = lock(&self.gc.pins);
             let mut batch = rocksdb::WriteBatch::default();
-            for id in &candidates {
-                if young.contains(id) || pins.contains_key(id) {
-                    report.young += 1;
-                    continue;
+            for doomed in &candidates {
+                let spared = |id: &ContentId| young.contains(id) || pins.contains_key(id);
+                match doomed {
+                    Doomed::Whole(id) | Doomed::Parted(id) | Doomed::Unfinished(id)
+                        if spared(id) =>
+                    {
+                        report.young += 1;
+                        continue;
+                    }
+                    Doomed::Whole(id) => batch.delete_cf(self.cf(Column::Blobs), id.0),
+                    Doomed::Parted(id) => self.delete_blob_in(&mut batch, *id),
+                    Doomed::Unfinished(id) => {
+                        // Only the parts: an outboard entry written since the scan made the id
+                        // young (spared above).
+                        batch.delete_range_cf(
+                            self.cf(Column::Parts),
+                            &id.0[..],
+                            &parts::parts_end(*id)[..],
+                        );
+                        report.unfinished_deleted += 1;
+                    }
+                    Doomed::Stray(col, key) => batch.delete_cf(self.cf(*col), key),
                 }
-                batch.delete_cf(self.cf(Column::Blobs), id.0);
                 report.deleted += 1;
             }
             if !batch.is_empty() {
@@ -255,6 +298,7 @@ impl Store {
             pinned = report.pinned,
             young = report.young,
             deleted = report.deleted,
+            unfinished_deleted = report.unfinished_deleted,
             bytes_before = report.bytes_before,
             bytes_after = report.bytes_after,
             "blob sweep"
@@ -263,7 +307,7 @@ impl Store {
     }
 
     /// Gives the space of the blobs deleted by sweeps (and of expired records) back to the
-    /// file system: compacts the blob, announcement and windows columns (RocksDB's blob
+    /// file system: compacts the blob, part, outboard, announcement and windows columns (RocksDB's blob
     /// garbage collection drops or rewrites the blob files that held them) and flushes the
     /// rest so old write-ahead log files are deleted. Does nothing when
     /// no sweep deleted anything since the last call; returns whether it compacted.
@@ -275,7 +319,13 @@ impl Store {
             }
             h.unreclaimed = 0;
         }
-        for col in [Column::Blobs, Column::Announcements, Column::Windows] {
+        for col in [
+            Column::Blobs,
+            Column::Parts,
+            Column::Outboards,
+            Column::Announcements,
+            Column::Windows,
+        ] {
             self.db
                 .compact_range_cf(self.cf(col), None::<&[u8]>, None::<&[u8]>);
         }
@@ -285,6 +335,31 @@ impl Store {
             tracing::warn!(error = %e, "flush after reclaiming failed");
         }
         true
+    }
+
+    /// The keys of a column that are ids, in key order; the others are counted as scanned
+    /// and doomed (nothing can name them).
+    fn id_keys(
+        &self,
+        col: Column,
+        report: &mut SweepReport,
+        doomed: &mut Vec<Doomed>,
+    ) -> Result<Vec<ContentId>> {
+        let mut ids = Vec::new();
+        let mut it = self.db.raw_iterator_cf(self.cf(col));
+        it.seek_to_first();
+        while let Some(k) = it.key() {
+            match <[u8; 32]>::try_from(k) {
+                Ok(arr) => ids.push(ContentId(arr)),
+                Err(_) => {
+                    report.scanned += 1;
+                    doomed.push(Doomed::Stray(col, k.to_vec()));
+                }
+            }
+            it.next();
+        }
+        it.status().map_err(|e| self.db_err(e))?;
+        Ok(ids)
     }
 
     /// Size on disk of the database directory.
@@ -414,5 +489,84 @@ mod tests {
                 .expect("get"),
             Some(0.5)
         );
+    }
+
+    #[test]
+    fn a_sweep_treats_parted_blobs_and_stale_downloads_like_blobs() {
+        use crate::outboard::{Outboard, PART_LOG};
+        let m = 1usize << PART_LOG;
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(dir.path()).expect("open");
+        // Two parts each (1 MiB and a little): parted, and quick.
+        let bytes = |tag: u8| -> Vec<u8> {
+            (0..m + 1000)
+                .map(|i| (i as u8) ^ tag ^ (i >> 11) as u8)
+                .collect()
+        };
+        let download = |tag: u8, index: u64| {
+            let b = bytes(tag);
+            let id = ContentId::of(&b);
+            let ob = Outboard::compute(&b, PART_LOG).expect("compute");
+            let (o, n) = ob.group_range(index).expect("range");
+            s.put_part(id, &ob, index, &b[o as usize..(o + n) as usize])
+                .expect("part");
+            (id, ob)
+        };
+        let rooted = s.put_blob(&bytes(1)).expect("put");
+        let garbage = s.put_blob(&bytes(2)).expect("put");
+        let (pinned, pinned_ob) = download(3, 0);
+        let pin = s.pin(pinned);
+        let (stale, stale_ob) = download(4, 1);
+        // A key in the blob column that is no id: nothing names it.
+        s.db.put_cf(s.cf(Column::Blobs), b"junk", b"x")
+            .expect("raw put");
+        let roots = ids(&[rooted]);
+        let r = s.sweep(&roots).expect("sweep");
+        assert_eq!((r.scanned, r.young, r.deleted), (5, 2, 1), "{r:?}");
+        let r = s.sweep(&roots).expect("sweep");
+        assert_eq!(
+            (
+                r.scanned,
+                r.rooted,
+                r.pinned,
+                r.deleted,
+                r.unfinished_deleted
+            ),
+            (4, 1, 1, 2, 1),
+            "{r:?}"
+        );
+        assert_eq!(s.get_blob(rooted).expect("get"), Some(bytes(1)));
+        assert!(!s.has_blob(garbage).expect("has"));
+        assert!(s.held_parts(stale, &stale_ob).expect("held").is_empty());
+        assert_eq!(s.held_parts(pinned, &pinned_ob).expect("held"), vec![0]);
+        assert!(s
+            .keys(Column::Parts)
+            .expect("keys")
+            .iter()
+            .all(|k| k[..32] == rooted.0 || k[..32] == pinned.0));
+        assert_eq!(
+            s.keys(Column::Outboards).expect("keys"),
+            vec![rooted.0.to_vec()]
+        );
+        // A download that wrote a part since the last sweep began survives the next one.
+        let (fresh, fresh_ob) = download(5, 0);
+        drop(pin);
+        let r = s.sweep(&roots).expect("sweep");
+        assert_eq!((r.young, r.unfinished_deleted), (1, 1), "{r:?}");
+        assert_eq!(s.held_parts(fresh, &fresh_ob).expect("held"), vec![0]);
+        assert!(s.held_parts(pinned, &pinned_ob).expect("held").is_empty());
+        // Finished, it is a blob like any other: kept while rooted.
+        download(5, 1);
+        s.finish_parts(fresh, &fresh_ob).expect("finish");
+        let both = ids(&[rooted, fresh]);
+        s.sweep(&both).expect("sweep");
+        let r = s.sweep(&both).expect("sweep");
+        assert_eq!((r.scanned, r.rooted, r.deleted), (2, 2, 0), "{r:?}");
+        assert_eq!(s.get_blob(fresh).expect("get"), Some(bytes(5)));
+        assert!(s.reclaim());
+        let u = s.usage().expect("usage");
+        assert_eq!(u.blob_count, 2);
+        assert!(u.columns.contains_key("blob_parts"));
+        assert!(u.columns.contains_key("blob_outboards"));
     }
 }

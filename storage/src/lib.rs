@@ -6,6 +6,11 @@
 //!   the bytes ([`ContentId`]). A blob is verified against its id when it is written from the
 //!   network ([`Store::put_blob_verified`]) and again every time it is read ([`Store::get_blob`]),
 //!   so a corrupted disk or a lying peer can never feed bad bytes to the trainer.
+//!   A blob of more than 1 MiB ([`outboard::PART_LOG`]) is stored in 1 MiB **parts** with its
+//!   [`outboard::Outboard`] (the group hashes): a byte range is served by reading only the parts
+//!   that cover it ([`Store::get_range`]), and a download writes verified parts one at a time and
+//!   resumes after an interruption ([`Store::put_part`], [`Store::held_parts`],
+//!   [`Store::finish_parts`]). See the [`parts`] module.
 //! * **Records** (window records, announcements, scores, weight submissions, the node's view of
 //!   the chain, the embedded chain's own state) are small JSON values in their own column family,
 //!   one per [`Column`], like lighthouse's `DBColumn`.
@@ -24,6 +29,7 @@
 
 pub mod gc;
 pub mod outboard;
+pub mod parts;
 
 pub use gc::{Pin, StoreUsage, SweepReport};
 
@@ -56,6 +62,63 @@ pub enum StoreError {
         "stored blob {0} is corrupt (hash mismatch on read); delete the data dir's db to resync"
     )]
     Corrupt(ContentId),
+    /// An outboard or a part offered for a blob does not check out against its id.
+    #[error("refused data for blob {id}: {source}")]
+    Outboard {
+        /// The blob.
+        id: ContentId,
+        /// What did not check out.
+        source: outboard::OutboardError,
+    },
+    /// An outboard in another group size than the store's parts.
+    #[error(
+        "blob {id}: parts are stored in groups of 2^{} bytes, not 2^{group_log}; \
+         fetch the outboard in 2^{} groups",
+        outboard::PART_LOG,
+        outboard::PART_LOG
+    )]
+    PartSize {
+        /// The blob.
+        id: ContentId,
+        /// The outboard's group size (log2).
+        group_log: u8,
+    },
+    /// [`Store::finish_parts`] before every part is written.
+    #[error(
+        "blob {id}: {missing} of {groups} parts are missing; write them with put_part \
+         (held_parts lists those present) before finishing"
+    )]
+    MissingParts {
+        /// The blob.
+        id: ContentId,
+        /// Parts not present.
+        missing: u64,
+        /// Parts the blob has.
+        groups: u64,
+    },
+    /// A byte range that does not lie within the blob.
+    #[error(
+        "range of {len} bytes at {offset} is past the end of blob {id} ({blob_len} bytes); \
+         ask for a range within the blob"
+    )]
+    Range {
+        /// The blob.
+        id: ContentId,
+        /// Start of the range asked for.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The blob's length.
+        blob_len: u64,
+    },
+    /// A blob of more parts than a part key can number (2^32 parts of 1 MiB: 4 PiB).
+    #[error("blob {id} of {len} bytes has more parts than the store can number (2^32)")]
+    TooLarge {
+        /// The blob.
+        id: ContentId,
+        /// Its length.
+        len: u64,
+    },
     /// A record could not be (de)serialized.
     #[error("record codec error in column {column}: {message}")]
     Codec {
@@ -130,8 +193,15 @@ impl<'de> serde::Deserialize<'de> for ContentId {
 /// Column families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Column {
-    /// blake3 id → bytes.
+    /// blake3 id → bytes, for blobs of at most 1 MiB (and blobs of any size written before
+    /// parts existed).
     Blobs,
+    /// Parts of the blobs over 1 MiB: id (32 bytes) ‖ group index (u32 big-endian) → the bytes
+    /// of that 1 MiB group ([`outboard::PART_LOG`]).
+    Parts,
+    /// id → [`outboard::Outboard::encode`] of a blob stored in parts. Written after every
+    /// part: its presence is what makes a parted blob held.
+    Outboards,
     /// window (u64 BE) → the window record the node applied (model hash, accepted updates, loss).
     Windows,
     /// (window, uid) → a received update announcement.
@@ -152,8 +222,10 @@ pub enum Column {
 
 impl Column {
     /// Every column, in creation order.
-    pub const ALL: [Column; 9] = [
+    pub const ALL: [Column; 11] = [
         Column::Blobs,
+        Column::Parts,
+        Column::Outboards,
         Column::Windows,
         Column::Announcements,
         Column::Scores,
@@ -168,6 +240,8 @@ impl Column {
     pub fn name(self) -> &'static str {
         match self {
             Column::Blobs => "blobs",
+            Column::Parts => "blob_parts",
+            Column::Outboards => "blob_outboards",
             Column::Windows => "windows",
             Column::Announcements => "announcements",
             Column::Scores => "scores",
@@ -209,8 +283,9 @@ impl Store {
         opts.set_keep_log_file_num(3);
         let cfs = Column::ALL.iter().map(|c| {
             let mut o = Options::default();
-            if *c == Column::Blobs {
-                // Large values go to blob files: cheaper compaction for multi-MB updates.
+            if matches!(*c, Column::Blobs | Column::Parts) {
+                // Large values go to blob files: cheaper compaction for multi-MB updates, and
+                // for the 1 MiB parts of GB checkpoints (compaction moves only their keys).
                 o.set_enable_blob_files(true);
                 o.set_min_blob_size(16 * 1024);
                 // Blob files whose blobs were deleted are rewritten (their live blobs moved) or
@@ -253,8 +328,15 @@ impl Store {
         }
     }
 
-    /// Stores bytes under their own hash and returns it.
+    /// Stores bytes under their own hash and returns it. A blob over 1 MiB is stored in parts
+    /// with its outboard (one write batch).
     pub fn put_blob(&self, bytes: &[u8]) -> Result<ContentId> {
+        if parts::is_parted(bytes.len() as u64) {
+            let (id, ob) = parts::outboard_of(bytes)?;
+            self.gc.written(id);
+            self.write_parted(id, &ob, bytes)?;
+            return Ok(id);
+        }
         let id = ContentId::of(bytes);
         self.gc.written(id);
         self.db
@@ -265,6 +347,14 @@ impl Store {
 
     /// Stores bytes received for `expected`, refusing them unless they hash to it.
     pub fn put_blob_verified(&self, expected: ContentId, bytes: &[u8]) -> Result<()> {
+        if parts::is_parted(bytes.len() as u64) {
+            let (actual, ob) = parts::outboard_of(bytes)?;
+            if actual != expected {
+                return Err(StoreError::HashMismatch { expected, actual });
+            }
+            self.gc.written(expected);
+            return self.write_parted(expected, &ob, bytes);
+        }
         let actual = ContentId::of(bytes);
         if actual != expected {
             return Err(StoreError::HashMismatch { expected, actual });
@@ -275,8 +365,12 @@ impl Store {
             .map_err(|e| self.db_err(e))
     }
 
-    /// Reads a blob, verifying it against its id.
+    /// Reads a blob, verifying it against its id (a parted blob part by part against its
+    /// outboard, which is checked against the id).
     pub fn get_blob(&self, id: ContentId) -> Result<Option<Vec<u8>>> {
+        if let Some(ob) = self.stored_outboard(id)? {
+            return self.read_parts(id, &ob, 0, ob.len).map(Some);
+        }
         let Some(bytes) = self
             .db
             .get_cf(self.cf(Column::Blobs), id.0)
@@ -290,8 +384,17 @@ impl Store {
         Ok(Some(bytes))
     }
 
-    /// Whether a blob is present (no verification).
+    /// Whether a blob is present (no verification): whole, or in parts with its outboard.
     pub fn has_blob(&self, id: ContentId) -> Result<bool> {
+        // The outboard is small; look there before loading a whole small blob.
+        if self
+            .db
+            .get_pinned_cf(self.cf(Column::Outboards), id.0)
+            .map_err(|e| self.db_err(e))?
+            .is_some()
+        {
+            return Ok(true);
+        }
         Ok(self
             .db
             .get_pinned_cf(self.cf(Column::Blobs), id.0)
@@ -299,17 +402,31 @@ impl Store {
             .is_some())
     }
 
-    /// Deletes a blob (no error if absent). Callers decide what is safe to drop: the store
-    /// does not count references.
+    /// Deletes a blob (no error if absent): whole, or its outboard and every part (a finished
+    /// or an unfinished download). Callers decide what is safe to drop: the store does not
+    /// count references.
     pub fn delete_blob(&self, id: ContentId) -> Result<()> {
-        self.db
-            .delete_cf(self.cf(Column::Blobs), id.0)
-            .map_err(|e| self.db_err(e))
+        let mut batch = WriteBatch::default();
+        self.delete_blob_in(&mut batch, id);
+        self.db.write(batch).map_err(|e| self.db_err(e))
     }
 
-    /// Number of blobs stored.
+    /// Number of blobs stored: whole ones and parted ones (unfinished downloads not counted).
     pub fn blob_count(&self) -> Result<usize> {
-        Ok(self.keys(Column::Blobs)?.len())
+        Ok(self.count_keys(Column::Blobs)? + self.count_keys(Column::Outboards)?)
+    }
+
+    /// Keys in a column, without copying the values out.
+    fn count_keys(&self, col: Column) -> Result<usize> {
+        let mut it = self.db.raw_iterator_cf(self.cf(col));
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        it.status().map_err(|e| self.db_err(e))?;
+        Ok(n)
     }
 
     /// Writes a JSON record.

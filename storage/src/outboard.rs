@@ -21,6 +21,14 @@ use blake3::hazmat::{
 pub const MIN_GROUP_LOG: u8 = 10;
 /// Largest group accepted: 256 MiB.
 pub const MAX_GROUP_LOG: u8 = 28;
+/// The group size the store keeps big blobs in, and the one the network protocol uses: 1 MiB.
+/// A blob of more than `2^PART_LOG` bytes is stored as one part per group (see
+/// [`crate::Store::put_part`]), so any byte range is served by reading only the parts that
+/// cover it.
+pub const PART_LOG: u8 = 20;
+
+/// Bytes of [`Outboard::encode`]'s header: the length (u64 LE) and the group size's log2.
+const HEADER: usize = 9;
 
 /// Why an outboard or a group does not check out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +62,9 @@ pub enum OutboardError {
         /// Bytes received.
         len: usize,
     },
+    /// Encoded outboard bytes are malformed (short, or not a whole number of group hashes).
+    #[error("malformed outboard encoding: {0}; fetch the outboard again")]
+    Encoding(String),
 }
 
 /// A blob's group hashes (see the module docs).
@@ -87,6 +98,96 @@ impl Outboard {
             group_log,
             cvs,
         })
+    }
+
+    /// The outboard of a blob of one group or less (`len <= 2^group_log`): no group hashes,
+    /// the id checks the bytes whole. For a longer `len` the result does not verify.
+    pub fn small(len: u64, group_log: u8) -> Outboard {
+        Outboard {
+            len,
+            group_log,
+            cvs: Vec::new(),
+        }
+    }
+
+    /// Fixed layout: `len` (u64 little-endian), `group_log` (u8), then the 32-byte group
+    /// hashes in order. [`Outboard::decode`] reads it back.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + 32 * self.cvs.len());
+        out.extend_from_slice(&self.len.to_le_bytes());
+        out.push(self.group_log);
+        for cv in &self.cvs {
+            out.extend_from_slice(cv);
+        }
+        out
+    }
+
+    /// Reads [`Outboard::encode`]'s layout. Refuses short or trailing bytes, a group size
+    /// outside `2^10..=2^28`, and a number of group hashes the length does not need (so a
+    /// decoded outboard is well-formed; [`Outboard::verify`] still checks it against the id).
+    pub fn decode(bytes: &[u8]) -> Result<Outboard, OutboardError> {
+        let Some((len, rest)) = bytes.split_first_chunk::<8>() else {
+            return Err(OutboardError::Encoding(format!(
+                "{} bytes, shorter than the {HEADER}-byte header",
+                bytes.len()
+            )));
+        };
+        let Some((&group_log, cv_bytes)) = rest.split_first() else {
+            return Err(OutboardError::Encoding(format!(
+                "{} bytes, shorter than the {HEADER}-byte header",
+                bytes.len()
+            )));
+        };
+        check_group_log(group_log)?;
+        let len = u64::from_le_bytes(*len);
+        if cv_bytes.len() % 32 != 0 {
+            return Err(OutboardError::Encoding(format!(
+                "{} bytes of group hashes, not a multiple of 32",
+                cv_bytes.len()
+            )));
+        }
+        let got = cv_bytes.len() / 32;
+        // One group has no hashes; more need exactly one per group. Checked before
+        // allocating, so the count is bounded by the input's size.
+        let expected = if len <= 1u64 << group_log {
+            0
+        } else {
+            groups(len, group_log)
+        };
+        if got as u64 != expected {
+            return Err(OutboardError::Count {
+                got,
+                expected,
+                len,
+                group_log,
+            });
+        }
+        let cvs = cv_bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut cv = [0u8; 32];
+                cv.copy_from_slice(c);
+                cv
+            })
+            .collect();
+        Ok(Outboard {
+            len,
+            group_log,
+            cvs,
+        })
+    }
+
+    /// The blob's id merged from the group hashes, without the bytes: `None` for a blob of one
+    /// group (its id is the hash of its bytes) or a wrong number of group hashes. Lets a writer
+    /// that computes the outboard get the id without hashing the blob a second time.
+    pub(crate) fn merged_root(&self) -> Option<[u8; 32]> {
+        if check_group_log(self.group_log).is_err()
+            || self.len <= 1u64 << self.group_log
+            || self.cvs.len() as u64 != self.groups()
+        {
+            return None;
+        }
+        Some(*self.root().as_bytes())
     }
 
     /// Groups the blob has (at least 1).
@@ -302,6 +403,9 @@ mod tests {
             Err(OutboardError::Count { .. })
         ));
         let other = *blake3::hash(b"another blob").as_bytes();
+        assert_eq!(ob.merged_root(), Some(id));
+        assert_eq!(swapped.merged_root().map(|r| r == id), Some(false));
+        assert_eq!(short.merged_root(), None);
         assert_eq!(ob.verify(&other), Err(OutboardError::Root));
         assert_eq!(
             Outboard::compute(&b, 9).map(|_| ()),
@@ -315,5 +419,61 @@ mod tests {
         sob.verify(&sid).expect("trivially");
         sob.verify_group(&sid, 0, &small).expect("whole");
         assert!(sob.verify_group(&sid, 0, &blob(699)).is_err());
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_malformed_bytes() {
+        for (len, group_log) in [(0usize, 10u8), (700, 10), (1024, 10), (9 * 1024 + 5, 10)] {
+            let b = blob(len);
+            let ob = Outboard::compute(&b, group_log).expect("compute");
+            let enc = ob.encode();
+            assert_eq!(enc.len(), HEADER + 32 * ob.cvs.len());
+            assert_eq!(Outboard::decode(&enc), Ok(ob.clone()));
+            // Every truncation and one trailing byte are refused.
+            for cut in 0..enc.len() {
+                assert!(
+                    Outboard::decode(&enc[..cut]).is_err(),
+                    "len {len} cut {cut}"
+                );
+            }
+            let mut long = enc.clone();
+            long.push(0);
+            assert!(Outboard::decode(&long).is_err());
+            // A whole extra hash: the count no longer matches the length.
+            long.extend_from_slice(&[0; 31]);
+            assert!(matches!(
+                Outboard::decode(&long),
+                Err(OutboardError::Count { .. })
+            ));
+        }
+        assert_eq!(
+            Outboard::small(100, PART_LOG).encode()[8],
+            PART_LOG,
+            "group size after the length"
+        );
+        // A bad group size, a huge length with no hashes, garbage: errors, never a panic.
+        let mut bad = Outboard::small(5, 10).encode();
+        bad[8] = 200;
+        assert_eq!(Outboard::decode(&bad), Err(OutboardError::GroupSize(200)));
+        let mut huge = Outboard::small(5, 10).encode();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            Outboard::decode(&huge),
+            Err(OutboardError::Count { .. })
+        ));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for n in 0..400usize {
+            let garbage: Vec<u8> = (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            if let Ok(ob) = Outboard::decode(&garbage) {
+                assert_eq!(ob.encode(), garbage, "only canonical bytes decode");
+            }
+        }
     }
 }

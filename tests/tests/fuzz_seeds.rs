@@ -16,7 +16,10 @@ use apiary_chain::keys::Hotkey;
 use apiary_compress::{CompressConfig, CompressedUpdate, Compressor};
 use apiary_config::NodeConfig;
 use apiary_model::{OuterState, Params, Update};
-use apiary_net::{blob_codec, BlobRequest, BlobResponse, SignedEnvelope, BLOB_PROTOCOL};
+use apiary_net::{
+    blob_codec, range_codec, BlobRequest, BlobResponse, Outboard, RangeRequest, RangeResponse,
+    SignedEnvelope, BLOB_PROTOCOL, PART_LOG, RANGE_PROTOCOL,
+};
 use apiary_storage::ContentId;
 use futures::executor::block_on;
 use futures::io::Cursor;
@@ -190,6 +193,61 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         assert_eq!(back.unwrap(), resp);
         out.push(("blob_codec", name.into(), bytes));
     }
+
+    // Range protocol streams (same target), and a stored outboard.
+    let rproto = StreamProtocol::new(RANGE_PROTOCOL);
+    let mut rcodec = range_codec();
+    for (name, req) in [
+        ("range-outboard-request", RangeRequest::Outboard { id: [6; 32] }),
+        (
+            "range-groups-request",
+            RangeRequest::Groups {
+                id: [6; 32],
+                first: 3,
+                count: 8,
+            },
+        ),
+    ] {
+        let mut w = Cursor::new(Vec::new());
+        block_on(rcodec.write_request(&rproto, &mut w, req)).unwrap();
+        out.push(("blob_codec", name.into(), w.into_inner()));
+    }
+    let big: Vec<u8> = (0..(2usize << PART_LOG) + 100).map(|i| i as u8).collect();
+    let ob = Outboard::compute(&big, PART_LOG).unwrap();
+    ob.verify(blake3::hash(&big).as_bytes()).unwrap();
+    for (name, resp) in [
+        (
+            "range-outboard",
+            RangeResponse::Outboard {
+                len: ob.len,
+                cvs: serde_bytes::ByteBuf::from(ob.cvs.concat()),
+                inline: None,
+            },
+        ),
+        (
+            "range-inline",
+            RangeResponse::Outboard {
+                len: 5,
+                cvs: serde_bytes::ByteBuf::new(),
+                inline: Some(serde_bytes::ByteBuf::from(b"hello".to_vec())),
+            },
+        ),
+        (
+            "range-groups",
+            RangeResponse::Groups(serde_bytes::ByteBuf::from(vec![1u8; 300])),
+        ),
+        ("range-busy", RangeResponse::Busy),
+    ] {
+        let mut w = Cursor::new(Vec::new());
+        block_on(rcodec.write_response(&rproto, &mut w, resp.clone())).unwrap();
+        let bytes = w.into_inner();
+        let back = block_on(rcodec.read_response(&rproto, &mut Cursor::new(bytes.clone())));
+        assert_eq!(back.unwrap(), resp);
+        out.push(("blob_codec", name.into(), bytes));
+    }
+    let stored = ob.encode();
+    assert_eq!(Outboard::decode(&stored).unwrap(), ob);
+    out.push(("blob_codec", "stored-outboard".into(), stored));
 
     // A competition model manifest: the tiny model exported and packaged in 1 KiB pieces.
     {
