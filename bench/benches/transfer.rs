@@ -1,33 +1,35 @@
-//! Baseline of apiary-net's blob transfer throughput and gossip latency, measured before the
-//! "transfers at scale" work.
+//! apiary-net's blob transfer throughput, gossip latency and catch-up time.
 //!
-//! Everything runs in this one process over 127.0.0.1 with real apiary-net swarms (TCP + noise +
-//! yamux, the `/apiary/blob/1` CBOR request-response protocol, gossipsub), configured with the
-//! daemon's defaults ([`NetConfig::default`]) except a longer blob request timeout (see
-//! [`params`]).
+//! Everything runs in this one process over 127.0.0.1 with real apiary-net swarms (TCP, TLS 1.3
+//! or noise, yamux, gossipsub), configured with the daemon's defaults ([`NetConfig::default`])
+//! except a longer request timeout (see [`params`]).
 //!
 //! 1. **Blob transfer**, `REPS` runs each, median reported. Every run of a scenario is paired
 //!    with a plain single-stream tokio TCP copy of the whole blob over 127.0.0.1 measured right
 //!    before it, and the ratio is against the median of those copies (a CI job may share the
 //!    machine, so the baseline is taken next to what it is compared with).
-//!    * `1 -> 1`: node B fetches one 256 MiB blob of pseudo-random bytes from node A with
-//!      `NetHandle::fetch_blob` (which also blake3-verifies it).
-//!    * `7 -> 1`: seven providers each hold a different seventh of the blob; one node fetches
-//!      all seven at once. Rate = bytes of all seven / time until the last arrived.
-//!    * `1 -> 7`: one provider serves the whole blob to seven fetchers at once. Rate = 7 x blob /
-//!      time until the last fetcher finished (aggregate).
-//!
-//!    The blob is 256 MiB, or `net.max_blob_bytes` if that default is ever smaller.
+//!    * `whole blob/1 1 -> 1 (before)`: node B fetches one 256 MiB blob of pseudo-random bytes
+//!      from node A in one `/apiary/blob/1` response with `NetHandle::fetch_blob` (the only
+//!      transfer before ranged downloads; blake3-verified after it arrived whole).
+//!    * `ranged 1 -> 1`: the same blob with `NetHandle::download` (`/apiary/range/1`: the
+//!      outboard, then 8 MiB ranges, 4 in flight per provider, each 1 MiB group verified on
+//!      arrival) into a `MemorySink`.
+//!    * `ranged 7 -> 1`: seven providers hold the blob; one download pulls ranges from all.
+//!    * `ranged 1 -> 7`: one provider serves the blob to seven downloads at once. Rate = 7 x
+//!      blob / time until the last finished (aggregate).
 //! 2. **Gossip**: 16 nodes, each dialing its binary-tree parent and its predecessor (so the
 //!    publisher, node 15, is 4 hops from node 0). After a warm-up that waits for the mesh to
 //!    deliver, node 15 publishes 50 signed announcements one at a time, each waiting until all
 //!    15 others received it; p50 / p99 / max of publish -> `NetEvent::Gossip` at each receiver.
+//! 3. **Catch-up**: a joiner connected to four holders downloads a checkpoint of 10 MB, 100 MB
+//!    and 1 GB into a real RocksDB store (`StoreBlobs`: verified 1 MiB parts, as a node catching
+//!    up does); seconds, and windows at the config's default window length and at 12 s blocks.
 //!
 //! All nodes share one tokio runtime, so the numbers include scheduling on this machine's cores.
 //!
-//! Run: `cargo bench -p apiary-bench --bench transfer`. Prints a table and, last, one JSON line
-//! (`{"bench":"transfer",...}`); never asserts timings. Needs about 8 GiB of free memory: `1 -> 7`
-//! holds seven 256 MiB responses (and their copies) at once.
+//! Run: `cargo bench -p apiary-bench --bench transfer`. Prints tables and, last, one JSON line
+//! (`{"bench":"transfer",...}`); never asserts timings. Needs about 8 GiB of free memory and
+//! 1 GB of temp disk: `1 -> 7` holds seven 256 MiB blobs at once, catch-up writes 1 GB.
 
 use std::{
     collections::HashMap,
@@ -41,8 +43,9 @@ use apiary_chain::keys::Hotkey;
 use apiary_config::NetConfig;
 use apiary_net::{
     BlobProvider, DownloadOptions, GuardConfig, Keypair, MemorySink, Multiaddr, NetEvent,
-    NetHandle, NetParams, Outboard, PeerId, Protocol, PART_LOG,
+    NetHandle, NetParams, Outboard, PeerId, Protocol, StoreBlobs, PART_LOG,
 };
+use apiary_storage::{ContentId, Store};
 use futures::future::{join_all, try_join_all};
 use serde_json::json;
 use tokio::{
@@ -541,6 +544,66 @@ async fn gossip() -> Result<Gossip> {
     Ok(out)
 }
 
+/// Checkpoint sizes a late joiner catches up on (bench 3).
+const CATCH_UP_BYTES: [usize; 3] = [10_000_000, 100_000_000, 1_000_000_000];
+/// Peers that hold the checkpoint when the joiner arrives.
+const HOLDERS: usize = 4;
+/// Block time of Bittensor's chain, for windows in chain time.
+const CHAIN_BLOCK_SECS: f64 = 12.0;
+
+/// One catch-up: a joiner downloads a checkpoint of `bytes` from [`HOLDERS`] peers into a
+/// real RocksDB store (verified 1 MiB parts, as the node does when it catches up).
+struct CatchUp {
+    bytes: usize,
+    secs: f64,
+    providers: usize,
+}
+
+async fn catch_up(bytes: usize) -> Result<CatchUp> {
+    let blob = Arc::new(random_bytes(
+        bytes,
+        &format!("apiary-bench checkpoint {bytes}"),
+    ));
+    let id = blob_id(&blob);
+    let mut nodes = Vec::new();
+    for i in 0..HOLDERS {
+        nodes.push(start(&format!("holder-{i}"), std::slice::from_ref(&blob)).await?);
+    }
+    let joiner = start("joiner", &[]).await?;
+    for h in &nodes {
+        connect(&joiner.net, &h.net).await?;
+    }
+    let dir = tempfile::tempdir().context("temp dir for the joiner's store")?;
+    let store = Store::open(&dir.path().join("db")).context("joiner store")?;
+    let t0 = Instant::now();
+    let report = joiner
+        .net
+        .download(
+            id,
+            &[],
+            Arc::new(StoreBlobs(store.clone())),
+            &DownloadOptions::default(),
+        )
+        .await
+        .context("catch-up download")?;
+    let secs = t0.elapsed().as_secs_f64();
+    ensure!(
+        store.blob_len(ContentId(id))? == Some(bytes as u64),
+        "the joiner's store does not hold the checkpoint"
+    );
+    ensure!(
+        store.outboard(ContentId(id))? == Some(Outboard::compute(&blob, PART_LOG)?),
+        "the joiner's store holds another checkpoint"
+    );
+    nodes.push(joiner);
+    shutdown(nodes).await;
+    Ok(CatchUp {
+        bytes,
+        secs,
+        providers: report.providers.len(),
+    })
+}
+
 /// Median seconds of blake3 over the blob on one thread: the hash `fetch_blob` adds per blob.
 fn blake3_secs(blob: &[u8]) -> f64 {
     let secs: Vec<f64> = (0..REPS)
@@ -559,6 +622,16 @@ async fn main() -> Result<()> {
     let blob_bytes = BLOB_BYTES.min(cfg.max_blob_bytes);
     let blob = Arc::new(random_bytes(blob_bytes, "apiary-bench transfer"));
 
+    // `APIARY_TRANSFER_ONLY=ranged` (for profiling) runs the ranged 1 -> 1 scenario alone.
+    if std::env::var("APIARY_TRANSFER_ONLY").as_deref() == Ok("ranged") {
+        let m = one_to_one(&blob, true).await?;
+        println!(
+            "ranged 1 -> 1: {:.1} MB/s, TCP {:.1} MB/s",
+            m.mbps(),
+            m.tcp_mbps(blob_bytes)
+        );
+        return Ok(());
+    }
     let runs = vec![
         one_to_one(&blob, false).await?,
         one_to_one(&blob, true).await?,
@@ -567,8 +640,12 @@ async fn main() -> Result<()> {
     ];
     let hash_secs = blake3_secs(&blob);
     let g = gossip().await?;
+    let mut catch_ups = Vec::new();
+    for bytes in CATCH_UP_BYTES {
+        catch_ups.push(catch_up(bytes).await?);
+    }
 
-    println!("apiary-net transfer baseline: 127.0.0.1, median of {REPS} runs, MB = 10^6 bytes");
+    println!("apiary-net transfers: 127.0.0.1, median of {REPS} runs, MB = 10^6 bytes");
     println!(
         "blob {blob_bytes} bytes ({} MiB; net.max_blob_bytes {}); TCP = one tokio stream of the \
          blob, measured before each run",
@@ -632,8 +709,46 @@ async fn main() -> Result<()> {
         g.lost
     );
 
+    let defaults = apiary_config::NodeConfig::default();
+    let window_secs =
+        defaults.chain.blocks_per_window as f64 * defaults.chain.block_time_ms as f64 / 1e3;
+    let chain_window_secs = defaults.chain.blocks_per_window as f64 * CHAIN_BLOCK_SECS;
+    println!();
+    println!(
+        "catch-up: a joiner downloads the checkpoint from {HOLDERS} holders into a RocksDB \
+         store; windows of {window_secs} s (config default: {} blocks x {} ms) and of \
+         {chain_window_secs} s ({} blocks of {CHAIN_BLOCK_SECS} s)",
+        defaults.chain.blocks_per_window,
+        defaults.chain.block_time_ms,
+        defaults.chain.blocks_per_window
+    );
+    println!(
+        "{:>14} {:>9} {:>9} {:>10} {:>14} {:>14}",
+        "checkpoint", "seconds", "MB/s", "providers", "windows (dev)", "windows (12s)"
+    );
+    let mut json_catch = Vec::new();
+    for c in &catch_ups {
+        println!(
+            "{:>11} MB {:>9.2} {:>9.1} {:>10} {:>14.2} {:>14.3}",
+            c.bytes / 1_000_000,
+            c.secs,
+            c.bytes as f64 / c.secs / MB,
+            c.providers,
+            c.secs / window_secs,
+            c.secs / chain_window_secs
+        );
+        json_catch.push(json!({
+            "bytes": c.bytes,
+            "secs": c.secs,
+            "providers": c.providers,
+            "windows_dev": c.secs / window_secs,
+            "windows_12s_blocks": c.secs / chain_window_secs,
+        }));
+    }
+
     let line = json!({
         "bench": "transfer",
+        "catch_up": json_catch,
         "blob_bytes": blob_bytes,
         "reps": REPS,
         "transfer": json_runs,

@@ -2,14 +2,13 @@
 
 use crate::admin;
 use anyhow::{Context, Result};
-use apiary_actors::blobs::StoreBlobs;
 use apiary_actors::context::NodeContext;
 use apiary_actors::{spawn_supervisor, Handles, SupervisorHandle};
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::ChainClient;
 use apiary_config::{ChainBackend, NodeConfig};
 use apiary_data::{Dataset, Tokenizer};
-use apiary_net::NetParams;
+use apiary_net::{NetParams, StoreBlobs};
 use apiary_storage::Store;
 use std::sync::Arc;
 use std::time::Duration;

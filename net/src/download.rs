@@ -423,14 +423,17 @@ pub(crate) async fn download(
     let resumed_groups = have.iter().filter(|h| **h).count() as u64;
     progress.resumed.store(resumed_bytes, Ordering::Relaxed);
     progress.done.store(resumed_bytes, Ordering::Relaxed);
-    let mut queue: VecDeque<(u64, u64)> = missing_ranges(&have, range_groups).into();
-
-    // 3. Ranges from every provider at once.
+    // 3. Ranges from every provider at once: at least two ranges per provider where the blob
+    // allows it (a few-MiB checkpoint still comes from everyone), at most `range_groups`
+    // groups per range.
     let mut providers: Vec<Provider> = candidates
         .iter()
         .filter(|p| !lacking.contains(p))
         .map(|p| Provider::new(*p))
         .collect();
+    let missing = have.iter().filter(|h| !**h).count() as u64;
+    let per_range = (missing / (2 * providers.len().max(1) as u64)).clamp(1, range_groups);
+    let mut queue: VecDeque<(u64, u64)> = missing_ranges(&have, per_range).into();
     let mut in_flight = FuturesUnordered::new();
     let mut retries = 0u64;
     let mut fetched = 0u64;

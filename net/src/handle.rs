@@ -317,6 +317,24 @@ impl NetHandle {
         self.ask(|reply| Command::Unban { peer, reply }).await
     }
 
+    /// Blocks `peer` by hand: its connections close and new ones are refused (both ways) until
+    /// [`NetHandle::unblock_peer`]. For operators cutting off a peer, and for tests that
+    /// partition a swarm.
+    pub async fn block_peer(&self, peer: PeerId) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Block { peer, on: true })
+            .await
+            .map_err(|_| NetError::Shutdown)
+    }
+
+    /// Lifts a block set by [`NetHandle::block_peer`] (a ban in force stays).
+    pub async fn unblock_peer(&self, peer: PeerId) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Block { peer, on: false })
+            .await
+            .map_err(|_| NetError::Shutdown)
+    }
+
     /// Reports a peer caught misbehaving by the application: a strike of `weight` (a peer is
     /// banned at 20 by default). Never waits.
     pub fn report_peer(&self, peer: PeerId, weight: f64, reason: &str) {

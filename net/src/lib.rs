@@ -52,6 +52,7 @@ mod event_loop;
 mod guard;
 mod handle;
 mod stats;
+mod store_blobs;
 
 use std::{sync::Arc, time::Duration};
 
@@ -75,6 +76,7 @@ pub use guard::{Ban, GuardConfig};
 pub use handle::NetHandle;
 pub use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
 pub use stats::{NetStats, NetStatsSnapshot};
+pub use store_blobs::StoreBlobs;
 
 /// Everything [`spawn`] needs.
 #[derive(Clone, Debug)]

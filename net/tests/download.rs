@@ -15,8 +15,9 @@ use std::{
 use apiary_chain::keys::Hotkey;
 use apiary_net::{
     spawn, BlobProvider, DownloadOptions, Keypair, MemorySink, Multiaddr, NetError, NetHandle,
-    NetParams, Outboard, PeerId, PART_LOG,
+    NetParams, Outboard, PeerId, StoreBlobs, PART_LOG,
 };
+use apiary_storage::{ContentId, Store};
 use libp2p::multiaddr::Protocol;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -262,12 +263,27 @@ async fn a_corrupted_group_is_caught_on_arrival_reported_and_fetched_elsewhere()
     let liar = start("liar", liar_holder.clone(), vec![]).await;
     let honest = start("honest", honest_holder, vec![]).await;
     let fetcher = fetcher_of(&[&liar, &honest]).await;
-    let sink = Arc::new(MemorySink::default());
+    // Into a real RocksDB store, as the node downloads: verified parts only.
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = Store::open(&dir.path().join("db")).expect("store");
     let report = fetcher
-        .download(id, &[liar.local_peer_id()], sink.clone(), &opts(2))
+        .download(
+            id,
+            &[liar.local_peer_id()],
+            Arc::new(StoreBlobs(store.clone())),
+            &opts(2),
+        )
         .await
         .expect("download completes from the honest provider");
-    assert_eq!(sink.take(&id).expect("bytes"), bytes, "nothing bad stored");
+    assert_eq!(
+        store.get_blob(ContentId(id)).expect("read").expect("held"),
+        bytes,
+        "nothing bad stored"
+    );
+    assert_eq!(
+        store.outboard(ContentId(id)).expect("read"),
+        Some(Outboard::compute(&bytes, PART_LOG).expect("outboard"))
+    );
     assert!(report.bad_ranges >= 1, "the liar was asked and caught");
     assert!(liar_holder.reads.load(Ordering::Relaxed) >= 1);
     assert!(fetcher.stats().snapshot().bad_ranges >= 1);

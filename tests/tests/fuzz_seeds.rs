@@ -198,7 +198,10 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let rproto = StreamProtocol::new(RANGE_PROTOCOL);
     let mut rcodec = range_codec();
     for (name, req) in [
-        ("range-outboard-request", RangeRequest::Outboard { id: [6; 32] }),
+        (
+            "range-outboard-request",
+            RangeRequest::Outboard { id: [6; 32] },
+        ),
         (
             "range-groups-request",
             RangeRequest::Groups {
