@@ -39,6 +39,17 @@ pub struct NetConfig {
     /// Share of those that peers not known as subnet members may take (0–1); the rest is kept
     /// for peers that published admitted gossip in the last hour (registered peers first).
     pub serve_unregistered_share: f64,
+    /// Relays (multiaddrs ending in `/p2p/<relay peer id>`) this node reserves a slot at and
+    /// listens through: for a node behind NAT or a firewall that peers cannot dial.
+    pub relays: Vec<String>,
+    /// Run the circuit relay v2 service for peers that cannot be dialed (only on a node whose
+    /// `net.listen` address is reachable from the internet).
+    pub relay_server: bool,
+    /// Try to replace relayed connections with direct ones by hole punching (DCUtR).
+    pub hole_punching: bool,
+    /// Probe whether this node can be dialed from outside (AutoNAT); `apiary admin status`
+    /// shows the answer.
+    pub autonat: bool,
 }
 
 impl Default for NetConfig {
@@ -58,6 +69,10 @@ impl Default for NetConfig {
             serve_burst: 64.0,
             max_concurrent_serves: 32,
             serve_unregistered_share: 0.5,
+            relays: Vec::new(),
+            relay_server: false,
+            hole_punching: false,
+            autonat: false,
         }
     }
 }
@@ -104,6 +119,16 @@ impl NetConfig {
                 format!("`{b}` is not a multiaddr; use /ip4/IP/tcp/PORT/p2p/PEER_ID"),
             );
         }
+        if let Some(r) = self
+            .relays
+            .iter()
+            .find(|r| !r.starts_with('/') || !r.contains("/p2p/"))
+        {
+            return invalid(
+                "net.relays",
+                format!("`{r}` is not a relay multiaddr; use /ip4/IP/tcp/PORT/p2p/RELAY_PEER_ID"),
+            );
+        }
         if self.max_message_bytes < 1024 || self.max_message_bytes > 16 * 1024 * 1024 {
             return invalid("net.max_message_bytes", "must be between 1 KiB and 16 MiB");
         }
@@ -128,7 +153,10 @@ mod tests {
     #[test]
     fn bad_net_values_name_their_key() {
         NetConfig::default().validate().expect("defaults valid");
-        let cases: [Case<NetConfig>; 7] = [
+        let cases: [Case<NetConfig>; 8] = [
+            ("net.relays", |n| {
+                n.relays = vec!["/ip4/1.2.3.4/tcp/4001".into()]
+            }),
             ("net.listen", |n| n.listen = "127.0.0.1:4000".into()),
             ("net.bootstrap", |n| n.bootstrap = vec!["peer:1".into()]),
             ("net.max_message_bytes", |n| {

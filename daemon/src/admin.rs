@@ -399,6 +399,9 @@ pub struct StatusReply {
     /// rate and ETA.
     #[serde(default)]
     pub downloads: Vec<apiary_net::DownloadStatus>,
+    /// Reachability as AutoNAT sees it (`net.autonat`), and relays held.
+    #[serde(default)]
+    pub nat: String,
 }
 
 /// The `sync` reply: how far the node's model is behind the chain's window and what it is
@@ -413,6 +416,17 @@ pub struct SyncReply {
     pub behind: u64,
     /// Blobs downloading now.
     pub downloads: Vec<apiary_net::DownloadStatus>,
+}
+
+/// AutoNAT's verdict and the relays this node holds a reservation at.
+async fn nat_line(ctx: &NodeContext) -> String {
+    let status = ctx.net.nat_status().await;
+    let relays = ctx.net.stats().snapshot().relay_reservations;
+    if relays > 0 {
+        format!("{status}; reachable through {relays} relay(s)")
+    } else {
+        status
+    }
 }
 
 /// Builds the `sync` reply.
@@ -503,6 +517,7 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         fatal: s.fatal,
         chain_health: ctx.chain.connection_health(),
         downloads: ctx.net.downloads(),
+        nat: nat_line(ctx).await,
     }
 }
 

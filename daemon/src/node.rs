@@ -116,6 +116,15 @@ impl Node {
                     .with_context(|| format!("net.bootstrap `{b}` is not a multiaddr"))
             })
             .collect::<Result<Vec<_>>>()?;
+        let relays = cfg
+            .net
+            .relays
+            .iter()
+            .map(|r| {
+                r.parse()
+                    .with_context(|| format!("net.relays `{r}` is not a multiaddr"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         // Envelope signatures bind this chain (its genesis hash) and the subnet.
         let genesis = chain
             .block_hash(0)
@@ -146,6 +155,13 @@ impl Node {
                     max_concurrent_serves: cfg.net.max_concurrent_serves,
                     unregistered_share: cfg.net.serve_unregistered_share,
                 },
+                relays,
+                relay_server: cfg.net.relay_server,
+                hole_punching: cfg.net.hole_punching,
+                autonat: cfg.net.autonat,
+                // Private and loopback addresses are what a LAN or a devnet has.
+                nat_private_addrs: !cfg.net.listen.contains("/ip4/0.0.0.0")
+                    && !cfg.net.listen.contains("/ip6/::"),
             },
             Arc::new(StoreBlobs(store.clone())),
             gate.clone(),

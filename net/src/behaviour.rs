@@ -1,11 +1,11 @@
 //! The composed libp2p behaviour and the blob request/response messages.
 
 use libp2p::{
-    allow_block_list, connection_limits, gossipsub, identify,
+    allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify,
     identity::Keypair,
-    kad, ping,
+    kad, ping, relay,
     request_response::{self, cbor, ProtocolSupport},
-    swarm::NetworkBehaviour,
+    swarm::{behaviour::toggle::Toggle, NetworkBehaviour},
     StreamProtocol,
 };
 use serde::{Deserialize, Serialize};
@@ -151,6 +151,15 @@ pub(crate) struct ApiaryBehaviour {
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Circuit relay v2 client: dials `/p2p-circuit` addresses and holds reservations at the
+    /// relays in `NetParams::relays` (always on: any node may dial a relayed peer).
+    pub(crate) relay_client: relay::client::Behaviour,
+    /// Circuit relay v2 server for peers that cannot be dialed (`NetParams::relay_server`).
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    /// Direct connection upgrade through relay: hole punching (`NetParams::hole_punching`).
+    pub(crate) dcutr: Toggle<dcutr::Behaviour>,
+    /// AutoNAT: whether this node can be dialed from outside (`NetParams::autonat`).
+    pub(crate) autonat: Toggle<autonat::Behaviour>,
 }
 
 /// Connections to one peer at most (a redial while one is open is fine; a flood is not).
@@ -212,7 +221,11 @@ pub(crate) fn max_transmit_size(max_message_bytes: usize) -> usize {
 }
 
 impl ApiaryBehaviour {
-    pub(crate) fn new(keypair: &Keypair, params: &NetParams) -> Result<Self, NetError> {
+    pub(crate) fn new(
+        keypair: &Keypair,
+        params: &NetParams,
+        relay_client: relay::client::Behaviour,
+    ) -> Result<Self, NetError> {
         let peer_id = keypair.public().to_peer_id();
 
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -279,7 +292,25 @@ impl ApiaryBehaviour {
                 .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
                 .with_max_established(Some(MAX_CONNECTIONS)),
         );
+        let relay_server = params
+            .relay_server
+            .then(|| relay::Behaviour::new(peer_id, relay::Config::default()));
+        let dcutr = params.hole_punching.then(|| dcutr::Behaviour::new(peer_id));
+        let autonat = params.autonat.then(|| {
+            autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    // Loopback and private addresses count only where asked (LANs, tests).
+                    only_global_ips: !params.nat_private_addrs,
+                    ..autonat::Config::default()
+                },
+            )
+        });
         Ok(Self {
+            relay_client,
+            relay_server: relay_server.into(),
+            dcutr: dcutr.into(),
+            autonat: autonat.into(),
             blocked: allow_block_list::Behaviour::default(),
             limits,
             gossipsub,

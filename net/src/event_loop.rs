@@ -3,21 +3,22 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    convert::Infallible,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
 use libp2p::{
+    autonat,
     core::transport::ListenerId,
+    dcutr,
     gossipsub::{self, IdentTopic, MessageAcceptance, PublishError, TopicHash},
     identify, kad,
     multiaddr::Protocol,
-    noise, ping,
+    noise, ping, relay,
     request_response::{self, OutboundRequestId, ResponseChannel},
     swarm::{dial_opts::DialOpts, ConnectionId, DialError, SwarmEvent},
-    tcp, tls, yamux, Multiaddr, PeerId, Swarm,
+    tcp, yamux, Multiaddr, PeerId, Swarm,
 };
 use serde_bytes::ByteBuf;
 use tokio::{
@@ -152,6 +153,8 @@ pub(crate) enum Command {
         /// The providers found (possibly none).
         reply: oneshot::Sender<Vec<PeerId>>,
     },
+    /// Report what AutoNAT concluded about this node's reachability.
+    NatStatus(oneshot::Sender<String>),
     /// Stop the loop; the reply is sent once the swarm is dropped.
     Shutdown(oneshot::Sender<()>),
 }
@@ -212,6 +215,8 @@ pub(crate) struct EventLoop {
     guard: Guard,
     /// Peers blocked by [`Command::Block`] (a ban expiring does not lift these).
     blocked_by_hand: HashSet<PeerId>,
+    /// This node serves as a circuit relay.
+    relay_server: bool,
 }
 
 /// Builds the swarm, listens, dials the bootstrap peers and spawns the loop.
@@ -222,20 +227,22 @@ pub(crate) async fn spawn(
 ) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     params.validate()?;
     let local_peer_id = params.keypair.public().to_peer_id();
-    let behaviour = ApiaryBehaviour::new(&params.keypair, &params)?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(params.keypair.clone())
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            // TLS 1.3 first (AES-GCM runs on the CPU's AES instructions: several times the
-            // throughput of noise's ChaCha20-Poly1305 for bulk blob transfers), noise for
-            // peers that offer only noise.
-            (tls::Config::new, noise::Config::new),
+            noise::Config::new,
             yamux::Config::default,
         )
         .map_err(|e| NetError::Setup(format!("tcp/noise/yamux transport: {e}")))?
-        .with_behaviour(|_| behaviour)
-        .map_err(|e: Infallible| -> NetError { match e {} })?
+        // Relayed connections (`/p2p-circuit`) are secured and multiplexed the same way.
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NetError::Setup(format!("relay client transport: {e}")))?
+        .with_behaviour(|keypair, relay_client| {
+            ApiaryBehaviour::new(keypair, &params, relay_client)
+                .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
+        })
+        .map_err(|e| NetError::Setup(format!("behaviour: {e}")))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
 
@@ -276,10 +283,22 @@ pub(crate) async fn spawn(
         subnet: params.subnet,
         guard: Guard::new(params.guard),
         blocked_by_hand: HashSet::new(),
+        relay_server: params.relay_server,
     };
     event_loop.wait_listening(&params.listen).await?;
     for addr in &params.bootstrap {
         event_loop.dial_bootstrap(addr.clone());
+    }
+    // Listen through each relay as well: the relay client dials it and asks for a reservation;
+    // the circuit address is reported (and logged) once the relay accepts.
+    for relay in &params.relays {
+        let circuit = relay.clone().with(Protocol::P2pCircuit);
+        match event_loop.swarm.listen_on(circuit.clone()) {
+            Ok(_) => info!(%circuit, "listening through a relay"),
+            Err(error) => {
+                warn!(%circuit, %error, "cannot listen through the relay; check net.relays")
+            }
+        }
     }
 
     info!(
@@ -320,7 +339,7 @@ impl EventLoop {
                     SwarmEvent::NewListenAddr { listener_id, address }
                         if listener_id == self.listener =>
                     {
-                        info!(%address, "listening");
+                        self.on_new_listen_addr(address);
                         return Ok(());
                     }
                     SwarmEvent::ListenerClosed { listener_id, reason, .. }
@@ -594,6 +613,19 @@ impl EventLoop {
                     },
                 );
             }
+            Command::NatStatus(reply) => {
+                let status = match self.swarm.behaviour().autonat.as_ref() {
+                    None => "off (net.autonat)".to_string(),
+                    Some(a) => match a.nat_status() {
+                        autonat::NatStatus::Public(addr) => format!("public at {addr}"),
+                        autonat::NatStatus::Private => {
+                            "private: peers cannot dial this node; set net.relays".to_string()
+                        }
+                        autonat::NatStatus::Unknown => "unknown (not probed yet)".to_string(),
+                    },
+                };
+                let _ = reply.send(status);
+            }
             Command::Shutdown(reply) => {
                 // Handled in `run`; answer anyway so a caller never hangs.
                 let _ = reply.send(());
@@ -698,6 +730,14 @@ impl EventLoop {
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ranges(ev)) => self.on_ranges(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ping(ev)) => on_ping(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::RelayClient(ev)) => {
+                self.on_relay_client(ev)
+            }
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::RelayServer(ev)) => {
+                self.on_relay_server(ev)
+            }
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Dcutr(ev)) => self.on_dcutr(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Autonat(ev)) => on_autonat(ev),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -760,7 +800,7 @@ impl EventLoop {
             } => {
                 debug!(?peer_id, addr = %send_back_addr, %error, "incoming connection failed");
             }
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => self.on_new_listen_addr(address),
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 info!(%address, "listen address expired")
             }
@@ -1098,6 +1138,70 @@ impl EventLoop {
         }
     }
 
+    /// A listen address is up. A relay must tell the peers it serves where it is reachable
+    /// (its reservations carry its external addresses), so a node running the relay service
+    /// takes its direct listen addresses as external ones: an operator runs a relay only on a
+    /// reachable address.
+    fn on_new_listen_addr(&mut self, address: Multiaddr) {
+        info!(%address, "listening");
+        let relayed = address.iter().any(|p| matches!(p, Protocol::P2pCircuit));
+        if self.relay_server && !relayed {
+            self.swarm.add_external_address(address);
+        }
+    }
+
+    fn on_relay_client(&mut self, event: relay::client::Event) {
+        match event {
+            relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            } => {
+                if !renewal {
+                    bump(&self.stats.relay_reservations, 1);
+                    info!(relay = %relay_peer_id, "relay accepted our reservation: peers can reach us through it");
+                }
+            }
+            relay::client::Event::OutboundCircuitEstablished { relay_peer_id, .. } => {
+                bump(&self.stats.relayed_connections, 1);
+                debug!(relay = %relay_peer_id, "connected to a peer through a relay");
+            }
+            relay::client::Event::InboundCircuitEstablished { src_peer_id, .. } => {
+                bump(&self.stats.relayed_connections, 1);
+                debug!(peer = %src_peer_id, "a peer connected to us through a relay");
+            }
+        }
+    }
+
+    fn on_relay_server(&mut self, event: relay::Event) {
+        match event {
+            relay::Event::ReservationReqAccepted { src_peer_id, .. } => {
+                debug!(peer = %src_peer_id, "relaying for a peer (reservation accepted)");
+            }
+            relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            } => {
+                bump(&self.stats.circuits_relayed, 1);
+                debug!(src = %src_peer_id, dst = %dst_peer_id, "relaying a circuit");
+            }
+            other => debug!(?other, "relay service event"),
+        }
+    }
+
+    fn on_dcutr(&mut self, event: dcutr::Event) {
+        match event.result {
+            Ok(_) => {
+                bump(&self.stats.hole_punches_succeeded, 1);
+                info!(peer = %event.remote_peer_id, "hole punched: direct connection replaces the relayed one");
+            }
+            Err(error) => {
+                bump(&self.stats.hole_punches_failed, 1);
+                debug!(peer = %event.remote_peer_id, %error, "hole punching failed; staying relayed");
+            }
+        }
+    }
+
     fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::OutboundQueryProgressed {
@@ -1123,6 +1227,15 @@ impl EventLoop {
             kad::Event::RoutingUpdated { peer, .. } => trace!(%peer, "kad routing updated"),
             other => trace!(?other, "kad event"),
         }
+    }
+}
+
+fn on_autonat(event: autonat::Event) {
+    match event {
+        autonat::Event::StatusChanged { old, new } => {
+            info!(?old, ?new, "reachability (AutoNAT) changed");
+        }
+        other => trace!(?other, "autonat event"),
     }
 }
 

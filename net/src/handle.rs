@@ -124,6 +124,13 @@ impl NetHandle {
             .await?
     }
 
+    /// What AutoNAT concluded about this node's reachability ("off" unless `autonat`).
+    pub async fn nat_status(&self) -> String {
+        self.ask(Command::NatStatus)
+            .await
+            .unwrap_or_else(|_| "network stopped".into())
+    }
+
     /// Peers with at least one open connection (empty after shutdown).
     pub async fn connected_peers(&self) -> Vec<PeerId> {
         self.ask(Command::ConnectedPeers).await.unwrap_or_default()

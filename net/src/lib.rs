@@ -105,11 +105,25 @@ pub struct NetParams {
     pub subnet: SubnetTag,
     /// Strikes, bans and the blob-serving meter.
     pub guard: GuardConfig,
+    /// Relays (multiaddrs ending in `/p2p/<relay peer id>`) at which this node reserves a slot
+    /// and listens through (`<relay>/p2p-circuit`): peers that cannot dial it directly (NAT,
+    /// firewall) reach it through them.
+    pub relays: Vec<Multiaddr>,
+    /// Serve as a circuit relay v2 for peers that cannot be dialed (a publicly reachable node).
+    pub relay_server: bool,
+    /// Upgrade relayed connections to direct ones by hole punching (DCUtR).
+    pub hole_punching: bool,
+    /// Probe whether this node is reachable from outside (AutoNAT), see
+    /// [`NetHandle::nat_status`].
+    pub autonat: bool,
+    /// Let AutoNAT count loopback and private addresses (a LAN, tests); off on the internet.
+    pub nat_private_addrs: bool,
 }
 
 impl NetParams {
     /// Parameters with sensible defaults: no bootstrap peers, 64 KiB messages, 256 MiB blobs,
-    /// 1 s heartbeat, 30 s request timeout, 1024 buffered events.
+    /// 1 s heartbeat, 30 s request timeout, 1024 buffered events, no relays, no relay service,
+    /// hole punching and AutoNAT off.
     pub fn new(listen: Multiaddr, keypair: Keypair, hotkey: Hotkey, netuid: u16) -> Self {
         Self {
             listen,
@@ -124,6 +138,11 @@ impl NetParams {
             event_buffer: 1024,
             subnet: SubnetTag::new(&[0; 32], netuid),
             guard: GuardConfig::default(),
+            relays: Vec::new(),
+            relay_server: false,
+            hole_punching: false,
+            autonat: false,
+            nat_private_addrs: false,
         }
     }
 
@@ -153,6 +172,15 @@ impl NetParams {
         }
         if self.event_buffer == 0 {
             return Err(NetError::Config("event_buffer must be > 0".into()));
+        }
+        if let Some(r) = self
+            .relays
+            .iter()
+            .find(|r| !matches!(r.iter().last(), Some(Protocol::P2p(_))))
+        {
+            return Err(NetError::Config(format!(
+                "relay address {r} must end in /p2p/<the relay's peer id>"
+            )));
         }
         Ok(())
     }

@@ -52,6 +52,16 @@ pub struct NetStats {
     pub bad_ranges: AtomicU64,
     /// Blobs completed by the ranged downloader.
     pub downloads_completed: AtomicU64,
+    /// Relays that accepted a reservation for this node (it is reachable through them).
+    pub relay_reservations: AtomicU64,
+    /// Connections to or from this node made through a relay.
+    pub relayed_connections: AtomicU64,
+    /// Circuits this node relayed between two other peers (relay service on).
+    pub circuits_relayed: AtomicU64,
+    /// Relayed connections upgraded to direct ones by hole punching.
+    pub hole_punches_succeeded: AtomicU64,
+    /// Hole punching attempts that failed (the connection stays relayed).
+    pub hole_punches_failed: AtomicU64,
 }
 
 /// A point-in-time copy of [`NetStats`].
@@ -105,6 +115,21 @@ pub struct NetStatsSnapshot {
     /// See [`NetStats::downloads_completed`].
     #[serde(default)]
     pub downloads_completed: u64,
+    /// See [`NetStats::relay_reservations`].
+    #[serde(default)]
+    pub relay_reservations: u64,
+    /// See [`NetStats::relayed_connections`].
+    #[serde(default)]
+    pub relayed_connections: u64,
+    /// See [`NetStats::circuits_relayed`].
+    #[serde(default)]
+    pub circuits_relayed: u64,
+    /// See [`NetStats::hole_punches_succeeded`].
+    #[serde(default)]
+    pub hole_punches_succeeded: u64,
+    /// See [`NetStats::hole_punches_failed`].
+    #[serde(default)]
+    pub hole_punches_failed: u64,
 }
 
 /// Adds `n` to a counter and returns the new value.
@@ -139,6 +164,11 @@ impl NetStats {
             ranges_fetched: r(&self.ranges_fetched),
             bad_ranges: r(&self.bad_ranges),
             downloads_completed: r(&self.downloads_completed),
+            relay_reservations: r(&self.relay_reservations),
+            relayed_connections: r(&self.relayed_connections),
+            circuits_relayed: r(&self.circuits_relayed),
+            hole_punches_succeeded: r(&self.hole_punches_succeeded),
+            hole_punches_failed: r(&self.hole_punches_failed),
         }
     }
 }
