@@ -54,6 +54,11 @@ use tokio::{
     sync::mpsc,
 };
 
+/// The allocator the `apiary` binary uses (see apiary-alloc): response buffers of a few MiB are
+/// reused instead of being mapped and zeroed by the kernel for every range.
+#[global_allocator]
+static ALLOC: apiary_alloc::CachingAlloc = apiary_alloc::CachingAlloc::new();
+
 /// Size of the blob moved in every transfer scenario (capped by `net.max_blob_bytes`).
 const BLOB_BYTES: usize = 256 << 20;
 /// Providers in `7 -> 1`, fetchers in `1 -> 7`.
@@ -619,6 +624,9 @@ fn blake3_secs(blob: &[u8]) -> f64 {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cfg = NetConfig::default();
+    // The node's allocator cache, as `apiary` sets it from `node.alloc_cache_mb`.
+    let cache_mb = apiary_config::NodeConfig::default().node.alloc_cache_mb;
+    apiary_alloc::set_cache_limit(usize::try_from(cache_mb << 20).unwrap_or(usize::MAX));
     let blob_bytes = BLOB_BYTES.min(cfg.max_blob_bytes);
     let blob = Arc::new(random_bytes(blob_bytes, "apiary-bench transfer"));
 

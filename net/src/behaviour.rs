@@ -112,18 +112,223 @@ pub enum RangeResponse {
     Busy,
 }
 
-/// Bytes a CBOR-encoded [`RangeResponse`] adds around its payload.
-const RANGE_RESPONSE_OVERHEAD: u64 = 1024;
+/// The codec of the range protocol, exactly as the swarm uses it ([`RangeCodec`]). Public for
+/// the fuzz targets.
+pub fn range_codec() -> RangeCodec {
+    RangeCodec
+}
 
-/// The codec of the range protocol, exactly as the swarm uses it: requests of at most
-/// [`MAX_BLOB_REQUEST_BYTES`], responses of at most [`MAX_RANGE_GROUPS`] groups (or the
-/// outboard of the largest blob) plus framing. Public for the fuzz targets.
-pub fn range_codec() -> cbor::codec::Codec<RangeRequest, RangeResponse> {
-    let groups = u64::from(MAX_RANGE_GROUPS) << apiary_storage::outboard::PART_LOG;
-    let outboard = (MAX_RANGED_BLOB_BYTES >> apiary_storage::outboard::PART_LOG) * 32;
-    cbor::codec::Codec::<RangeRequest, RangeResponse>::default()
-        .set_request_size_maximum(MAX_BLOB_REQUEST_BYTES)
-        .set_response_size_maximum(groups.max(outboard) + RANGE_RESPONSE_OVERHEAD)
+/// The range protocol's wire format: a fixed binary layout, not CBOR, because a response
+/// carries up to 16 MiB: the payload is written straight from the provider's buffer and read
+/// straight into one buffer of its announced size (CBOR would copy it twice on each side and
+/// grow the receive buffer step by step).
+///
+/// * Request: a tag (0 outboard, 1 groups), the 32-byte id, and for groups `first` (u64 LE)
+///   and `count` (u32 LE). Nothing may follow.
+/// * Response: a tag (0 outboard, 1 groups, 2 not found, 3 bad range, 4 busy), then
+///   * outboard: `len` (u64 LE), the number of group hashes (u32 LE), the hashes (32 bytes
+///     each), an inline flag (0/1) and, when 1, the inline length (u32 LE) and bytes;
+///   * groups: the length (u64 LE) and the bytes.
+///
+///   Nothing may follow. Every length is checked against its cap before anything is
+///   allocated, so a peer cannot make the reader reserve more than the caps.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RangeCodec;
+
+/// Most bytes in one groups response.
+const MAX_GROUPS_BYTES: u64 = (MAX_RANGE_GROUPS as u64) << apiary_storage::outboard::PART_LOG;
+/// Most group hashes in one outboard response.
+const MAX_OUTBOARD_CVS: u64 = MAX_RANGED_BLOB_BYTES >> apiary_storage::outboard::PART_LOG;
+
+fn bad_data(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Reads exactly `n` bytes into a buffer allocated once (`n` already checked against a cap).
+async fn read_vec<T: futures::AsyncRead + Unpin + Send>(
+    io: &mut T,
+    n: u64,
+) -> std::io::Result<Vec<u8>> {
+    use futures::AsyncReadExt;
+    let cap = usize::try_from(n).map_err(|_| bad_data("length does not fit in memory"))?;
+    let mut buf = Vec::with_capacity(cap);
+    io.take(n).read_to_end(&mut buf).await?;
+    if buf.len() != cap {
+        return Err(bad_data("stream ended inside a field"));
+    }
+    Ok(buf)
+}
+
+async fn read_array<T: futures::AsyncRead + Unpin + Send, const N: usize>(
+    io: &mut T,
+) -> std::io::Result<[u8; N]> {
+    use futures::AsyncReadExt;
+    let mut a = [0u8; N];
+    io.read_exact(&mut a).await?;
+    Ok(a)
+}
+
+/// Fails unless the stream is at its end.
+async fn read_end<T: futures::AsyncRead + Unpin + Send>(io: &mut T) -> std::io::Result<()> {
+    use futures::AsyncReadExt;
+    let mut one = [0u8; 1];
+    match io.read(&mut one).await? {
+        0 => Ok(()),
+        _ => Err(bad_data("bytes after the message")),
+    }
+}
+
+impl request_response::Codec for RangeCodec {
+    type Protocol = StreamProtocol;
+    type Request = RangeRequest;
+    type Response = RangeResponse;
+
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<RangeRequest>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let [tag] = read_array::<_, 1>(io).await?;
+        let id = read_array::<_, 32>(io).await?;
+        let request = match tag {
+            0 => RangeRequest::Outboard { id },
+            1 => RangeRequest::Groups {
+                id,
+                first: u64::from_le_bytes(read_array(io).await?),
+                count: u32::from_le_bytes(read_array(io).await?),
+            },
+            _ => return Err(bad_data("unknown range request tag")),
+        };
+        read_end(io).await?;
+        Ok(request)
+    }
+
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> std::io::Result<RangeResponse>
+    where
+        T: futures::AsyncRead + Unpin + Send,
+    {
+        let [tag] = read_array::<_, 1>(io).await?;
+        let response = match tag {
+            0 => {
+                let len = u64::from_le_bytes(read_array(io).await?);
+                let n = u64::from(u32::from_le_bytes(read_array(io).await?));
+                if n > MAX_OUTBOARD_CVS {
+                    return Err(bad_data("too many group hashes"));
+                }
+                let cvs = read_vec(io, n * 32).await?;
+                let inline = match read_array::<_, 1>(io).await? {
+                    [0] => None,
+                    [1] => {
+                        let n = u64::from(u32::from_le_bytes(read_array(io).await?));
+                        if n > 1 << apiary_storage::outboard::PART_LOG {
+                            return Err(bad_data("inline blob larger than one group"));
+                        }
+                        Some(ByteBuf::from(read_vec(io, n).await?))
+                    }
+                    _ => return Err(bad_data("bad inline flag")),
+                };
+                RangeResponse::Outboard {
+                    len,
+                    cvs: ByteBuf::from(cvs),
+                    inline,
+                }
+            }
+            1 => {
+                let n = u64::from_le_bytes(read_array(io).await?);
+                if n > MAX_GROUPS_BYTES {
+                    return Err(bad_data("range larger than 16 groups"));
+                }
+                RangeResponse::Groups(ByteBuf::from(read_vec(io, n).await?))
+            }
+            2 => RangeResponse::NotFound,
+            3 => RangeResponse::BadRange,
+            4 => RangeResponse::Busy,
+            _ => return Err(bad_data("unknown range response tag")),
+        };
+        read_end(io).await?;
+        Ok(response)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: RangeRequest,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        let mut out = Vec::with_capacity(45);
+        match request {
+            RangeRequest::Outboard { id } => {
+                out.push(0);
+                out.extend_from_slice(&id);
+            }
+            RangeRequest::Groups { id, first, count } => {
+                out.push(1);
+                out.extend_from_slice(&id);
+                out.extend_from_slice(&first.to_le_bytes());
+                out.extend_from_slice(&count.to_le_bytes());
+            }
+        }
+        // The request-response handler closes the stream after this.
+        io.write_all(&out).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: RangeResponse,
+    ) -> std::io::Result<()>
+    where
+        T: futures::AsyncWrite + Unpin + Send,
+    {
+        use futures::AsyncWriteExt;
+        match response {
+            RangeResponse::Outboard { len, cvs, inline } => {
+                let n =
+                    u32::try_from(cvs.len() / 32).map_err(|_| bad_data("outboard too large"))?;
+                if cvs.len() % 32 != 0 {
+                    return Err(bad_data("group hashes are 32 bytes each"));
+                }
+                let mut head = vec![0u8];
+                head.extend_from_slice(&len.to_le_bytes());
+                head.extend_from_slice(&n.to_le_bytes());
+                io.write_all(&head).await?;
+                io.write_all(&cvs).await?;
+                match inline {
+                    None => io.write_all(&[0]).await?,
+                    Some(bytes) => {
+                        let n = u32::try_from(bytes.len())
+                            .map_err(|_| bad_data("inline blob too large"))?;
+                        let mut head = vec![1u8];
+                        head.extend_from_slice(&n.to_le_bytes());
+                        io.write_all(&head).await?;
+                        io.write_all(&bytes).await?;
+                    }
+                }
+            }
+            RangeResponse::Groups(bytes) => {
+                let mut head = vec![1u8];
+                head.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                io.write_all(&head).await?;
+                io.write_all(&bytes).await?;
+            }
+            RangeResponse::NotFound => io.write_all(&[2]).await?,
+            RangeResponse::BadRange => io.write_all(&[3]).await?,
+            RangeResponse::Busy => io.write_all(&[4]).await?,
+        }
+        Ok(())
+    }
 }
 
 /// Largest encoded [`BlobRequest`] a node reads, in bytes.
@@ -147,7 +352,7 @@ pub(crate) struct ApiaryBehaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) blobs: cbor::Behaviour<BlobRequest, BlobResponse>,
-    pub(crate) ranges: cbor::Behaviour<RangeRequest, RangeResponse>,
+    pub(crate) ranges: request_response::Behaviour<RangeCodec>,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
@@ -265,7 +470,7 @@ impl ApiaryBehaviour {
 
         // Many ranges of one download are in flight to one peer at once, each on its own
         // stream; the default of 100 concurrent streams per connection is plenty.
-        let ranges = cbor::Behaviour::with_codec(
+        let ranges = request_response::Behaviour::with_codec(
             range_codec(),
             [(StreamProtocol::new(RANGE_PROTOCOL), ProtocolSupport::Full)],
             request_response::Config::default().with_request_timeout(params.request_timeout),
@@ -320,5 +525,86 @@ impl ApiaryBehaviour {
             ping,
             kad,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::{executor::block_on, io::Cursor};
+    use request_response::Codec;
+
+    fn proto() -> StreamProtocol {
+        StreamProtocol::new(RANGE_PROTOCOL)
+    }
+
+    fn write_resp(r: RangeResponse) -> Vec<u8> {
+        let mut w = Cursor::new(Vec::new());
+        block_on(range_codec().write_response(&proto(), &mut w, r)).expect("write");
+        w.into_inner()
+    }
+
+    fn read_resp(b: &[u8]) -> std::io::Result<RangeResponse> {
+        block_on(range_codec().read_response(&proto(), &mut Cursor::new(b.to_vec())))
+    }
+
+    #[test]
+    fn range_messages_round_trip() {
+        for req in [
+            RangeRequest::Outboard { id: [1; 32] },
+            RangeRequest::Groups {
+                id: [2; 32],
+                first: u64::MAX,
+                count: 16,
+            },
+        ] {
+            let mut w = Cursor::new(Vec::new());
+            block_on(range_codec().write_request(&proto(), &mut w, req)).expect("write");
+            let bytes = w.into_inner();
+            let back = block_on(range_codec().read_request(&proto(), &mut Cursor::new(bytes)));
+            assert_eq!(back.expect("read"), req);
+        }
+        for resp in [
+            RangeResponse::Outboard {
+                len: 3 << 20,
+                cvs: ByteBuf::from(vec![9u8; 96]),
+                inline: None,
+            },
+            RangeResponse::Outboard {
+                len: 5,
+                cvs: ByteBuf::new(),
+                inline: Some(ByteBuf::from(b"hello".to_vec())),
+            },
+            RangeResponse::Groups(ByteBuf::from(vec![7u8; 3000])),
+            RangeResponse::NotFound,
+            RangeResponse::BadRange,
+            RangeResponse::Busy,
+        ] {
+            assert_eq!(read_resp(&write_resp(resp.clone())).expect("read"), resp);
+        }
+    }
+
+    #[test]
+    fn bad_range_messages_are_refused_before_allocating() {
+        // A groups response announcing 1 TiB: refused on the header.
+        let mut huge = vec![1u8];
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(read_resp(&huge).is_err());
+        // Too many group hashes.
+        let mut many = vec![0u8];
+        many.extend_from_slice(&5u64.to_le_bytes());
+        many.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_resp(&many).is_err());
+        // Truncated payload, trailing bytes, unknown tags.
+        let good = write_resp(RangeResponse::Groups(ByteBuf::from(vec![1u8; 100])));
+        assert!(read_resp(&good[..good.len() - 1]).is_err());
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(read_resp(&trailing).is_err());
+        assert!(read_resp(&[9]).is_err());
+        assert!(read_resp(&[]).is_err());
+        let req =
+            block_on(range_codec().read_request(&proto(), &mut Cursor::new([7u8; 33].to_vec())));
+        assert!(req.is_err());
     }
 }
