@@ -630,11 +630,17 @@ async fn main() -> Result<()> {
     let blob_bytes = BLOB_BYTES.min(cfg.max_blob_bytes);
     let blob = Arc::new(random_bytes(blob_bytes, "apiary-bench transfer"));
 
-    // `APIARY_TRANSFER_ONLY=ranged` (for profiling) runs the ranged 1 -> 1 scenario alone.
-    if std::env::var("APIARY_TRANSFER_ONLY").as_deref() == Ok("ranged") {
-        let m = one_to_one(&blob, true).await?;
+    // `APIARY_TRANSFER_ONLY=ranged|seven` (for profiling) runs the ranged 1 -> 1 or 7 -> 1
+    // scenario alone.
+    if let Ok(only) = std::env::var("APIARY_TRANSFER_ONLY") {
+        let m = match only.as_str() {
+            "ranged" => one_to_one(&blob, true).await?,
+            "seven" => many_to_one(&blob).await?,
+            other => bail!("APIARY_TRANSFER_ONLY={other}: use ranged or seven"),
+        };
         println!(
-            "ranged 1 -> 1: {:.1} MB/s, TCP {:.1} MB/s",
+            "{}: {:.1} MB/s, TCP {:.1} MB/s",
+            m.name,
             m.mbps(),
             m.tcp_mbps(blob_bytes)
         );
