@@ -14,15 +14,28 @@ pub struct Cli {
     /// Log filter (e.g. `info`, `apiary=debug`); also RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
     pub log: String,
+    /// Log lines as text (default) or as one JSON object per line (for journald, Loki, ...).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub cmd: Cmd,
 }
 
+/// How log lines are written (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, fields and the node/actor spans.
+    Json,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
-    /// Run one node until Ctrl-C.
+    /// Run one node until Ctrl-C or SIGTERM (then it stops its actors, closes the network and
+    /// flushes the store before exiting).
     Run(RunArgs),
     /// Run a whole local swarm on the embedded chain and print one line per window.
     Devnet(DevnetArgs),
@@ -357,10 +370,39 @@ async fn run_node(a: RunArgs) -> Result<()> {
     let mut node = Node::spawn(cfg, ChainSource::FromConfig).await?;
     let res = tokio::select! {
         r = node.wait() => r,
-        _ = tokio::signal::ctrl_c() => Ok(()),
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "stopping: finishing up and closing the store");
+            Ok(())
+        }
     };
     node.shutdown().await;
+    tracing::info!("shutdown complete");
     res
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what systemd and container runtimes send to stop a
+/// service); returns the signal's name.
+pub async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
 }
 
 /// A leaderboard as a person reads it: short model ids, no hotkeys, refusals on one line.

@@ -12,10 +12,13 @@ fn main() -> std::process::ExitCode {
     let cli = apiary_daemon::cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        apiary_daemon::cli::LogFormat::Text => logs.init(),
+        apiary_daemon::cli::LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,5 @@
-//! A local subtensor runtime for tests: chopsticks serving `../shared/chain/subtensor-spec218.json`
-//! with `../shared/chain/dev-storage.json` on 127.0.0.1 (free port, instant block mode).
+//! A local subtensor runtime for tests: chopsticks serving `tests/fixtures/chain/subtensor-spec218.json`
+//! with `tests/fixtures/chain/dev-storage.json` on 127.0.0.1 (free port, instant block mode).
 //!
 //! The binary is `<repo>/node_modules/.bin/chopsticks` (install it with `.ci/setup.sh`), or the
 //! path in `APIARY_CHOPSTICKS`. Its state lives in a sqlite file in a temp dir, so
@@ -71,7 +71,7 @@ impl Chopsticks {
 
     fn spawn(&mut self, resume: bool) {
         let bin = chopsticks_bin().unwrap_or_else(|e| panic!("{e}"));
-        let shared = repo_root().join("../shared/chain");
+        let shared = repo_root().join("tests/fixtures/chain");
         let mut cmd = Command::new(bin);
         cmd.arg(format!(
             "--genesis={}",
