@@ -53,6 +53,9 @@ pub enum Cmd {
     /// Model competitions: enter a model, see the leaderboard.
     #[command(subcommand)]
     Compete(CompeteCmd),
+    /// Write a commented config for a new miner or validator (btcli wallet and hotkey,
+    /// endpoint, netuid, data dir).
+    Init(crate::init_cmd::InitArgs),
     /// Check a config file and print it with defaults filled in.
     CheckConfig {
         /// The TOML file.
@@ -84,7 +87,7 @@ pub struct RunArgs {
 }
 
 /// A role on the command line.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RoleArg {
     /// Miner.
     Miner,
@@ -334,6 +337,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Model(m) => crate::model_cmd::run(m).await,
         Cmd::Wallet(w) => crate::wallet_cmd::run(w),
         Cmd::Chain(c) => crate::chain_cmd::run(c).await,
+        Cmd::Init(a) => crate::init_cmd::run(&a),
         Cmd::CheckConfig { file } => {
             let cfg = NodeConfig::load(&file)?;
             println!(

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod chain_cmd;
 pub mod cli;
 pub mod devnet;
+pub mod init_cmd;
 pub mod keys;
 pub mod model_cmd;
 pub mod node;
