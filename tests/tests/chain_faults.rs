@@ -227,6 +227,14 @@ async fn weight_setter_retries_transient_failures_and_records_every_attempt() {
             .is_empty()
     })
     .await;
+    // The successful attempt is recorded after the chain took it: wait for its record.
+    wait_until(T, "the successful attempt is recorded", || async {
+        vctx.store
+            .scan::<WeightSubmission>(Column::Weights)
+            .map(|r| r.len() >= 3)
+            .unwrap_or(false)
+    })
+    .await;
     let records: Vec<WeightSubmission> = vctx
         .store
         .scan::<WeightSubmission>(Column::Weights)
