@@ -128,7 +128,10 @@ pub fn run(args: &InitArgs) -> Result<()> {
     std::fs::write(&args.out, &text)
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     println!("wrote {}", args.out.display());
-    println!("next: apiary check-config {0}  then  apiary run --config {0}", args.out.display());
+    println!(
+        "next: apiary check-config {0}  then  apiary run --config {0}",
+        args.out.display()
+    );
     Ok(())
 }
 
