@@ -606,6 +606,12 @@ async fn publish_update(
                 tracing::debug!(error = %e, attempt, "publish failed; retrying");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            // No peer subscribed yet: expected while a node starts or runs alone (admin status
+            // shows its peers); anything else is worth a warning.
+            Err(e @ apiary_net::NetError::NoPeers) => {
+                tracing::info!(error = %e, window, "could not announce our update");
+                return None;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, window, "could not announce our update");
                 return None;

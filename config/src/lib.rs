@@ -8,7 +8,8 @@
 //!
 //! One module per section: each section struct ([`NodeSection`], [`ChainConfig`],
 //! [`NetConfig`], [`ModelConfig`], [`TrainConfig`], [`ValidatorConfig`],
-//! [`CompressionConfig`], [`CheckpointConfig`], [`SupervisorConfig`]) has its own `validate()`
+//! [`CompressionConfig`], [`CheckpointConfig`], [`SupervisorConfig`], [`MetricsConfig`]) has its
+//! own `validate()`
 //! for the rules within it. [`NodeConfig::validate`] calls each of them, then checks the rules
 //! that span sections. Every problem is a [`ConfigError`] whose message names the offending key
 //! and what to do about it ([`ConfigError::key`] gives the key alone).
@@ -18,6 +19,7 @@ mod checkpoint;
 mod competition;
 mod compression;
 mod error;
+mod metrics;
 mod model;
 mod net;
 mod node;
@@ -31,6 +33,7 @@ pub use checkpoint::CheckpointConfig;
 pub use competition::{CompetitionConfig, CompetitionRule, EvalDataset};
 pub use compression::CompressionConfig;
 pub use error::ConfigError;
+pub use metrics::MetricsConfig;
 pub use model::ModelConfig;
 pub use net::NetConfig;
 pub use node::{NodeSection, Role};

@@ -3,8 +3,9 @@
 
 use crate::error::{invalid, ConfigError};
 use crate::{
-    ChainBackend, ChainConfig, CheckpointConfig, CompetitionConfig, CompressionConfig, ModelConfig,
-    NetConfig, NodeSection, SupervisorConfig, TrainConfig, ValidatorConfig,
+    ChainBackend, ChainConfig, CheckpointConfig, CompetitionConfig, CompressionConfig,
+    MetricsConfig, ModelConfig, NetConfig, NodeSection, SupervisorConfig, TrainConfig,
+    ValidatorConfig,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,8 @@ pub struct NodeConfig {
     pub checkpoint: CheckpointConfig,
     /// Supervision of the node's actors.
     pub supervisor: SupervisorConfig,
+    /// The opt-in Prometheus endpoint.
+    pub metrics: MetricsConfig,
     /// Model competitions this node takes part in (`[[competition]]`, any number).
     #[serde(rename = "competition", skip_serializing_if = "Vec::is_empty")]
     pub competitions: Vec<CompetitionConfig>,
@@ -92,6 +95,7 @@ impl NodeConfig {
         self.compression.validate()?;
         self.checkpoint.validate()?;
         self.supervisor.validate()?;
+        self.metrics.validate()?;
         for c in &self.competitions {
             c.validate()?;
         }
@@ -235,7 +239,7 @@ mod tests {
     /// A bad value in any section reaches the caller of `NodeConfig::validate` with its key.
     #[test]
     fn every_section_reports_its_key_through_node_config() {
-        let cases: [Case<NodeConfig>; 9] = [
+        let cases: [Case<NodeConfig>; 10] = [
             ("node.hotkey_seed", |c| {
                 c.node.hotkey_seed = Some("zz".into())
             }),
@@ -251,6 +255,9 @@ mod tests {
             ("checkpoint.keep_recent", |c| c.checkpoint.keep_recent = 0),
             ("supervisor.restart_window_secs", |c| {
                 c.supervisor.restart_window_secs = 0
+            }),
+            ("metrics.listen", |c| {
+                c.metrics.listen = "0.0.0.0:9615".into()
             }),
         ];
         for (key, spoil) in cases {

@@ -726,6 +726,36 @@ pub fn memory() -> Value {
 }
 
 /// Renders a reply for humans: objects as key/value tables, arrays of objects as tables.
+/// `v` with the long identifiers a person does not read whole shortened: blake3 hashes (64 hex
+/// digits) to their first 8 digits, libp2p peer ids and SS58 addresses to their first and last
+/// characters (`12D3Ko…x9QvTb`, `5Grwva…utQY`). Multiaddrs stay whole: they are copied into
+/// configs. `apiary admin --wide` (or `--json`) shows everything in full.
+pub fn short_ids(v: &Value) -> Value {
+    fn base58(s: &str) -> bool {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() && !matches!(c, '0' | 'O' | 'I' | 'l'))
+    }
+    fn shorten(s: &str) -> Option<String> {
+        let hex = s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit());
+        if hex {
+            return Some(format!("{}…", &s[..8]));
+        }
+        let peer = s.starts_with("12D3KooW") && s.len() == 52 && base58(s);
+        let ss58 = s.starts_with('5') && (47..=48).contains(&s.len()) && base58(s);
+        (peer || ss58).then(|| format!("{}…{}", &s[..6], &s[s.len() - 6..]))
+    }
+    match v {
+        Value::String(s) => shorten(s).map_or_else(|| v.clone(), Value::String),
+        Value::Array(a) => Value::Array(a.iter().map(short_ids).collect()),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| (k.clone(), short_ids(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+/// Renders an admin reply as text: key/value lines for an object, a table for an array of
+/// objects.
 pub fn render_table(v: &Value) -> String {
     fn cell(v: &Value) -> String {
         match v {
@@ -811,6 +841,26 @@ pub fn render_table(v: &Value) -> String {
 mod tests {
     use super::*;
     use tokio::sync::mpsc;
+
+    #[test]
+    fn short_ids_shorten_hashes_peers_and_addresses_but_not_multiaddrs() {
+        let hash = "8b1aac08ac71b512ba150a97eacbe999f698e09c9752dac77d2d808a7884efa7";
+        let peer = "12D3KooW9woM3KbZGpSNvtGdKVCNGeHLKPK3cC1HhJztFgtJgveG";
+        let ss58 = "5GrwvaEF5zXb26Fz9rcQpDWS57CtERHpNehXCPcNoHGKutQY";
+        let addr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}");
+        let v = json!({"model_hash": hash, "rows": [{"peer": peer, "hotkey": ss58}],
+                       "listen_addrs": [addr.clone()], "name": "validator", "n": 3});
+        let s = short_ids(&v);
+        assert_eq!(s["model_hash"], "8b1aac08…");
+        assert_eq!(
+            s["rows"][0]["peer"],
+            "12D3Ko…JgveG".replace("JgveG", "tJgveG")
+        );
+        assert_eq!(s["rows"][0]["hotkey"], "5Grwva…GKutQY");
+        assert_eq!(s["listen_addrs"][0], addr.as_str());
+        assert_eq!(s["name"], "validator");
+        assert_eq!(s["n"], 3);
+    }
 
     #[test]
     fn sync_line_shows_bytes_rate_eta_and_windows() {

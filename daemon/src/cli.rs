@@ -53,6 +53,17 @@ pub enum Cmd {
     /// Model competitions: enter a model, see the leaderboard.
     #[command(subcommand)]
     Compete(CompeteCmd),
+    /// Check a node's setup line by line (config, data dir, disk, dataset, device, listen port;
+    /// on subtensor: wallet, endpoint, runtime weight calls, registration, validator permit)
+    /// and print what to fix; exits non-zero when something blocks running.
+    Doctor {
+        /// The node's config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a commented config for a new miner or validator (btcli wallet and hotkey,
     /// endpoint, netuid, data dir).
     Init(crate::init_cmd::InitArgs),
@@ -195,6 +206,9 @@ pub struct AdminArgs {
     /// until the node has caught up; other commands redraw their table.
     #[arg(long)]
     pub watch: bool,
+    /// Show hashes, peer ids and hotkeys in full (they are shortened by default).
+    #[arg(long)]
+    pub wide: bool,
     /// `unban`: the peer id whose ban to lift (see `apiary admin peers`).
     #[arg(long)]
     pub peer: Option<String>,
@@ -287,7 +301,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                         // Clear the screen and redraw from the top.
                         print!("\x1b[2J\x1b[H");
                     }
-                    print!("{}", crate::admin::render_table(&reply["result"]));
+                    let result = if a.wide {
+                        reply["result"].clone()
+                    } else {
+                        crate::admin::short_ids(&reply["result"])
+                    };
+                    print!("{}", crate::admin::render_table(&result));
                 }
                 if !a.watch {
                     return Ok(());
@@ -338,6 +357,24 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Wallet(w) => crate::wallet_cmd::run(w),
         Cmd::Chain(c) => crate::chain_cmd::run(c).await,
         Cmd::Init(a) => crate::init_cmd::run(&a),
+        Cmd::Doctor { config, json } => {
+            let cfg = NodeConfig::load(&config).with_context(|| {
+                format!(
+                    "{}: fix the file (`apiary check-config FILE` shows what it reads)",
+                    config.display()
+                )
+            })?;
+            let checks = crate::doctor::check(&cfg, &config).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", crate::doctor::render(&checks));
+            }
+            if crate::doctor::blocks(&checks) {
+                anyhow::bail!("apiary doctor found problems that block running (see above)");
+            }
+            Ok(())
+        }
         Cmd::CheckConfig { file } => {
             let cfg = NodeConfig::load(&file)?;
             println!(

@@ -193,7 +193,10 @@ mod tests {
         a.wallet = "../x".into();
         assert!(render(&a).is_err());
         let a = args(RoleArg::Miner, "http://nope");
-        assert!(render(&a).unwrap_err().to_string().contains("--endpoint"));
+        assert!(render(&a)
+            .expect_err("endpoint")
+            .to_string()
+            .contains("--endpoint"));
         let dir = tempfile::tempdir().expect("tmp");
         let mut a = args(RoleArg::Miner, "embedded");
         a.out = dir.path().join("apiary.toml");

@@ -30,6 +30,8 @@ pub struct Node {
     handles: Handles,
     supervisor: Option<SupervisorHandle>,
     admin: tokio::task::JoinHandle<()>,
+    /// The metrics endpoint's task and bound address (`metrics.listen`), when enabled.
+    metrics: Option<(tokio::task::JoinHandle<()>, std::net::SocketAddr)>,
     producer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -46,6 +48,11 @@ impl Node {
                 cfg.node.data_dir.display()
             )
         })?;
+        // Bound first: a port already taken stops the node before anything else starts.
+        let metrics_listener = match cfg.metrics.listen_addr() {
+            Some(addr) => Some(crate::metrics::bind(addr).await?),
+            None => None,
+        };
         let store = Store::open(&cfg.node.data_dir.join("db"))?;
         // The allocator's cache (only where the binary installed apiary-alloc). In a process with
         // several nodes (devnet, tests) the last one's setting holds; they share one default.
@@ -200,12 +207,25 @@ impl Node {
         let handles = supervisor.handles().clone();
         let listener = admin::bind(&admin_path)?;
         let admin = tokio::spawn(admin::serve(listener, Arc::clone(&ctx), handles.clone()));
+        let metrics = match metrics_listener {
+            Some(l) => {
+                let addr = l
+                    .local_addr()
+                    .context("cannot read the metrics endpoint's bound address")?;
+                let task =
+                    tokio::spawn(crate::metrics::serve(l, Arc::clone(&ctx), handles.clone()));
+                tracing::info!(%addr, "metrics endpoint listening: GET http://{addr}/metrics");
+                Some((task, addr))
+            }
+            None => None,
+        };
         tracing::info!(peer_id = %ctx.net.local_peer_id(), admin = %admin_path.display(), "node started");
         Ok(Node {
             ctx,
             handles,
             supervisor: Some(supervisor),
             admin,
+            metrics,
             producer,
         })
     }
@@ -213,6 +233,12 @@ impl Node {
     /// The shared context (status, store, counters).
     pub fn ctx(&self) -> &Arc<NodeContext> {
         &self.ctx
+    }
+
+    /// The address the metrics endpoint is bound to (`metrics.listen`, with the port picked
+    /// when it was 0); `None` when the endpoint is off.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The node's actor handles (scores, model, metagraph refresh, fault injection).
@@ -235,6 +261,9 @@ impl Node {
         }
         self.ctx.net.shutdown().await;
         self.admin.abort();
+        if let Some((m, _)) = self.metrics.take() {
+            m.abort();
+        }
         if let Some(p) = self.producer.take() {
             p.abort();
         }

@@ -53,6 +53,9 @@ mod weight {
     pub(super) const THROTTLED: f64 = 0.1;
 }
 
+/// How often the DHT routing table is refreshed (libp2p's default periodic bootstrap).
+const KAD_REFRESH: Duration = Duration::from_secs(300);
+
 /// How often bans expire and gossipsub scores are checked.
 const GUARD_TICK: Duration = Duration::from_secs(1);
 
@@ -217,6 +220,8 @@ pub(crate) struct EventLoop {
     blocked_by_hand: HashSet<PeerId>,
     /// This node serves as a circuit relay.
     relay_server: bool,
+    /// When the DHT was last refreshed.
+    last_kad_refresh: Instant,
 }
 
 /// Builds the swarm, listens, dials the bootstrap peers and spawns the loop.
@@ -284,6 +289,7 @@ pub(crate) async fn spawn(
         guard: Guard::new(params.guard),
         blocked_by_hand: HashSet::new(),
         relay_server: params.relay_server,
+        last_kad_refresh: Instant::now(),
     };
     event_loop.wait_listening(&params.listen).await?;
     for addr in &params.bootstrap {
@@ -417,9 +423,18 @@ impl EventLoop {
         }
     }
 
-    /// Ends expired bans and bans peers whose gossipsub score fell below the graylist.
+    /// Ends expired bans and bans peers whose gossipsub score fell below the graylist; refreshes
+    /// the DHT's routing table every [`KAD_REFRESH`] while peers are connected.
     fn on_guard_tick(&mut self) {
         let now = Instant::now();
+        if self.last_kad_refresh.elapsed() >= KAD_REFRESH
+            && self.swarm.connected_peers().next().is_some()
+        {
+            self.last_kad_refresh = now;
+            if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
+                debug!(%error, "DHT refresh skipped");
+            }
+        }
         for peer in self.guard.expire(now) {
             info!(%peer, "ban expired");
             if !self.blocked_by_hand.contains(&peer) {

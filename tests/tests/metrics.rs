@@ -1,0 +1,307 @@
+//! The Prometheus endpoint during a devnet: a validator and two miners run a couple of windows;
+//! the validator's `GET /metrics` (on 127.0.0.1, the port the node picked) is parsed with a
+//! Prometheus text-format parser and its key series checked.
+
+use apiary_config::Role;
+use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use prometheus_parse::{Scrape, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const T: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 request; the status line, the headers and the body of the answer.
+async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the metrics endpoint");
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("send the request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut raw))
+        .await
+        .expect("answered in time")
+        .expect("read the answer");
+    let raw = String::from_utf8(raw).expect("the answer is UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
+}
+
+/// Scrapes `addr` and parses the text format.
+async fn scrape(addr: SocketAddr) -> Scrape {
+    let (status, headers, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{headers}\n{body}");
+    assert!(
+        headers.contains("Content-Type: text/plain; version=0.0.4"),
+        "{headers}"
+    );
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+}
+
+/// The value of a counter or gauge sample.
+fn num(v: &Value) -> f64 {
+    match v {
+        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
+        other => panic!("not a single value: {other:?}"),
+    }
+}
+
+/// Samples of `metric` whose labels include `labels`.
+fn find<'a>(
+    s: &'a Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a prometheus_parse::Sample> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .collect()
+}
+
+/// The one value of `metric` with `labels`; panics when it is missing.
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = find(s, metric, labels);
+    assert_eq!(
+        found.len(),
+        1,
+        "{metric}{labels:?}: {} samples in the scrape",
+        found.len()
+    );
+    num(&found[0].value)
+}
+
+/// Every sample has a HELP line, a type declared by its TYPE line (never untyped), and counters
+/// (and only they) end in `_total`; every name and label follows the apiary conventions.
+fn check_conventions(s: &Scrape) {
+    assert!(!s.samples.is_empty(), "an empty scrape");
+    for x in &s.samples {
+        assert!(x.metric.starts_with("apiary_"), "{}", x.metric);
+        assert!(
+            s.docs.get(&x.metric).is_some_and(|d| !d.is_empty()),
+            "{} has no HELP",
+            x.metric
+        );
+        match &x.value {
+            Value::Counter(v) => {
+                assert!(x.metric.ends_with("_total"), "counter {}", x.metric);
+                assert!(*v >= 0.0, "{} = {v}", x.metric);
+            }
+            Value::Gauge(_) => assert!(!x.metric.ends_with("_total"), "gauge {}", x.metric),
+            other => panic!("{} is {other:?}: its TYPE line is missing", x.metric),
+        }
+    }
+}
+
+/// `config/grafana/apiary.json` is valid JSON, and every `apiary_*` name in its queries is a
+/// family of one of `scrapes`.
+fn dashboard_names_are_exported(scrapes: &[&Scrape]) {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/apiary.json");
+    let text = std::fs::read_to_string(&path).expect("the Grafana dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    for p in dash["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            exprs.push(t["expr"].as_str().expect("a target's expr").to_string());
+        }
+    }
+    assert!(exprs.len() >= 8, "{} queries", exprs.len());
+    let mut names = std::collections::BTreeSet::new();
+    for e in &exprs {
+        for (i, _) in e.match_indices("apiary_") {
+            let name: String = e[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    for name in &names {
+        assert!(
+            scrapes.iter().any(|s| s.docs.contains_key(name)),
+            "the dashboard queries {name}, which no node exports"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_endpoint_is_scraped_and_parsed_during_a_devnet() {
+    init_tracing();
+    let mut net = TestNet::new();
+    let dir = net.dir.path().to_path_buf();
+    let mut vcfg = test_config(&dir, "validator", Role::Validator);
+    vcfg.metrics.listen = "127.0.0.1:0".into();
+    vcfg.node.disk_budget_mb = 1024;
+    let v = net.spawn(vcfg).await;
+    let mut m1cfg = test_config(&dir, "miner-1", Role::Miner);
+    m1cfg.metrics.listen = "127.0.0.1:0".into();
+    let m1 = net.spawn(m1cfg).await;
+    let m2 = net.spawn(test_config(&dir, "miner-2", Role::Miner)).await;
+    net.wait_connected(T).await;
+    let vaddr = net.nodes[v]
+        .metrics_addr()
+        .expect("validator's metrics endpoint");
+    assert!(vaddr.ip().is_loopback() && vaddr.port() != 0, "{vaddr}");
+    let m1addr = net.nodes[m1]
+        .metrics_addr()
+        .expect("miner-1's metrics endpoint");
+    assert_eq!(
+        net.nodes[m2].metrics_addr(),
+        None,
+        "off unless metrics.listen is set"
+    );
+
+    // Two windows: both miners' updates scored, each record applied.
+    let vctx = net.nodes[v].ctx().clone();
+    let eval = net.nodes[v].handles().evaluator.clone();
+    let bpw = vctx.cfg.chain.blocks_per_window;
+    let first = net.chain.head().number / bpw + 1;
+    for w in first..first + 2 {
+        net.advance_to(w * bpw);
+        wait_until(
+            T,
+            &format!("validator scores 2 updates of window {w}"),
+            || async { eval.scored_in(w).await.unwrap_or(0) >= 2 },
+        )
+        .await;
+    }
+    net.advance_to((first + 2) * bpw);
+    wait_until(T, "the validator applies the second window", || async {
+        vctx.status().model_window == Some(first + 1)
+    })
+    .await;
+
+    let miners: Vec<(String, String)> = [m1, m2]
+        .iter()
+        .map(|&m| {
+            let c = net.nodes[m].ctx();
+            (
+                c.uid().expect("miner uid").to_string(),
+                c.hotkey.id().ss58(),
+            )
+        })
+        .collect();
+    // The scores of a closed window reach the scrape.
+    wait_until(T, "both miners' scores in a scrape", || async {
+        let s = scrape(vaddr).await;
+        miners
+            .iter()
+            .all(|(uid, _)| !find(&s, "apiary_miner_score", &[("uid", uid)]).is_empty())
+    })
+    .await;
+
+    let s = scrape(vaddr).await;
+    check_conventions(&s);
+    let info = find(&s, "apiary_node_info", &[("role", "validator")]);
+    assert_eq!(info.len(), 1, "apiary_node_info");
+    assert_eq!(
+        info[0].labels.get("hotkey"),
+        Some(vctx.hotkey.id().ss58().as_str())
+    );
+
+    // Windows and losses.
+    let window = value(&s, "apiary_window", &[]);
+    assert!(window >= (first + 2) as f64, "window {window}");
+    assert!(value(&s, "apiary_model_window", &[]) >= (first + 1) as f64);
+    let loss = value(&s, "apiary_held_out_loss", &[]);
+    assert!(loss.is_finite() && loss > 0.0, "held-out loss {loss}");
+    assert!(value(&s, "apiary_block_number", &[]) >= ((first + 2) * bpw) as f64);
+    assert!(value(&s, "apiary_chain_lag_blocks", &[]) >= 0.0);
+    assert!(value(&s, "apiary_chain_head_timestamp_seconds", &[]) > 1.0e9);
+
+    // Per-miner scores, labelled with uid and hotkey.
+    for (uid, hotkey) in &miners {
+        let score = value(
+            &s,
+            "apiary_miner_score",
+            &[("uid", uid), ("hotkey", hotkey)],
+        );
+        assert!((0.0..=1.0).contains(&score), "uid {uid}: score {score}");
+        let last = value(&s, "apiary_miner_last_score", &[("uid", uid)]);
+        assert!((0.0..=1.0).contains(&last), "uid {uid}: last score {last}");
+        assert!(value(&s, "apiary_miner_windows_total", &[("uid", uid)]) >= 1.0);
+    }
+
+    // Bytes and gossip outcomes.
+    assert!(value(&s, "apiary_net_bytes_received_total", &[]) > 0.0);
+    assert!(value(&s, "apiary_net_bytes_sent_total", &[]) >= 0.0);
+    for outcome in [
+        "accepted",
+        "unknown_hotkey",
+        "rejected",
+        "ignored",
+        "bad_signature",
+        "oversize",
+        "malformed",
+    ] {
+        value(
+            &s,
+            "apiary_gossip_validation_total",
+            &[("outcome", outcome)],
+        );
+    }
+    assert!(
+        value(
+            &s,
+            "apiary_gossip_validation_total",
+            &[("outcome", "accepted")]
+        ) >= 4.0,
+        "the validator accepted the miners' announcements"
+    );
+    for reason in [
+        "payload_malformed",
+        "unregistered",
+        "impersonation",
+        "stale",
+        "replayed",
+    ] {
+        value(&s, "apiary_gossip_refused_total", &[("reason", reason)]);
+    }
+    assert!(value(&s, "apiary_gossip_published_total", &[]) >= 1.0);
+
+    // Peers, restarts, store, the exporter itself.
+    assert!(value(&s, "apiary_connected_peers", &[]) >= 2.0);
+    for m in [m1, m2] {
+        let peer = net.nodes[m].ctx().net.local_peer_id().to_string();
+        assert_eq!(value(&s, "apiary_peer_connected", &[("peer", &peer)]), 1.0);
+        value(&s, "apiary_peer_strikes", &[("peer", &peer)]);
+    }
+    assert_eq!(value(&s, "apiary_actor_restarts_total", &[]), 0.0);
+    assert!(value(&s, "apiary_store_disk_bytes", &[]) > 0.0);
+    assert!(value(&s, "apiary_updates_evaluated_total", &[]) >= 4.0);
+    assert!(value(&s, "apiary_records_applied_total", &[]) >= 1.0);
+    for source in ["chain", "evaluator", "peers", "store"] {
+        assert_eq!(
+            value(&s, "apiary_metrics_source_up", &[("source", source)]),
+            1.0,
+            "source {source}"
+        );
+    }
+    assert!(value(&s, "apiary_metrics_requests_total", &[("code", "200")]) >= 1.0);
+
+    // A miner's scrape: its training loss, no scores.
+    let ms = scrape(m1addr).await;
+    check_conventions(&ms);
+    let train = value(&ms, "apiary_train_loss", &[]);
+    assert!(train.is_finite() && train > 0.0, "training loss {train}");
+    assert!(value(&ms, "apiary_gossip_published_total", &[]) >= 2.0);
+    assert!(find(&ms, "apiary_miner_score", &[]).is_empty());
+
+    // Every metric the Grafana dashboard queries is one the nodes export.
+    dashboard_names_are_exported(&[&s, &ms]);
+
+    // Anything but /metrics is not found.
+    let (status, _, _) = http_get(vaddr, "/").await;
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+
+    net.shutdown().await;
+    wait_until(T, "the metrics endpoint stops with the node", || async {
+        tokio::net::TcpStream::connect(vaddr).await.is_err()
+    })
+    .await;
+}
