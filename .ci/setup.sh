@@ -4,6 +4,7 @@
 #   - libclang-dev: bindgen for the bundled RocksDB build.
 #   - chopsticks (@acala-network/chopsticks@1.5.1, pinned in package.json / package-lock.json)
 #     into node_modules/: it serves the real subtensor runtime to tests/tests/subtensor.rs.
+#   - chromium: tests/tests/dashboard.rs renders the dashboard page in it, headless.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -27,3 +28,9 @@ if [ ! -x "$ROOT/node_modules/.bin/chopsticks" ]; then
   fi
 fi
 "$ROOT/node_modules/.bin/chopsticks" --version >/dev/null
+
+# Debian's Chromium: tests/tests/dashboard.rs renders the dashboard page in it, headless.
+if ! command -v chromium >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+fi

@@ -15,6 +15,9 @@ pub struct MetricsConfig {
     /// Allow a `listen` address other than loopback. The endpoint has no authentication: only
     /// for a scraper on a private network, behind a firewall.
     pub allow_remote: bool,
+    /// Also serve a live dashboard page at `/` (loss curve, scores and weights per miner over
+    /// windows, peers, sync progress; one self-contained page, no CDN) on the same address.
+    pub dashboard: bool,
 }
 
 impl MetricsConfig {

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod chain_cmd;
 pub mod cli;
+pub mod dashboard;
 pub mod devnet;
 pub mod doctor;
 pub mod init_cmd;

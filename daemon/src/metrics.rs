@@ -928,21 +928,30 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
 /// Serves a node's metrics on `listener` until the task is aborted (which also ends every
 /// connection in progress).
 pub async fn serve(listener: TcpListener, ctx: Arc<NodeContext>, handles: Handles) {
+    let (ctx2, handles2) = (Arc::clone(&ctx), handles.clone());
     let http = Arc::new(HttpStats::default());
     let exporter = Arc::new(Exporter::new(ctx, handles, Arc::clone(&http)));
     let render: Render = Arc::new(move || {
         let ex = Arc::clone(&exporter);
         Box::pin(async move { ex.collect().await.render() })
     });
-    serve_with(listener, MetricsLimits::default(), http, render).await
+    let dashboard: Option<Render> = ctx2.cfg.metrics.dashboard.then(|| -> Render {
+        Arc::new(move || {
+            let (ctx, handles) = (Arc::clone(&ctx2), handles2.clone());
+            Box::pin(async move { crate::dashboard::data(&ctx, &handles).await.to_string() })
+        })
+    });
+    serve_with(listener, MetricsLimits::default(), http, render, dashboard).await
 }
 
-/// Serves `render`'s text on `listener` within `limits` (see the module docs).
+/// Serves `render`'s text on `listener` within `limits` (see the module docs), and with
+/// `dashboard` the dashboard page at `/` and its data (`dashboard`'s JSON) at `/api/dashboard`.
 pub async fn serve_with(
     listener: TcpListener,
     limits: MetricsLimits,
     stats: Arc<HttpStats>,
     render: Render,
+    dashboard: Option<Render>,
 ) {
     // Dropped with this future: aborting the server aborts its connections too.
     let mut conns = JoinSet::new();
@@ -987,9 +996,10 @@ pub async fn serve_with(
             );
             continue;
         }
-        let (render, stats) = (Arc::clone(&render), Arc::clone(&stats));
+        let (render, stats, dashboard) =
+            (Arc::clone(&render), Arc::clone(&stats), dashboard.clone());
         conns.spawn(async move {
-            if let Err(e) = handle_conn(stream, limits, &stats, &render).await {
+            if let Err(e) = handle_conn(stream, limits, &stats, &render, dashboard.as_ref()).await {
                 tracing::debug!(error = %e, "metrics connection ended");
             }
         });
@@ -1074,6 +1084,16 @@ enum Route {
         /// No body wanted.
         head: bool,
     },
+    /// `GET /`: the dashboard page.
+    Dashboard {
+        /// No body wanted.
+        head: bool,
+    },
+    /// `GET /api/dashboard`: the dashboard's data.
+    DashboardData {
+        /// No body wanted.
+        head: bool,
+    },
     /// Another path.
     NotFound,
     /// Another method on `/metrics`.
@@ -1098,13 +1118,17 @@ fn route(head: &[u8]) -> Route {
         return Route::BadRequest;
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
-    if path != "/metrics" {
-        return Route::NotFound;
-    }
-    match method {
-        "GET" => Route::Metrics { head: false },
-        "HEAD" => Route::Metrics { head: true },
-        _ => Route::MethodNotAllowed,
+    let head = match method {
+        "GET" => false,
+        "HEAD" => true,
+        _ if ["/metrics", "/", "/api/dashboard"].contains(&path) => return Route::MethodNotAllowed,
+        _ => return Route::NotFound,
+    };
+    match path {
+        "/metrics" => Route::Metrics { head },
+        "/" => Route::Dashboard { head },
+        "/api/dashboard" => Route::DashboardData { head },
+        _ => Route::NotFound,
     }
 }
 
@@ -1114,6 +1138,7 @@ async fn handle_conn(
     limits: MetricsLimits,
     stats: &HttpStats,
     render: &Render,
+    dashboard: Option<&Render>,
 ) -> std::io::Result<()> {
     let head = tokio::time::timeout(
         limits.request_timeout,
@@ -1153,7 +1178,29 @@ async fn handle_conn(
                     ),
                 }
             }
-            Route::NotFound => (
+            Route::Dashboard { head } if dashboard.is_some() => (
+                200,
+                "text/html; charset=utf-8",
+                crate::dashboard::PAGE.to_string(),
+                head,
+            ),
+            Route::DashboardData { head } if dashboard.is_some() => {
+                let data = dashboard.map(|d| d());
+                match data {
+                    Some(fut) => match tokio::time::timeout(limits.render_timeout, fut).await {
+                        Ok(json) => (200, "application/json", json, head),
+                        Err(_) => (
+                            503,
+                            "text/plain",
+                            "the node did not gather the dashboard's data in time; retry\n"
+                                .to_string(),
+                            false,
+                        ),
+                    },
+                    None => (404, "text/plain", "no dashboard\n".to_string(), false),
+                }
+            }
+            Route::NotFound | Route::Dashboard { .. } | Route::DashboardData { .. } => (
                 404,
                 "text/plain",
                 "not found; metrics are at GET /metrics\n".to_string(),
@@ -1301,7 +1348,11 @@ mod tests {
             route(b"HEAD /metrics HTTP/1.1\r\n\r\n"),
             Route::Metrics { head: true }
         );
-        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"GET / HTTP/1.1\r\n\r\n"),
+            Route::Dashboard { head: false }
+        );
+        assert_eq!(route(b"GET /nope HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
         assert_eq!(
             route(b"POST /metrics HTTP/1.1\r\n\r\n"),
@@ -1328,7 +1379,13 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let stats = Arc::new(HttpStats::default());
         let render: Render = Arc::new(move || Box::pin(async move { body.to_string() }));
-        tokio::spawn(serve_with(listener, limits, Arc::clone(&stats), render));
+        tokio::spawn(serve_with(
+            listener,
+            limits,
+            Arc::clone(&stats),
+            render,
+            None,
+        ));
         (addr, stats)
     }
 

@@ -1,0 +1,74 @@
+//! The dashboard page (`metrics.dashboard`): one self-contained HTML page served at `/` next
+//! to `/metrics` (no CDN, no external script: canvas charts drawn by a few lines of inline
+//! JavaScript), which polls `/api/dashboard` every 2 s.
+
+use apiary_actors::context::NodeContext;
+use apiary_actors::trainer::AppliedWindow;
+use apiary_actors::weights::WeightSubmission;
+use apiary_actors::Handles;
+use apiary_storage::Column;
+use serde_json::{json, Value};
+
+/// The page.
+pub const PAGE: &str = include_str!("dashboard.html");
+
+/// Windows of loss and weights the data carries at most.
+const HISTORY: usize = 500;
+
+/// What the page shows: the node, the held-out loss per applied window, the miners' scores
+/// (validators), the weights submitted per window, peers, and sync progress.
+pub async fn data(ctx: &NodeContext, handles: &Handles) -> Value {
+    let status = ctx.status();
+    let loss: Vec<Value> = ctx
+        .store
+        .scan::<AppliedWindow>(Column::Windows)
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .take(HISTORY)
+        .rev()
+        .filter(|(_, w)| w.held_out_loss.is_finite())
+        .map(|(_, w)| json!({"window": w.window, "held_out_loss": w.held_out_loss}))
+        .collect();
+    let weights: Vec<Value> = ctx
+        .store
+        .scan::<WeightSubmission>(Column::Weights)
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .take(HISTORY)
+        .rev()
+        .filter(|(_, s)| s.error.is_none())
+        .map(|(_, s)| json!({"window": s.window, "weights": s.weights}))
+        .collect();
+    let miners: Vec<Value> = if ctx.cfg.node.role == apiary_config::Role::Validator {
+        handles
+            .evaluator
+            .scores()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| json!({"uid": e.uid, "ema": e.ema, "last": e.last, "window": e.window}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let peers: Vec<Value> = ctx
+        .net
+        .standings()
+        .await
+        .into_iter()
+        .map(|p| {
+            json!({"peer": p.peer.to_string(), "connected": p.connected,
+                   "gossip_score": p.gossip_score, "strikes": p.strikes, "banned": p.banned})
+        })
+        .collect();
+    json!({
+        "node": {"name": ctx.cfg.node.name, "role": ctx.cfg.node.role.to_string(), "uid": status.uid},
+        "sync": crate::admin::sync(ctx),
+        "loss": loss,
+        "weights": weights,
+        "miners": miners,
+        "peers": peers,
+    })
+}
