@@ -5,6 +5,8 @@
 #   - chopsticks (@acala-network/chopsticks@1.5.1, pinned in package.json / package-lock.json)
 #     into node_modules/: it serves the real subtensor runtime to tests/tests/subtensor.rs.
 #   - chromium: tests/tests/dashboard.rs renders the dashboard page in it, headless.
+#   - bittensor (the Python SDK, pinned below) into target/bittensor-venv/: the oracle that
+#     tests/tests/wallet_oracle.rs checks btcli wallet files against, both ways.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -34,3 +36,19 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO apt-get update -qq
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
+
+BITTENSOR_VERSION=11.3.0
+VENV="$ROOT/target/bittensor-venv"
+has_bittensor() {
+  "$VENV/bin/python" -c "import importlib.metadata as m, sys; import bittensor.wallet; sys.exit(m.version('bittensor') != '$BITTENSOR_VERSION')" >/dev/null 2>&1
+}
+if ! has_bittensor; then
+  if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq python3 python3-venv
+  fi
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "bittensor==$BITTENSOR_VERSION"
+fi
+has_bittensor || { echo "bittensor==$BITTENSOR_VERSION is not importable from $VENV (see the pip output above)" >&2; exit 1; }
