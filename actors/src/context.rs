@@ -144,6 +144,10 @@ metrics! {
     updates_wrong_base,
     /// Updates whose id another uid announced first in the same window (copies).
     updates_copied,
+    /// Windows closed at the end of their grace with scoring still in flight (the validator
+    /// could not keep up; the first one after start, while the evaluator warms up, is logged
+    /// at info, later ones at warn).
+    windows_forced_close,
     /// Updates rejected because the miner's sync proof (a slice of its base model) was missing,
     /// malformed or did not match this validator's model.
     updates_out_of_sync,

@@ -181,12 +181,15 @@ fn on_gossip(st: &GossipState, from: PeerId, hotkey: apiary_chain::keys::HotkeyI
     };
     let Some(mg) = ctx.metagraph() else {
         Metrics::inc(&m.gossip_unregistered);
-        tracing::warn!(peer = %from, %hotkey, "dropping gossip: no metagraph yet");
+        // Start-up: counted, and expected until the first metagraph is read.
+        tracing::info!(peer = %from, %hotkey, "dropping gossip: no metagraph yet");
         return;
     };
     let Some(neuron) = mg.by_hotkey(&hotkey) else {
         Metrics::inc(&m.gossip_unregistered);
-        tracing::warn!(peer = %from, %hotkey, "dropping gossip from a hotkey not registered on the subnet");
+        // Counted (`gossip_unregistered`; the network layer strikes the sender): expected while
+        // a peer's registration is not yet in the metagraph this node read.
+        tracing::info!(peer = %from, %hotkey, "dropping gossip from a hotkey not registered on the subnet");
         return;
     };
     let netuid = ctx.cfg.chain.netuid;

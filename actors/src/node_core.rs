@@ -217,7 +217,20 @@ fn execute(myself: &ActorRef<Event>, a: &CoreArgs, action: Action) -> Option<Act
             aggregate,
         } => {
             if forced {
-                tracing::warn!(window, "closing window with scoring still in flight");
+                // The first forced close after start is the evaluator warming up (loading the
+                // model, the first recomputes); later ones mean it cannot keep up.
+                let n = ctx
+                    .metrics
+                    .windows_forced_close
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n == 0 {
+                    tracing::info!(
+                        window,
+                        "closing window with scoring still in flight (warming up)"
+                    );
+                } else {
+                    tracing::warn!(window, "closing window with scoring still in flight; this validator cannot keep up (fewer recomputes: validator.max_recomputes_per_window)");
+                }
             }
             a.evaluator.close(window, wrong_base, aggregate)
         }

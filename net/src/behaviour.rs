@@ -484,9 +484,9 @@ impl ApiaryBehaviour {
         let ping = ping::Behaviour::new(ping::Config::new());
 
         let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-        // No timer-driven bootstrap: at start the routing table is empty and libp2p would warn
-        // "no known peers". Kademlia still bootstraps when the first peers enter the table, and
-        // the event loop refreshes it every few minutes while peers are connected.
+        // No timer-driven bootstrap (it fires with an empty routing table and warns "no known
+        // peers"): the event loop bootstraps once the table has peers, then every few minutes;
+        // libp2p still bootstraps when the first peers enter the table.
         kad_config.set_periodic_bootstrap_interval(None);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);

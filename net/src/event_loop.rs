@@ -220,8 +220,8 @@ pub(crate) struct EventLoop {
     blocked_by_hand: HashSet<PeerId>,
     /// This node serves as a circuit relay.
     relay_server: bool,
-    /// When the DHT was last refreshed.
-    last_kad_refresh: Instant,
+    /// When the DHT was last refreshed (`None`: not yet).
+    last_kad_refresh: Option<Instant>,
 }
 
 /// Builds the swarm, listens, dials the bootstrap peers and spawns the loop.
@@ -289,7 +289,7 @@ pub(crate) async fn spawn(
         guard: Guard::new(params.guard),
         blocked_by_hand: HashSet::new(),
         relay_server: params.relay_server,
-        last_kad_refresh: Instant::now(),
+        last_kad_refresh: None,
     };
     event_loop.wait_listening(&params.listen).await?;
     for addr in &params.bootstrap {
@@ -423,14 +423,21 @@ impl EventLoop {
         }
     }
 
-    /// Ends expired bans and bans peers whose gossipsub score fell below the graylist; refreshes
-    /// the DHT's routing table every [`KAD_REFRESH`] while peers are connected.
+    /// Ends expired bans and bans peers whose gossipsub score fell below the graylist;
+    /// bootstraps the DHT once its routing table has peers, then every [`KAD_REFRESH`].
     fn on_guard_tick(&mut self) {
         let now = Instant::now();
-        if self.last_kad_refresh.elapsed() >= KAD_REFRESH
-            && self.swarm.connected_peers().next().is_some()
-        {
-            self.last_kad_refresh = now;
+        let due = self
+            .last_kad_refresh
+            .is_none_or(|t| t.elapsed() >= KAD_REFRESH);
+        let known = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .any(|b| b.num_entries() > 0);
+        if due && known {
+            self.last_kad_refresh = Some(now);
             if let Err(error) = self.swarm.behaviour_mut().kad.bootstrap() {
                 debug!(%error, "DHT refresh skipped");
             }

@@ -243,6 +243,64 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
     let keys = wallet_keys(&dir.path().join("wallets"), &names);
     let owner = Hotkey::from_dev_label("subnet owner 2");
     let netuid = chain.dev_subnet(&owner, 10).await.expect("subnet");
+
+    // `apiary doctor` against this runtime, for the first node as its operator would set it
+    // up: the hotkey is in a btcli wallet but not registered yet.
+    let mut dcfg = test_config(dir.path(), names[0], Role::Validator);
+    dcfg.chain.backend = apiary_config::ChainBackend::Subtensor;
+    dcfg.chain.endpoint = chop.url();
+    dcfg.chain.rpc = apiary_config::ChainRpc::Legacy;
+    dcfg.chain.wallet_path = Some(dir.path().join("wallets"));
+    dcfg.chain.wallet = "apiary-test".into();
+    dcfg.chain.hotkey = names[0].into();
+    dcfg.chain.netuid = netuid;
+    let doctor = |cfg: apiary_config::NodeConfig| async move {
+        apiary_daemon::doctor::check(&cfg, std::path::Path::new("node.toml")).await
+    };
+    let checks = doctor(dcfg.clone()).await;
+    let report = apiary_daemon::doctor::render(&checks);
+    let find = |checks: &[apiary_daemon::doctor::Check], what: &str| {
+        checks
+            .iter()
+            .find(|c| c.what == what)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {what} check"))
+    };
+    let reg = find(&checks, "registration");
+    assert_eq!(
+        reg.verdict,
+        apiary_daemon::doctor::Verdict::Fail,
+        "{report}"
+    );
+    assert_eq!(
+        reg.fix.as_deref(),
+        Some(
+            format!(
+                "register it: `btcli subnet register --netuid {netuid} --wallet.name apiary-test \
+                 --wallet.hotkey {}` (or `apiary chain register`)",
+                names[0]
+            )
+            .as_str()
+        ),
+        "{report}"
+    );
+    let runtime = find(&checks, "runtime");
+    assert_eq!(
+        runtime.verdict,
+        apiary_daemon::doctor::Verdict::Ok,
+        "{report}"
+    );
+    assert!(
+        runtime.detail.contains("set_weights") && runtime.detail.contains("commit_weights"),
+        "{report}"
+    );
+    assert_eq!(
+        find(&checks, "endpoint").verdict,
+        apiary_daemon::doctor::Verdict::Ok,
+        "{report}"
+    );
+    assert!(apiary_daemon::doctor::blocks(&checks));
+
     let shared: Arc<dyn ChainClient> = chain.clone();
     let mut nodes = Vec::new();
     for (name, key) in names.iter().zip(&keys) {
@@ -265,6 +323,17 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
             .expect("node starts");
         nodes.push(node);
     }
+    // Registered now: the doctor finds its uid.
+    let checks = doctor(dcfg.clone()).await;
+    let reg = find(&checks, "registration");
+    assert_eq!(
+        reg.verdict,
+        apiary_daemon::doctor::Verdict::Ok,
+        "{}",
+        apiary_daemon::doctor::render(&checks)
+    );
+    assert!(reg.detail.starts_with("uid "), "{}", reg.detail);
+
     let mg = chain.metagraph(netuid).await.expect("metagraph");
     for n in &nodes {
         let me = mg.by_hotkey(&n.ctx().hotkey.id()).expect("registered");
