@@ -114,7 +114,8 @@ pub enum ChainCmd {
         /// Do not ask.
         #[arg(long)]
         yes: bool,
-        /// Pay the burn from the hotkey's own balance instead of the (unencrypted) coldkey.
+        /// Pay the burn from the hotkey's own balance instead of the coldkey (which is then not
+        /// unlocked).
         #[arg(long)]
         pay_with_hotkey: bool,
     },
@@ -178,7 +179,7 @@ pub async fn run(cmd: ChainCmd) -> Result<()> {
                 hk.clone()
             } else {
                 w.coldkey().with_context(|| {
-                    format!("the coldkey pays the registration burn; register with btcli (`btcli subnets register --netuid {netuid} --wallet.name {} --wallet.hotkey {}`) or pass --pay-with-hotkey", cfg.chain.wallet, cfg.chain.hotkey)
+                    format!("the coldkey pays the registration burn; unlock it (its password, or APIARY_WALLET_PASSWORD), register with btcli (`btcli subnet register --netuid {netuid} --wallet.name {} --wallet.hotkey {}`) or pass --pay-with-hotkey", cfg.chain.wallet, cfg.chain.hotkey)
                 })?
             };
             let chain = connect_subtensor(&cfg).await?;
