@@ -44,6 +44,24 @@ async fn run_window(net: &TestNet, v: usize, scored: usize, appliers: &[usize], 
     .await;
 }
 
+/// Blocks (or unblocks) every pair across `left` and `right`, at both ends.
+async fn partition(net: &TestNet, left: &[usize], right: &[usize], cut: bool) {
+    for &l in left {
+        for &r in right {
+            for (from, to) in [(l, r), (r, l)] {
+                let handle = &net.nodes[from].ctx().net;
+                let other = net.nodes[to].ctx().net.local_peer_id();
+                let done = if cut {
+                    handle.block_peer(other).await
+                } else {
+                    handle.unblock_peer(other).await
+                };
+                done.expect("the network is running");
+            }
+        }
+    }
+}
+
 /// A miner that joins after several windows of training reaches the swarm's model hash within
 /// two windows, by downloading the checkpoint in ranges from the peers that hold it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -134,22 +152,7 @@ async fn a_partitioned_swarm_heals_to_one_model_hash() {
     // Cut {validator, miner-a} from {miner-b1, miner-b2}.
     let (left, right) = ([v, a], [b1, b2]);
     let peer = |i: usize| net.nodes[i].ctx().net.local_peer_id();
-    for &l in &left {
-        for &r in &right {
-            net.nodes[l]
-                .ctx()
-                .net
-                .block_peer(peer(r))
-                .await
-                .expect("block");
-            net.nodes[r]
-                .ctx()
-                .net
-                .block_peer(peer(l))
-                .await
-                .expect("block");
-        }
-    }
+    partition(&net, &left, &right, true).await;
     wait_until(T, "the halves disconnect", || async {
         let mut cut = true;
         for &l in &left {
@@ -175,22 +178,7 @@ async fn a_partitioned_swarm_heals_to_one_model_hash() {
     );
 
     // Heal.
-    for &l in &left {
-        for &r in &right {
-            net.nodes[l]
-                .ctx()
-                .net
-                .unblock_peer(peer(r))
-                .await
-                .expect("unblock");
-            net.nodes[r]
-                .ctx()
-                .net
-                .unblock_peer(peer(l))
-                .await
-                .expect("unblock");
-        }
-    }
+    partition(&net, &left, &right, false).await;
     net.wait_connected(T).await;
     run_window(&net, v, 1, &[v, a, b1, b2], first + 4).await;
     let hashes: Vec<_> = (0..net.nodes.len()).map(|i| hash_of(&net, i)).collect();
