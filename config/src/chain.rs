@@ -58,6 +58,10 @@ pub struct ChainConfig {
     pub hotkey: String,
     /// Subtensor: wallets directory (default `~/.bittensor/wallets`).
     pub wallet_path: Option<PathBuf>,
+    /// Subtensor: the subnet's incentive mechanism this validator's weights are for (0, the
+    /// main one, by default). On a runtime with mechanism-aware calls any id is sent with
+    /// `set_mechanism_weights`; on older runtimes only 0 exists.
+    pub mechanism: u8,
 }
 
 impl Default for ChainConfig {
@@ -75,6 +79,7 @@ impl Default for ChainConfig {
             wallet: "default".into(),
             hotkey: "default".into(),
             wallet_path: None,
+            mechanism: 0,
         }
     }
 }

@@ -28,7 +28,9 @@ pub async fn connect_subtensor(cfg: &NodeConfig) -> Result<Arc<SubtensorChain>> 
         ChainRpc::Default => RpcBackend::Default,
         ChainRpc::Legacy => RpcBackend::Legacy,
     };
-    SubtensorChain::connect(SubtensorOptions::new(url.clone(), rpc))
+    let mut opts = SubtensorOptions::new(url.clone(), rpc);
+    opts.mechanism = cfg.chain.mechanism;
+    SubtensorChain::connect(opts)
         .await
         .with_context(|| {
             format!("cannot reach subtensor at {url}; check chain.endpoint (and chain.rpc = \"legacy\" for chopsticks)")

@@ -349,38 +349,42 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
             return out;
         }
     };
-    let calls = [
-        "set_weights",
-        "commit_weights",
-        "reveal_weights",
-        "set_mechanism_weights",
-        "commit_timelocked_mechanism_weights",
-    ];
-    let mut present = Vec::new();
-    for call in calls {
-        if chain
-            .has_call("SubtensorModule", call)
-            .await
-            .unwrap_or(false)
-        {
-            present.push(call);
-        }
-    }
-    out.push(
-        if present.contains(&"set_weights") || present.contains(&"commit_weights") {
-            ok("runtime", format!("weight calls: {}", present.join(", ")))
-        } else {
-            bad(
-                Verdict::Fail,
-                "runtime",
-                format!(
-                    "no weight call this node can make (found: {})",
-                    present.join(", ")
+    out.push(match chain.weight_calls().await {
+        Err(e) => bad(
+            Verdict::Fail,
+            "runtime",
+            format!("cannot read the runtime's metadata: {e}"),
+            "check chain.endpoint",
+        ),
+        Ok(calls) => {
+            let names = calls.names().join(", ");
+            // What a validator submits without and with commit-reveal.
+            let plain = apiary_subtensor::choose_weight_call(&calls, false, cfg.chain.mechanism);
+            let commit = apiary_subtensor::choose_weight_call(&calls, true, cfg.chain.mechanism);
+            match (plain, commit) {
+                (Ok(p), Ok(c)) => ok(
+                    "runtime",
+                    format!(
+                        "weight calls: {names}; this node uses {p:?} ({c:?} under commit-reveal)"
+                    ),
                 ),
-                "this runtime needs a newer apiary (mechanism-aware or timelocked weight calls)",
-            )
-        },
-    );
+                (Ok(p), Err(e)) => bad(
+                    Verdict::Warn,
+                    "runtime",
+                    format!(
+                        "weight calls: {names}; this node uses {p:?}, but under commit-reveal: {e}"
+                    ),
+                    "fine while the subnet has commit-reveal off",
+                ),
+                (Err(e), _) => bad(
+                    Verdict::Fail,
+                    "runtime",
+                    format!("weight calls: {names}: {e}"),
+                    "set chain.mechanism to one this runtime has (0), or use a newer apiary",
+                ),
+            }
+        }
+    });
     let Some(hotkey) = hotkey else {
         return out;
     };

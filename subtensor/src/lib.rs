@@ -21,7 +21,7 @@ pub mod values;
 pub mod wallet;
 
 pub use client::{
-    resolve_endpoint, ChainHealth, RpcBackend, SubtensorChain, SubtensorOptions, FINNEY, LOCAL,
-    TESTNET,
+    choose_weight_call, resolve_endpoint, ChainHealth, RpcBackend, SubtensorChain,
+    SubtensorOptions, WeightCall, WeightCalls, FINNEY, LOCAL, TESTNET,
 };
 pub use wallet::Wallet;

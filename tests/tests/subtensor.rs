@@ -290,10 +290,16 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
         apiary_daemon::doctor::Verdict::Ok,
         "{report}"
     );
+    // Spec 218's metadata: plain and hash-commit calls, no mechanisms, no timelock.
     assert!(
-        runtime.detail.contains("set_weights") && runtime.detail.contains("commit_weights"),
+        runtime.detail.starts_with(
+            "weight calls: set_weights, commit_weights, reveal_weights; this node uses Set \
+             (Commit under commit-reveal)"
+        ),
         "{report}"
     );
+    let calls = chain.weight_calls().await.expect("metadata");
+    assert!(!calls.set_mechanism_weights && !calls.commit_timelocked_mechanism_weights);
     assert_eq!(
         find(&checks, "endpoint").verdict,
         apiary_daemon::doctor::Verdict::Ok,

@@ -39,6 +39,12 @@ impl SubtensorChain {
         }))
     }
 
+    /// The weight calls the connected runtime's metadata offers.
+    pub async fn weight_calls(&self) -> Result<super::calls::WeightCalls> {
+        let at = self.at_latest().await?;
+        Ok(super::calls::WeightCalls::from_metadata(at.metadata_ref()))
+    }
+
     /// The endpoint URL.
     pub fn url(&self) -> &str {
         &self.connection.opts.url

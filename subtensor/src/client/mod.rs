@@ -48,6 +48,7 @@
 //! [`ChainError`]: apiary_chain::ChainError
 //! [`ChainError::Unavailable`]: apiary_chain::ChainError::Unavailable
 
+mod calls;
 mod chain;
 mod chain_client;
 mod connection;
@@ -60,6 +61,7 @@ mod storage;
 mod sync;
 mod weights;
 
+pub use calls::{choose_weight_call, WeightCall, WeightCalls, WEIGHT_CALL_NAMES};
 pub use chain::SubtensorChain;
 pub use connection::ChainHealth;
 pub use extrinsics::{fit_commitment, signer, MAX_COMMITMENT_BYTES};

@@ -45,6 +45,9 @@ pub struct SubtensorOptions {
     pub call_timeout: Duration,
     /// How often the follower pings the node to detect a dead connection.
     pub ping_every: Duration,
+    /// The subnet's incentive mechanism this node's weights are for (`chain.mechanism`; 0 is
+    /// the main one, and the only one on runtimes without mechanism-aware calls).
+    pub mechanism: u8,
 }
 
 impl SubtensorOptions {
@@ -56,6 +59,7 @@ impl SubtensorOptions {
             connect_timeout: Duration::from_secs(15),
             call_timeout: Duration::from_secs(90),
             ping_every: Duration::from_secs(3),
+            mechanism: 0,
         }
     }
 }

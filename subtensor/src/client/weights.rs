@@ -153,8 +153,10 @@ impl SubtensorChain {
     }
 
     /// Sets `hotkey`'s weights on `netuid` (the body of [`apiary_chain::ChainClient::set_weights`]):
-    /// reveals due commits first, checks the subnet's rules, then submits `set_weights` or,
-    /// with commit-reveal on, `commit_weights` and remembers the commit for its reveal.
+    /// reveals due commits first, checks the subnet's rules, then submits the call the runtime's
+    /// metadata offers for the subnet's setting and `chain.mechanism` ([`super::calls`]):
+    /// `set_weights`, `set_mechanism_weights`, or, with commit-reveal on, `commit_weights`,
+    /// remembering the commit for its reveal.
     pub(crate) async fn submit_weights(
         &self,
         netuid: u16,
@@ -183,8 +185,28 @@ impl SubtensorChain {
         let (_uid, chain_key, commit_reveal) =
             self.check_weights(&at, netuid, &hotkey.id(), uids).await?;
         let version_key = version_key.max(chain_key);
+        let call = super::calls::choose_weight_call(
+            &super::calls::WeightCalls::from_metadata(at.metadata_ref()),
+            commit_reveal,
+            self.connection.opts.mechanism,
+        )?;
         drop(at);
-        let receipt = if commit_reveal {
+        let receipt = if let super::calls::WeightCall::SetMechanism(mecid) = call {
+            self.submit(
+                hotkey,
+                netuid,
+                "SubtensorModule",
+                "set_mechanism_weights",
+                &[
+                    ("netuid", Value::u128(netuid.into())),
+                    ("mecid", Value::u128(mecid.into())),
+                    ("dests", u16s(uids)),
+                    ("weights", u16s(weights)),
+                    ("version_key", Value::u128(version_key.into())),
+                ],
+            )
+            .await?
+        } else if call == super::calls::WeightCall::Commit {
             let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
             let hash = commit_hash(&hotkey.id(), netuid, uids, weights, &salt, version_key);
             let r = self
