@@ -298,7 +298,13 @@ struct Provider {
     served: u64,
     dropped: bool,
     resting_until: Option<Instant>,
+    /// `Busy` answers in a row.
+    busy: u32,
 }
+
+/// `Busy` answers in a row after which a provider is dropped from a download (with the 250 ms
+/// rest between them, about 10 s of a provider that never has a slot for us).
+const MAX_BUSY_IN_A_ROW: u32 = 40;
 
 /// What verifying and storing a range came to.
 enum Stored {
@@ -516,6 +522,7 @@ pub(crate) async fn download(
                 let stored =
                     blocking(move || verify_and_store(&*sink2, &ob, &id, first, count, &bytes))
                         .await?;
+                p.busy = 0;
                 match stored {
                     Stored::All => {
                         bump(&net.stats().ranges_fetched, 1);
@@ -548,7 +555,13 @@ pub(crate) async fn download(
             }
             Ok(RangeResponse::Busy) => {
                 retries += 1;
-                p.resting_until = Some(Instant::now() + opts.busy_backoff);
+                p.busy += 1;
+                if p.busy >= MAX_BUSY_IN_A_ROW {
+                    debug!(%peer, "provider stayed busy; leaving it out of this download");
+                    p.dropped = true;
+                } else {
+                    p.resting_until = Some(Instant::now() + opts.busy_backoff);
+                }
                 queue.push_back((first, count));
             }
             Ok(RangeResponse::NotFound) => {
@@ -620,6 +633,7 @@ impl Provider {
             served: 0,
             dropped: false,
             resting_until: None,
+            busy: 0,
         }
     }
 }
