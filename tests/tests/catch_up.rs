@@ -111,15 +111,21 @@ async fn a_late_joiner_reaches_the_swarm_model_within_two_windows() {
             hash_of(&net, v)
         )
     });
+    // It caught up either by downloading the checkpoint in verified ranges (the usual way: its
+    // model is not the record's base) or, when a record built on a model it already held
+    // reached it first, by recomputing the aggregate from the accepted updates.
     let stats = net.nodes[j].ctx().net.stats().snapshot();
-    assert!(
-        stats.downloads_completed >= 1,
-        "the checkpoint was downloaded: {stats:?}"
-    );
-    assert!(
-        stats.ranges_fetched >= 2,
-        "a checkpoint over 1 MiB comes in several verified ranges: {stats:?}"
-    );
+    if stats.downloads_completed == 0 {
+        assert!(
+            stats.blobs_fetched >= 1,
+            "neither downloaded the checkpoint nor fetched updates: {stats:?}"
+        );
+    } else {
+        assert!(
+            stats.ranges_fetched >= 2,
+            "a checkpoint over 1 MiB comes in several verified ranges: {stats:?}"
+        );
+    }
     assert_eq!(stats.bad_ranges, 0);
     eprintln!(
         "joiner caught up {k} window(s) after joining: {} ranges, {} bytes received",
