@@ -107,12 +107,18 @@ impl BlobSink for MemorySink {
             .group_range(index)
             .ok_or_else(|| format!("group {index} is past the blob's end"))?;
         let mut blobs = lock(&self.blobs);
-        let (buf, held) = blobs.entry(*id).or_insert_with(|| {
-            (
-                vec![0; len],
-                vec![false; usize::try_from(outboard.groups()).unwrap_or(0)],
-            )
-        });
+        if !blobs.contains_key(id) {
+            // The length comes from a peer's outboard: reserve fallibly, never abort on it.
+            let mut buf = Vec::new();
+            buf.try_reserve_exact(len)
+                .map_err(|e| format!("cannot hold a {len}-byte blob in memory: {e}"))?;
+            buf.resize(len, 0);
+            let groups = usize::try_from(outboard.groups()).unwrap_or(0);
+            blobs.insert(*id, (buf, vec![false; groups]));
+        }
+        let Some((buf, held)) = blobs.get_mut(id) else {
+            return Err("the blob vanished from the sink".into());
+        };
         let start = usize::try_from(offset).map_err(|e| e.to_string())?;
         let end = start + bytes.len();
         buf.get_mut(start..end)
