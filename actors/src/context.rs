@@ -213,6 +213,36 @@ impl Rejections {
     }
 }
 
+/// Supervisor restarts counted per actor (the children's names, [`crate::supervisor::children`]).
+/// Every child the supervisor starts is registered with 0 restarts, so each actor's series
+/// exists from the start; the total is also in [`Metrics::restarts`].
+#[derive(Debug, Default)]
+pub struct ActorRestarts(StdMutex<BTreeMap<&'static str, u64>>);
+
+impl ActorRestarts {
+    /// Lists `actor` with 0 restarts unless it is listed already.
+    pub fn register(&self, actor: &'static str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(actor)
+            .or_default();
+    }
+    /// Counts one restart of `actor`.
+    pub fn count(&self, actor: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(actor)
+            .or_default() += 1;
+    }
+    /// Actor name → restarts.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// This node's peer record as its swarm sees it now: peer id and listen addresses, no
 /// competition entries.
 pub async fn local_peer_record(net: &NetHandle) -> apiary_chain::PeerRecord {
@@ -255,6 +285,8 @@ pub struct NodeContext {
     pub metrics: Metrics,
     /// Refusals per admission check.
     pub rejections: Rejections,
+    /// Supervisor restarts per actor.
+    pub actor_restarts: ActorRestarts,
     /// Hashes of recent windows' first blocks by window (the seeds of sync slices), filled by
     /// the chain watcher and by [`NodeContext::window_seed`]; at most [`WINDOW_SEEDS_KEPT`].
     window_seeds: RwLock<BTreeMap<u64, [u8; 32]>>,
@@ -290,6 +322,7 @@ impl NodeContext {
             status: RwLock::new(NodeStatus::default()),
             metrics: Metrics::default(),
             rejections: Rejections::default(),
+            actor_restarts: ActorRestarts::default(),
             window_seeds: RwLock::new(BTreeMap::new()),
             pinned: StdMutex::new(Vec::new()),
         })

@@ -254,6 +254,9 @@ impl Actor for NodeSupervisor {
             restarts: VecDeque::new(),
             stopping: false,
         };
+        for spec in &st.table {
+            st.ctx.actor_restarts.register(spec.name);
+        }
         for i in 0..st.table.len() {
             spawn_child(&mut st, i, myself.get_cell()).await?;
         }
@@ -328,6 +331,7 @@ impl Actor for NodeSupervisor {
             }
             st.restarts.push_back(now);
             Metrics::inc(&st.ctx.metrics.restarts);
+            st.ctx.actor_restarts.count(name);
             match spawn_child(st, i, myself.get_cell()).await {
                 Ok(()) => {
                     tracing::warn!(node = %st.ctx.name(), actor = name, "actor restarted");
@@ -415,5 +419,35 @@ impl SupervisorHandle {
     /// Whether the supervisor has stopped.
     pub fn is_finished(&self) -> bool {
         self.join.as_ref().is_none_or(|j| j.is_finished())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::ActorRestarts;
+
+    #[test]
+    fn every_child_is_listed_with_zero_restarts_and_counted_by_name() {
+        let restarts = ActorRestarts::default();
+        let table = children();
+        for spec in &table {
+            restarts.register(spec.name);
+        }
+        let s = restarts.snapshot();
+        assert_eq!(s.len(), table.len(), "child names are distinct: {s:?}");
+        assert!(s.values().all(|&n| n == 0), "{s:?}");
+        for name in ["trainer", "evaluator", "gossip", "node-core"] {
+            assert!(s.contains_key(name), "{name} missing from {s:?}");
+        }
+        restarts.count("trainer");
+        restarts.count("trainer");
+        restarts.count("gossip");
+        // Registering again (a supervisor restarted on the same context) keeps the counts.
+        restarts.register("trainer");
+        let s = restarts.snapshot();
+        assert_eq!(s.get("trainer"), Some(&2));
+        assert_eq!(s.get("gossip"), Some(&1));
+        assert_eq!(s.values().sum::<u64>(), 3);
     }
 }

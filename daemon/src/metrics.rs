@@ -6,7 +6,8 @@
 //! counters and per-peer standings, the validator's per-miner scores, the supervisor's
 //! restarts, the chain's head (for the lag) and the store's size. Every metric is named
 //! `apiary_*`, counters end in `_total`, sizes are bytes and times seconds; series about a miner
-//! carry `uid` and `hotkey` labels, about a peer `peer`, gossip validation outcomes `outcome`.
+//! carry `uid` and `hotkey` labels, about a peer `peer` (bytes per peer also `direction`), about
+//! an actor `actor`, gossip validation outcomes `outcome`.
 //! The list with each metric's meaning is in the `# HELP` lines of a scrape.
 //!
 //! The server is small and bounded ([`MetricsLimits`]): one request per connection
@@ -651,11 +652,20 @@ async fn collect(ex: &Exporter) -> Exposition {
 
     // Node counters.
     let counters = ctx.metrics.snapshot();
-    e.counter(
-        "apiary_actor_restarts_total",
-        "Actor restarts by the supervisor (past supervisor.max_restarts within the window the node stops).",
-        counters.get("restarts").copied().unwrap_or(0),
-    );
+    const RESTARTS: &str = "apiary_actor_restarts_total";
+    const RESTARTS_HELP: &str = "Actor restarts by the supervisor, by actor (every actor the node \
+         runs is listed from the start; sum them for the node's total: past \
+         supervisor.max_restarts within the window the node stops).";
+    e.declare(RESTARTS, Kind::Counter, RESTARTS_HELP);
+    for (actor, n) in ctx.actor_restarts.snapshot() {
+        e.sample(
+            RESTARTS,
+            Kind::Counter,
+            RESTARTS_HELP,
+            &[("actor", actor)],
+            n,
+        );
+    }
     for (name, reason) in NODE_GOSSIP_REFUSALS {
         e.sample(
             "apiary_gossip_refused_total",
@@ -741,6 +751,36 @@ async fn collect(ex: &Exporter) -> Exposition {
             |h| (*h).to_string(),
         );
         e.counter(&format!("apiary_net_{name}_total"), &h, *v);
+    }
+    const PEER_BYTES: &str = "apiary_peer_bytes_total";
+    let peer_bytes_help = format!(
+        "Bytes of apiary's protocols moved with a peer, by direction: gossip received from it \
+         (as propagation source) and published to it (each published message counted once per \
+         subscribed peer; relays and gossipsub control traffic not counted), and the payloads \
+         of /apiary/blob/1 and /apiary/range/1 requests and responses. At most {} peers are \
+         listed; peer=\"other\" sums those evicted (disconnected ones with the fewest bytes \
+         first).",
+        apiary_net::PEER_BYTES_CAP
+    );
+    e.declare(PEER_BYTES, Kind::Counter, &peer_bytes_help);
+    let peer_bytes = ctx.net.stats().peer_bytes.snapshot();
+    let other = (peer_bytes.other != apiary_net::Traffic::default())
+        .then(|| ("other".to_string(), peer_bytes.other));
+    for (peer, t) in peer_bytes
+        .peers
+        .iter()
+        .map(|(p, t)| (p.to_string(), *t))
+        .chain(other)
+    {
+        for (direction, v) in [("in", t.bytes_in), ("out", t.bytes_out)] {
+            e.sample(
+                PEER_BYTES,
+                Kind::Counter,
+                &peer_bytes_help,
+                &[("peer", &peer), ("direction", direction)],
+                v,
+            );
+        }
     }
     let downloads = ctx.net.downloads();
     e.gauge(

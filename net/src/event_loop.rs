@@ -465,6 +465,17 @@ impl EventLoop {
         }
     }
 
+    /// Counts bytes of apiary's own protocols moved with `peer` ([`crate::PeerBytes`]).
+    fn peer_bytes(&self, peer: PeerId, bytes_in: u64, bytes_out: u64) {
+        if bytes_in == 0 && bytes_out == 0 {
+            return;
+        }
+        let connected = self.swarm.is_connected(&peer);
+        self.stats
+            .peer_bytes
+            .record(peer, bytes_in, bytes_out, connected);
+    }
+
     /// Adds a strike; bans the peer when it crosses the threshold.
     fn strike(&mut self, peer: PeerId, weight: f64, reason: &str) {
         if let Some(ban) = self.guard.strike(peer, weight, reason, Instant::now()) {
@@ -598,6 +609,7 @@ impl EventLoop {
                     .blobs
                     .send_request(&peer, BlobRequest { id });
                 debug!(%peer, id = %hex::encode(id), "requesting blob");
+                self.peer_bytes(peer, 0, BLOB_ID_BYTES);
                 self.pending_fetches
                     .insert(request_id, PendingFetch { peer, reply });
             }
@@ -612,6 +624,7 @@ impl EventLoop {
                     .ranges
                     .send_request(&peer, request);
                 trace!(%peer, ?request, "requesting range");
+                self.peer_bytes(peer, 0, BLOB_ID_BYTES);
                 self.pending_ranges
                     .insert(request_id, PendingFetch { peer, reply });
             }
@@ -703,6 +716,19 @@ impl EventLoop {
             Ok(message_id) => {
                 bump(&self.stats.gossip_published, 1);
                 trace!(%message_id, size, "published gossip");
+                // Approximation (see `PeerBytes`): the encoded size once per subscribed peer.
+                let topic = &self.topic;
+                let subscribed: Vec<PeerId> = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&topic))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for peer in subscribed {
+                    self.peer_bytes(peer, 0, size as u64);
+                }
                 Ok(())
             }
             Err(PublishError::NoPeersSubscribedToTopic) => Err(NetError::NoPeers),
@@ -776,6 +802,7 @@ impl EventLoop {
                     let _ = pending.reply.send(Ok(()));
                 }
                 if num_established.get() == 1 {
+                    self.stats.peer_bytes.set_connected(&peer_id, true);
                     info!(peer = %peer_id, "peer connected");
                     self.emit(NetEvent::PeerConnected(peer_id));
                 }
@@ -788,6 +815,7 @@ impl EventLoop {
             } => {
                 debug!(peer = %peer_id, ?cause, "connection closed");
                 if num_established == 0 {
+                    self.stats.peer_bytes.set_connected(&peer_id, false);
                     info!(peer = %peer_id, "peer disconnected");
                     self.emit(NetEvent::PeerDisconnected(peer_id));
                 }
@@ -843,6 +871,7 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                self.peer_bytes(propagation_source, message.data.len() as u64, 0);
                 let from = message.source.unwrap_or(propagation_source);
                 let checked = if message.topic == self.topic {
                     self.check_gossip(&message.data, &from)
@@ -956,6 +985,7 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    self.peer_bytes(peer, BLOB_ID_BYTES, 0);
                     if !self.admit_request(peer) {
                         let _ = self
                             .swarm
@@ -978,6 +1008,7 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
+                    self.peer_bytes(peer, blob_response_bytes(&response), 0);
                     if let Some(pending) = self.pending_fetches.remove(&request_id) {
                         let _ = pending.reply.send(Ok(response));
                     }
@@ -1025,6 +1056,7 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    self.peer_bytes(peer, BLOB_ID_BYTES, 0);
                     if !self.admit_request(peer) {
                         let _ = self
                             .swarm
@@ -1045,6 +1077,7 @@ impl EventLoop {
                     request_id,
                     response,
                 } => {
+                    self.peer_bytes(peer, range_response_bytes(&response), 0);
                     if let Some(pending) = self.pending_ranges.remove(&request_id) {
                         let _ = pending.reply.send(Ok(response));
                     }
@@ -1097,6 +1130,7 @@ impl EventLoop {
                     }
                     RangeResponse::BadRange | RangeResponse::Busy => {}
                 }
+                let size = range_response_bytes(&response);
                 if self
                     .swarm
                     .behaviour_mut()
@@ -1105,6 +1139,8 @@ impl EventLoop {
                     .is_err()
                 {
                     debug!(%peer, "requester went away before the range was sent");
+                } else {
+                    self.peer_bytes(peer, 0, size);
                 }
                 return;
             }
@@ -1133,6 +1169,7 @@ impl EventLoop {
                 BlobResponse::Found(ByteBuf::from(bytes))
             }
         };
+        let size = blob_response_bytes(&response);
         if self
             .swarm
             .behaviour_mut()
@@ -1141,6 +1178,8 @@ impl EventLoop {
             .is_err()
         {
             debug!(%peer, "requester went away before the blob response was sent");
+        } else {
+            self.peer_bytes(peer, 0, size);
         }
     }
 
@@ -1258,6 +1297,28 @@ fn on_autonat(event: autonat::Event) {
             info!(?old, ?new, "reachability (AutoNAT) changed");
         }
         other => trace!(?other, "autonat event"),
+    }
+}
+
+/// Payload bytes of a blob or range request: the blob id ([`crate::PeerBytes`]).
+const BLOB_ID_BYTES: u64 = 32;
+
+/// Payload bytes of a [`BlobResponse`]: the blob's, none for the other answers.
+fn blob_response_bytes(response: &BlobResponse) -> u64 {
+    match response {
+        BlobResponse::Found(bytes) => bytes.len() as u64,
+        BlobResponse::NotFound | BlobResponse::TooLarge { .. } | BlobResponse::Busy => 0,
+    }
+}
+
+/// Payload bytes of a [`RangeResponse`]: the groups, or the group hashes and the inline blob.
+fn range_response_bytes(response: &RangeResponse) -> u64 {
+    match response {
+        RangeResponse::Groups(bytes) => bytes.len() as u64,
+        RangeResponse::Outboard { cvs, inline, .. } => {
+            (cvs.len() + inline.as_ref().map_or(0, |b| b.len())) as u64
+        }
+        RangeResponse::NotFound | RangeResponse::BadRange | RangeResponse::Busy => 0,
     }
 }
 

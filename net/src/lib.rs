@@ -75,7 +75,9 @@ pub use error::NetError;
 pub use guard::{Ban, GuardConfig};
 pub use handle::NetHandle;
 pub use libp2p::{identity::Keypair, multiaddr::Protocol, Multiaddr, PeerId};
-pub use stats::{NetStats, NetStatsSnapshot};
+pub use stats::{
+    NetStats, NetStatsSnapshot, PeerBytes, PeerBytesSnapshot, Traffic, PEER_BYTES_CAP,
+};
 pub use store_blobs::StoreBlobs;
 
 /// Everything [`spawn`] needs.

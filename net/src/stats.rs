@@ -1,7 +1,14 @@
 //! Counters of what the network layer did, shared between the event loop and the handles.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex,
+    },
+};
 
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
 /// Live counters. Updated with relaxed atomics; read them through [`NetStats::snapshot`].
@@ -62,6 +69,8 @@ pub struct NetStats {
     pub hole_punches_succeeded: AtomicU64,
     /// Hole punching attempts that failed (the connection stays relayed).
     pub hole_punches_failed: AtomicU64,
+    /// Bytes of apiary's own protocols moved per peer (bounded, see [`PeerBytes`]).
+    pub peer_bytes: PeerBytes,
 }
 
 /// A point-in-time copy of [`NetStats`].
@@ -170,5 +179,274 @@ impl NetStats {
             hole_punches_succeeded: r(&self.hole_punches_succeeded),
             hole_punches_failed: r(&self.hole_punches_failed),
         }
+    }
+}
+
+/// Bytes moved with one peer (or with the peers folded into [`PeerBytesSnapshot::other`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Bytes received from the peer.
+    pub bytes_in: u64,
+    /// Bytes sent to the peer.
+    pub bytes_out: u64,
+}
+
+impl Traffic {
+    /// Bytes in both directions.
+    pub fn total(&self) -> u64 {
+        self.bytes_in.saturating_add(self.bytes_out)
+    }
+
+    fn add(&mut self, other: Traffic) {
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+    }
+}
+
+/// One tracked peer.
+#[derive(Debug, Clone, Copy)]
+struct PeerEntry {
+    traffic: Traffic,
+    /// Whether the peer had an open connection when last seen (eviction spares these).
+    connected: bool,
+}
+
+/// Peers [`PeerBytes`] tracks by default.
+pub const PEER_BYTES_CAP: usize = 256;
+
+/// Bytes of apiary's own protocols moved per peer, bounded: peers come from the network, so
+/// at most `cap` are tracked ([`PEER_BYTES_CAP`] by default). What is counted:
+///
+/// * **gossip in**: the data of every gossip message received, credited to the peer that
+///   propagated it to us (whatever its validation outcome);
+/// * **gossip out**: an approximation. Each message this node publishes counts its encoded
+///   size (the signed envelope, without gossipsub's framing) once for every peer subscribed to
+///   the topic when it is published (publishing floods to them). Messages relayed for others,
+///   IHAVE/IWANT gossip, control messages and retransmissions are not counted;
+/// * **`/apiary/blob/1` and `/apiary/range/1`**: the payload of requests (the 32-byte blob
+///   id) and responses (the blob, the groups, the group hashes, the inline blob) sent and
+///   received. Tags, lengths and transport framing are not counted.
+///
+/// When a new peer must be tracked and the map is full, the disconnected peer with the fewest
+/// bytes is evicted and its bytes are folded into [`PeerBytesSnapshot::other`]; when every
+/// tracked peer is connected, the new peer's bytes go to `other` instead. So the sum over the
+/// peers and `other` never goes down.
+#[derive(Debug)]
+pub struct PeerBytes {
+    cap: usize,
+    inner: Mutex<PeerBytesInner>,
+}
+
+#[derive(Debug, Default)]
+struct PeerBytesInner {
+    peers: HashMap<PeerId, PeerEntry>,
+    other: Traffic,
+}
+
+/// A point-in-time copy of [`PeerBytes`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerBytesSnapshot {
+    /// The tracked peers and their bytes, ordered by peer id.
+    pub peers: Vec<(PeerId, Traffic)>,
+    /// Bytes of the peers evicted from (or never admitted to) the map, all together.
+    pub other: Traffic,
+}
+
+impl Default for PeerBytes {
+    fn default() -> Self {
+        Self::with_cap(PEER_BYTES_CAP)
+    }
+}
+
+impl PeerBytes {
+    /// A map tracking at most `cap` peers (at least one).
+    pub fn with_cap(cap: usize) -> Self {
+        Self {
+            cap: cap.max(1),
+            inner: Mutex::new(PeerBytesInner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PeerBytesInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `bytes_in` received from and `bytes_out` sent to `peer`; `connected` says whether
+    /// the peer has an open connection now.
+    pub fn record(&self, peer: PeerId, bytes_in: u64, bytes_out: u64, connected: bool) {
+        let add = Traffic {
+            bytes_in,
+            bytes_out,
+        };
+        let mut m = self.lock();
+        let cap = self.cap;
+        let inner = &mut *m;
+        if let Some(e) = inner.peers.get_mut(&peer) {
+            e.traffic.add(add);
+            e.connected = connected;
+            return;
+        }
+        if inner.peers.len() >= cap {
+            let victim = inner
+                .peers
+                .iter()
+                .filter(|(_, e)| !e.connected)
+                .min_by_key(|(p, e)| (e.traffic.total(), **p))
+                .map(|(p, _)| *p);
+            match victim.and_then(|p| inner.peers.remove(&p)) {
+                Some(evicted) => inner.other.add(evicted.traffic),
+                None => {
+                    inner.other.add(add);
+                    return;
+                }
+            }
+        }
+        inner.peers.insert(
+            peer,
+            PeerEntry {
+                traffic: add,
+                connected,
+            },
+        );
+    }
+
+    /// Marks a tracked peer connected or disconnected (an untracked peer stays untracked).
+    pub fn set_connected(&self, peer: &PeerId, connected: bool) {
+        if let Some(e) = self.lock().peers.get_mut(peer) {
+            e.connected = connected;
+        }
+    }
+
+    /// Reads every peer's bytes.
+    pub fn snapshot(&self) -> PeerBytesSnapshot {
+        let m = self.lock();
+        let mut peers: Vec<(PeerId, Traffic)> =
+            m.peers.iter().map(|(p, e)| (*p, e.traffic)).collect();
+        peers.sort_by_key(|(p, _)| *p);
+        PeerBytesSnapshot {
+            peers,
+            other: m.other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn total(s: &PeerBytesSnapshot) -> Traffic {
+        let mut t = s.other;
+        for (_, x) in &s.peers {
+            t.add(*x);
+        }
+        t
+    }
+
+    #[test]
+    fn bytes_add_up_per_peer() {
+        let m = PeerBytes::default();
+        let (a, b) = (PeerId::random(), PeerId::random());
+        m.record(a, 10, 0, true);
+        m.record(a, 5, 7, true);
+        m.record(b, 0, 3, true);
+        let s = m.snapshot();
+        assert_eq!(s.peers.len(), 2);
+        let get = |p: PeerId| s.peers.iter().find(|(q, _)| *q == p).map(|(_, t)| *t);
+        assert_eq!(
+            get(a),
+            Some(Traffic {
+                bytes_in: 15,
+                bytes_out: 7
+            })
+        );
+        assert_eq!(
+            get(b),
+            Some(Traffic {
+                bytes_in: 0,
+                bytes_out: 3
+            })
+        );
+        assert_eq!(s.other, Traffic::default());
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_evicts_the_smallest_disconnected_peer() {
+        let m = PeerBytes::with_cap(3);
+        let peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        // 100, 1 and 50 bytes; the second (1 byte) is the smallest but stays connected.
+        m.record(peers[0], 100, 0, true);
+        m.record(peers[1], 1, 0, true);
+        m.record(peers[2], 20, 30, true);
+        m.set_connected(&peers[0], false);
+        m.set_connected(&peers[2], false);
+        // A fourth peer evicts the disconnected one with the fewest bytes: the third.
+        let d = PeerId::random();
+        m.record(d, 0, 9, true);
+        let s = m.snapshot();
+        let tracked: Vec<PeerId> = s.peers.iter().map(|(p, _)| *p).collect();
+        assert_eq!(s.peers.len(), 3);
+        assert!(tracked.contains(&peers[0]) && tracked.contains(&peers[1]));
+        assert!(tracked.contains(&d) && !tracked.contains(&peers[2]));
+        assert_eq!(
+            s.other,
+            Traffic {
+                bytes_in: 20,
+                bytes_out: 30
+            }
+        );
+        // Every tracked peer connected: a newcomer's bytes go to `other`, nobody is evicted.
+        m.set_connected(&peers[0], true);
+        let e = PeerId::random();
+        m.record(e, 4, 0, true);
+        let s2 = m.snapshot();
+        assert_eq!(
+            s2.peers.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            s.peers.iter().map(|(p, _)| *p).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            s2.other,
+            Traffic {
+                bytes_in: 24,
+                bytes_out: 30
+            }
+        );
+        // An evicted peer that comes back starts from zero, and the sum never goes down.
+        m.set_connected(&peers[1], false);
+        m.record(peers[2], 1, 1, true);
+        let s3 = m.snapshot();
+        assert_eq!(s3.peers.len(), 3);
+        assert!(!s3.peers.iter().any(|(p, _)| *p == peers[1]));
+        assert_eq!(
+            s3.peers
+                .iter()
+                .find(|(p, _)| *p == peers[2])
+                .map(|(_, t)| *t),
+            Some(Traffic {
+                bytes_in: 1,
+                bytes_out: 1
+            })
+        );
+        assert_eq!(
+            total(&s3),
+            Traffic {
+                bytes_in: 100 + 1 + 20 + 4 + 1,
+                bytes_out: 9 + 30 + 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_flood_of_peers_stays_within_the_cap() {
+        let m = PeerBytes::with_cap(8);
+        for i in 0..1000u64 {
+            m.record(PeerId::random(), i, 1, false);
+        }
+        let s = m.snapshot();
+        assert_eq!(s.peers.len(), 8);
+        let t = total(&s);
+        assert_eq!(t.bytes_in, (0..1000u64).sum::<u64>());
+        assert_eq!(t.bytes_out, 1000);
+        // The largest peers are the ones kept.
+        assert!(s.peers.iter().all(|(_, t)| t.bytes_in >= 992), "{s:?}");
     }
 }

@@ -230,6 +230,32 @@ async fn metrics_endpoint_is_scraped_and_parsed_during_a_devnet() {
     // Bytes and gossip outcomes.
     assert!(value(&s, "apiary_net_bytes_received_total", &[]) > 0.0);
     assert!(value(&s, "apiary_net_bytes_sent_total", &[]) >= 0.0);
+    // Bytes per peer: the miners sent the validator their announcements and updates, and the
+    // validator published its records to them and asked them for blobs.
+    let per_peer = find(&s, "apiary_peer_bytes_total", &[]);
+    assert!(
+        per_peer.iter().all(|x| {
+            matches!(x.labels.get("direction"), Some("in" | "out"))
+                && x.labels.get("peer").is_some()
+        }),
+        "{per_peer:?}"
+    );
+    let peer_bytes = |peer: &str, direction: &str| {
+        value(
+            &s,
+            "apiary_peer_bytes_total",
+            &[("peer", peer), ("direction", direction)],
+        )
+    };
+    let both_ways: Vec<String> = [m1, m2]
+        .iter()
+        .map(|&m| net.nodes[m].ctx().net.local_peer_id().to_string())
+        .filter(|p| peer_bytes(p, "in") > 0.0 && peer_bytes(p, "out") > 0.0)
+        .collect();
+    assert!(
+        !both_ways.is_empty(),
+        "no miner has bytes both ways: {per_peer:?}"
+    );
     for outcome in [
         "accepted",
         "unknown_hotkey",
@@ -271,7 +297,22 @@ async fn metrics_endpoint_is_scraped_and_parsed_during_a_devnet() {
         assert_eq!(value(&s, "apiary_peer_connected", &[("peer", &peer)]), 1.0);
         value(&s, "apiary_peer_strikes", &[("peer", &peer)]);
     }
-    assert_eq!(value(&s, "apiary_actor_restarts_total", &[]), 0.0);
+    // Restarts per actor: every actor of a validator listed from the start, none restarted.
+    let restarts = find(&s, "apiary_actor_restarts_total", &[]);
+    let actors: Vec<&str> = restarts
+        .iter()
+        .filter_map(|x| x.labels.get("actor"))
+        .collect();
+    assert_eq!(actors.len(), restarts.len(), "every series has an actor");
+    for child in apiary_actors::supervisor::children() {
+        assert_eq!(
+            value(&s, "apiary_actor_restarts_total", &[("actor", child.name)]),
+            0.0,
+            "actor {}",
+            child.name
+        );
+    }
+    assert_eq!(restarts.iter().map(|x| num(&x.value)).sum::<f64>(), 0.0);
     assert!(value(&s, "apiary_store_disk_bytes", &[]) > 0.0);
     assert!(value(&s, "apiary_updates_evaluated_total", &[]) >= 4.0);
     assert!(value(&s, "apiary_records_applied_total", &[]) >= 1.0);

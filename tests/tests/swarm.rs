@@ -278,6 +278,17 @@ async fn trainer_panics_are_supervised() {
         .as_array()
         .cloned()
         .unwrap_or_default();
+    // Every child of a miner is listed with 0 restarts from the start.
+    let miner_children: Vec<&str> = apiary_actors::supervisor::children()
+        .iter()
+        .filter(|c| !c.validator_only)
+        .map(|c| c.name)
+        .collect();
+    let per_actor = ctx.actor_restarts.snapshot();
+    assert_eq!(per_actor.len(), miner_children.len(), "{per_actor:?}");
+    for name in &miner_children {
+        assert_eq!(per_actor.get(name), Some(&0), "{name}: {per_actor:?}");
+    }
     let peer = ctx.net.local_peer_id().to_string();
     assert!(
         addrs.iter().any(|a| a.as_str().is_some_and(|a| {
@@ -298,6 +309,10 @@ async fn trainer_panics_are_supervised() {
         .await;
         let r = status().await;
         assert!(r["result"]["model_hash"].is_string());
+        // Counted against the trainer only.
+        let per_actor = ctx.actor_restarts.snapshot();
+        assert_eq!(per_actor.get("trainer"), Some(&n), "{per_actor:?}");
+        assert_eq!(per_actor.values().sum::<u64>(), n, "{per_actor:?}");
     }
     // The third failure within the window exceeds the budget.
     ctx_handles
