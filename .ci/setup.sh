@@ -5,8 +5,12 @@
 #   - chopsticks (@acala-network/chopsticks@1.5.1, pinned in package.json / package-lock.json)
 #     into node_modules/: it serves the real subtensor runtime to tests/tests/subtensor.rs.
 #   - chromium: tests/tests/dashboard.rs renders the dashboard page in it, headless.
+#   - prometheus (server and promtool): tests/tests/metrics.rs runs the Grafana dashboard's
+#     queries against a real scrape.
 #   - bittensor (the Python SDK, pinned below) into target/bittensor-venv/: the oracle that
-#     tests/tests/wallet_oracle.rs checks btcli wallet files against, both ways.
+#     tests/tests/wallet_oracle.rs checks btcli wallet files against, both ways; and
+#     bittensor-drand (pinned below), the oracle tests/tests/timelock_oracle.rs checks
+#     commit-reveal v4 commits against, both ways.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -37,10 +41,18 @@ if ! command -v chromium >/dev/null 2>&1; then
   $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 fi
 
+# Debian's Prometheus: tests/tests/metrics.rs lints the exposition with promtool, scrapes a
+# devnet with the server and runs every query of config/grafana/apiary.json.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  $SUDO apt-get update -qq
+  $SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+fi
+
 BITTENSOR_VERSION=11.3.0
+DRAND_VERSION=2.0.0
 VENV="$ROOT/target/bittensor-venv"
 has_bittensor() {
-  "$VENV/bin/python" -c "import importlib.metadata as m, sys; import bittensor.wallet; sys.exit(m.version('bittensor') != '$BITTENSOR_VERSION')" >/dev/null 2>&1
+  "$VENV/bin/python" -c "import importlib.metadata as m, sys; import bittensor.wallet, bittensor_drand; sys.exit(m.version('bittensor') != '$BITTENSOR_VERSION' or m.version('bittensor-drand') != '$DRAND_VERSION')" >/dev/null 2>&1
 }
 if ! has_bittensor; then
   if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then
@@ -49,6 +61,6 @@ if ! has_bittensor; then
   fi
   rm -rf "$VENV"
   python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "bittensor==$BITTENSOR_VERSION"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "bittensor==$BITTENSOR_VERSION" "bittensor-drand==$DRAND_VERSION"
 fi
-has_bittensor || { echo "bittensor==$BITTENSOR_VERSION is not importable from $VENV (see the pip output above)" >&2; exit 1; }
+has_bittensor || { echo "bittensor==$BITTENSOR_VERSION and bittensor-drand==$DRAND_VERSION are not importable from $VENV (see the pip output above)" >&2; exit 1; }

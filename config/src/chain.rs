@@ -62,6 +62,10 @@ pub struct ChainConfig {
     /// main one, by default). On a runtime with mechanism-aware calls any id is sent with
     /// `set_mechanism_weights`; on older runtimes only 0 exists.
     pub mechanism: u8,
+    /// Subtensor: the chain's block time in milliseconds (12 000 on finney and testnet; a
+    /// fast-block localnet has 250). Commit-reveal v4 encrypts weights to the drand round of
+    /// their reveal, which this turns blocks into.
+    pub subtensor_block_ms: u64,
 }
 
 impl Default for ChainConfig {
@@ -80,6 +84,7 @@ impl Default for ChainConfig {
             hotkey: "default".into(),
             wallet_path: None,
             mechanism: 0,
+            subtensor_block_ms: 12_000,
         }
     }
 }
@@ -98,6 +103,12 @@ impl ChainConfig {
             return invalid("chain.metagraph_refresh_blocks", "must be at least 1");
         }
         if self.backend == ChainBackend::Subtensor {
+            if !(100..=600_000).contains(&self.subtensor_block_ms) {
+                return invalid(
+                    "chain.subtensor_block_ms",
+                    "must be between 100 and 600000 (12000 on finney and testnet)",
+                );
+            }
             let e = self.endpoint.as_str();
             if !(matches!(e, "finney" | "test" | "local")
                 || e.starts_with("ws://")

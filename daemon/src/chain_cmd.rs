@@ -30,6 +30,7 @@ pub async fn connect_subtensor(cfg: &NodeConfig) -> Result<Arc<SubtensorChain>> 
     };
     let mut opts = SubtensorOptions::new(url.clone(), rpc);
     opts.mechanism = cfg.chain.mechanism;
+    opts.block_time = std::time::Duration::from_millis(cfg.chain.subtensor_block_ms);
     SubtensorChain::connect(opts)
         .await
         .with_context(|| {

@@ -364,15 +364,13 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
             match (plain, commit) {
                 (Ok(p), Ok(c)) => ok(
                     "runtime",
-                    format!(
-                        "weight calls: {names}; this node uses {p:?} ({c:?} under commit-reveal)"
-                    ),
+                    format!("weight calls: {names}; this node uses {p} ({c} under commit-reveal)"),
                 ),
                 (Ok(p), Err(e)) => bad(
                     Verdict::Warn,
                     "runtime",
                     format!(
-                        "weight calls: {names}; this node uses {p:?}, but under commit-reveal: {e}"
+                        "weight calls: {names}; this node uses {p}, but under commit-reveal: {e}"
                     ),
                     "fine while the subnet has commit-reveal off",
                 ),

@@ -17,6 +17,7 @@
 pub mod client;
 pub mod dev;
 pub mod errors;
+pub mod timelock;
 pub mod values;
 pub mod wallet;
 

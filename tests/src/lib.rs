@@ -6,6 +6,7 @@
 //! [`wait_until`] polls a condition with a deadline; it is the only way tests wait.
 
 pub mod chopsticks;
+pub mod pyoracle;
 
 use apiary_chain::local::{LocalChain, SubnetParams};
 use apiary_chain::ChainClient;
@@ -183,4 +184,28 @@ impl Default for TestNet {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One HTTP/1.1 GET to `addr` (`Connection: close`, answered within a minute); returns the
+/// status line, the header block and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("send the request");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .expect("answered in time")
+        .expect("read the answer");
+    let raw = String::from_utf8(raw).expect("the answer is UTF-8");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_string(), body.to_string())
 }

@@ -293,8 +293,8 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
     // Spec 218's metadata: plain and hash-commit calls, no mechanisms, no timelock.
     assert!(
         runtime.detail.starts_with(
-            "weight calls: set_weights, commit_weights, reveal_weights; this node uses Set \
-             (Commit under commit-reveal)"
+            "weight calls: set_weights, commit_weights, reveal_weights; this node uses \
+             set_weights (commit_weights + reveal_weights under commit-reveal)"
         ),
         "{report}"
     );

@@ -12,54 +12,17 @@ use apiary_chain::keys::HotkeyId;
 use apiary_daemon::wallet_cmd::render_list;
 use apiary_subtensor::wallet::keyfile::Encryption;
 use apiary_subtensor::wallet::{list_wallets, ColdkeyStorage, Wallet, WalletError, PASSWORD_ENV};
-use apiary_tests::chopsticks::repo_root;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use apiary_tests::pyoracle::{field, run_json};
 
 /// The SDK version `.ci/setup.sh` installs.
 const BITTENSOR_VERSION: &str = "11.3.0";
 const PASSWORD: &str = "oracle-Pa55word!";
 const MESSAGE: &[u8] = b"apiary wallet oracle";
 
-/// The Python with `bittensor` installed, or a panic saying how to get it.
-fn python() -> PathBuf {
-    let p = std::env::var_os("APIARY_BITTENSOR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target/bittensor-venv/bin/python"));
-    assert!(
-        p.exists(),
-        "the Bittensor SDK is not installed at {}: run `bash .ci/setup.sh` (installs bittensor=={BITTENSOR_VERSION} from PyPI into target/bittensor-venv), or set APIARY_BITTENSOR_PYTHON to a python that has it",
-        p.display()
-    );
-    p
-}
-
-/// Runs `script` in the SDK's Python (password in the environment, no stdin: a prompt fails
-/// instead of hanging) and parses the JSON it prints last.
+/// Runs `script` in the SDK's Python (the password in the environment) and parses the JSON it
+/// prints last.
 fn sdk(script: &str, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python())
-        .arg("-c")
-        .arg(script)
-        .args(args)
-        .env("ORACLE_PASSWORD", PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .expect("the SDK's python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the SDK script failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .unwrap_or_else(|e| panic!("SDK output is not JSON ({e}): {stdout}\n{stderr}"))
-}
-
-fn field<'a>(v: &'a serde_json::Value, k: &str) -> &'a str {
-    v[k].as_str()
-        .unwrap_or_else(|| panic!("SDK output has no string `{k}`: {v}"))
+    run_json(script, args, &[("ORACLE_PASSWORD", PASSWORD)])
 }
 
 const SDK_VERSION: &str = r#"

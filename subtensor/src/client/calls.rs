@@ -4,7 +4,8 @@
 //! Runtimes differ: spec 218 (what chopsticks runs) has `set_weights` and the hash
 //! commit-reveal pair `commit_weights` / `reveal_weights`; later runtimes add calls per
 //! incentive mechanism (`set_mechanism_weights`, with a mechanism id) and commit-reveal v4,
-//! where the commit is timelock-encrypted to a drand round (`commit_timelocked_*`). The node
+//! where the commit is timelock-encrypted to a drand round (`commit_timelocked_*`,
+//! [`crate::timelock`]). The node
 //! reads the metadata of the runtime it is connected to and picks the call that fits the
 //! subnet's settings and its own `chain.mechanism`.
 
@@ -89,6 +90,27 @@ pub enum WeightCall {
     SetMechanism(u8),
     /// `commit_weights` now, `reveal_weights` once the reveal period comes.
     Commit,
+    /// Commit-reveal v4: the weights timelock-encrypted to the drand round of their reveal
+    /// ([`crate::timelock`]); the chain decrypts and applies them itself. With a mechanism id:
+    /// `commit_timelocked_mechanism_weights`; without: `commit_timelocked_weights`.
+    CommitTimelocked(Option<u8>),
+}
+
+impl std::fmt::Display for WeightCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WeightCall::Set => write!(f, "set_weights"),
+            WeightCall::SetMechanism(m) => write!(f, "set_mechanism_weights (mechanism {m})"),
+            WeightCall::Commit => write!(f, "commit_weights + reveal_weights"),
+            WeightCall::CommitTimelocked(Some(m)) => write!(
+                f,
+                "commit_timelocked_mechanism_weights (mechanism {m}, drand timelock)"
+            ),
+            WeightCall::CommitTimelocked(None) => {
+                write!(f, "commit_timelocked_weights (drand timelock)")
+            }
+        }
+    }
 }
 
 /// The call for a submission on a runtime offering `calls`, with the subnet's commit-reveal
@@ -99,18 +121,22 @@ pub fn choose_weight_call(
     mecid: u8,
 ) -> Result<WeightCall, ChainError> {
     if commit_reveal {
+        // A runtime with timelocked commits expects them (its commit-reveal version is 4): the
+        // newest call it has wins, the hash pair is for runtimes before them.
+        if calls.commit_timelocked_mechanism_weights {
+            return Ok(WeightCall::CommitTimelocked(Some(mecid)));
+        }
+        if mecid == 0 && calls.commit_timelocked_weights {
+            return Ok(WeightCall::CommitTimelocked(None));
+        }
         if mecid == 0 && calls.commit_weights && calls.reveal_weights {
             return Ok(WeightCall::Commit);
         }
-        let what = if calls.commit_timelocked_mechanism_weights || calls.commit_timelocked_weights {
-            "hash commit-reveal for this subnet: the runtime offers only timelocked commits \
-             (commit-reveal v4, encrypted to a drand round), which this apiary does not make yet; \
-             ask the subnet owner to disable commit-reveal or use a newer apiary"
-        } else {
-            "commit-reveal call for mechanism > 0 (commit_mechanism_weights with its reveal is not \
-             supported yet); set chain.mechanism = 0"
-        };
-        return Err(ChainError::MissingCall(what.into()));
+        return Err(ChainError::MissingCall(
+            "commit-reveal call for mechanism > 0 on a runtime without \
+             commit_timelocked_mechanism_weights; set chain.mechanism = 0"
+                .into(),
+        ));
     }
     if mecid == 0 && calls.set_weights {
         return Ok(WeightCall::Set);
@@ -186,9 +212,37 @@ mod tests {
             choose_weight_call(&no_plain, false, 0).ok(),
             Some(WeightCall::SetMechanism(0))
         );
-        // Commit-reveal v4 only: refused with what to do, never a wrong call.
-        let err = choose_weight_call(&c, true, 0).expect_err("timelocked only");
-        assert!(err.to_string().contains("timelocked"), "{err}");
+        // Commit-reveal v4: timelocked commits, per mechanism where the runtime has them.
+        assert_eq!(
+            choose_weight_call(&c, true, 0).ok(),
+            Some(WeightCall::CommitTimelocked(Some(0)))
+        );
+        assert_eq!(
+            choose_weight_call(&c, true, 3).ok(),
+            Some(WeightCall::CommitTimelocked(Some(3)))
+        );
+        // A runtime with timelocked commits but no mechanisms: mechanism 0 only.
+        let no_mech = WeightCalls {
+            commit_timelocked_mechanism_weights: false,
+            ..c
+        };
+        assert_eq!(
+            choose_weight_call(&no_mech, true, 0).ok(),
+            Some(WeightCall::CommitTimelocked(None))
+        );
+        let err = choose_weight_call(&no_mech, true, 1).expect_err("no mechanism commits");
+        assert!(err.to_string().contains("set chain.mechanism = 0"), "{err}");
+        // Timelocked commits win over the hash pair when a runtime has both.
+        let both = WeightCalls {
+            commit_weights: true,
+            reveal_weights: true,
+            ..c
+        };
+        assert_eq!(
+            choose_weight_call(&both, true, 0).ok(),
+            Some(WeightCall::CommitTimelocked(Some(0)))
+        );
         assert!(choose_weight_call(&WeightCalls::default(), false, 0).is_err());
+        assert!(choose_weight_call(&WeightCalls::default(), true, 0).is_err());
     }
 }

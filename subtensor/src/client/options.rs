@@ -48,6 +48,9 @@ pub struct SubtensorOptions {
     /// The subnet's incentive mechanism this node's weights are for (`chain.mechanism`; 0 is
     /// the main one, and the only one on runtimes without mechanism-aware calls).
     pub mechanism: u8,
+    /// The chain's block time: turns the blocks until a timelocked commit's reveal into the
+    /// drand round it is encrypted to (12 s on finney and testnet).
+    pub block_time: Duration,
 }
 
 impl SubtensorOptions {
@@ -60,6 +63,7 @@ impl SubtensorOptions {
             call_timeout: Duration::from_secs(90),
             ping_every: Duration::from_secs(3),
             mechanism: 0,
+            block_time: Duration::from_secs(12),
         }
     }
 }

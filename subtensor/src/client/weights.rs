@@ -1,12 +1,15 @@
 //! Setting weights: the subnet's rules checked locally before paying for a transaction
 //! (registration, `WeightsSetRateLimit` against `LastUpdate` and our own last submission,
 //! `ValidatorPermit`, `WeightsVersionKey`), plain `set_weights` or — when
-//! `CommitRevealWeightsEnabled` — a commit of [`commit_hash`] whose reveal
+//! `CommitRevealWeightsEnabled` — a commit: on runtimes with commit-reveal v4, the weights
+//! timelock-encrypted to the drand round of their reveal ([`crate::timelock`]), which the chain
+//! reveals itself; on older runtimes a commit of [`commit_hash`] whose reveal
 //! ([`SubtensorChain::reveal_pending`]) follows on later calls.
 
 use super::chain::SubtensorChain;
 use super::ledger::PendingCommit;
 use super::rpc::At;
+use crate::timelock::{self, BeaconKey, EpochSchedule, TimelockedWeights};
 use crate::values;
 use apiary_chain::keys::{Hotkey, HotkeyId};
 use apiary_chain::{ChainError, Result, TxReceipt};
@@ -206,6 +209,9 @@ impl SubtensorChain {
                 ],
             )
             .await?
+        } else if let super::calls::WeightCall::CommitTimelocked(mecid) = call {
+            self.commit_timelocked(netuid, mecid, hotkey, uids, weights, version_key)
+                .await?
         } else if call == super::calls::WeightCall::Commit {
             let salt: Vec<u16> = (0..8).map(|_| rand::random::<u16>()).collect();
             let hash = commit_hash(&hotkey.id(), netuid, uids, weights, &salt, version_key);
@@ -250,6 +256,120 @@ impl SubtensorChain {
         self.ledger
             .set_last_weights(netuid, hotkey.id(), receipt.block);
         Ok(receipt)
+    }
+}
+
+impl SubtensorChain {
+    /// A `SubtensorModule` value for `netuid`, or `default` where the runtime lacks the entry
+    /// (older runtimes) or holds none.
+    async fn subnet_value_or<V>(&self, at: &At, entry: &str, netuid: u16, default: V) -> Result<V>
+    where
+        V: subxt::ext::scale_decode::DecodeAsType,
+    {
+        if !values::has_storage(at.metadata_ref(), "SubtensorModule", entry) {
+            return Ok(default);
+        }
+        Ok(self
+            .fetch(at, "SubtensorModule", entry, (netuid,))
+            .await?
+            .unwrap_or(default))
+    }
+
+    /// The subnet's epoch schedule at `at` ([`EpochSchedule`]). Runtimes without the stateful
+    /// schedule (`LastEpochBlock`) run an epoch every `tempo + 1` blocks where
+    /// `(block + netuid + 1) % (tempo + 1) == 0`; that is described as the last such block and
+    /// a period of `tempo + 1`.
+    pub async fn epoch_schedule(&self, at: &At, netuid: u16) -> Result<EpochSchedule> {
+        let current = at.block_number();
+        let tempo: u16 = self.subnet_value_or(at, "Tempo", netuid, 0).await?;
+        let since: u64 = self
+            .subnet_value_or(at, "BlocksSinceLastStep", netuid, 0)
+            .await?;
+        if values::has_storage(at.metadata_ref(), "SubtensorModule", "LastEpochBlock") {
+            return Ok(EpochSchedule {
+                last_epoch_block: self
+                    .subnet_value_or(at, "LastEpochBlock", netuid, 0)
+                    .await?,
+                pending_epoch_at: self
+                    .subnet_value_or(at, "PendingEpochAt", netuid, 0)
+                    .await?,
+                epoch_index: self
+                    .subnet_value_or(at, "SubnetEpochIndex", netuid, 0)
+                    .await?,
+                tempo,
+                blocks_since_last_step: since,
+                current_block: current,
+            });
+        }
+        Ok(EpochSchedule::modular(netuid, tempo, current, since))
+    }
+
+    /// Commit-reveal v4: seals the weights to the drand round of their reveal and submits
+    /// `commit_timelocked_mechanism_weights` (or `commit_timelocked_weights` without a
+    /// mechanism id). The chain reveals them itself; nothing is left to reveal here.
+    async fn commit_timelocked(
+        &self,
+        netuid: u16,
+        mecid: Option<u8>,
+        hotkey: &Hotkey,
+        uids: &[u16],
+        weights: &[u16],
+        version_key: u64,
+    ) -> Result<TxReceipt> {
+        let at = self.at_latest().await?;
+        let schedule = self.epoch_schedule(&at, netuid).await?;
+        let period: u64 = self
+            .subnet_value_or(&at, "RevealPeriodEpochs", netuid, 1)
+            .await?;
+        let version: u16 = if values::has_storage(
+            at.metadata_ref(),
+            "SubtensorModule",
+            "CommitRevealWeightsVersion",
+        ) {
+            self.fetch(&at, "SubtensorModule", "CommitRevealWeightsVersion", ())
+                .await?
+                .unwrap_or(timelock::COMMIT_REVEAL_VERSION)
+        } else {
+            timelock::COMMIT_REVEAL_VERSION
+        };
+        drop(at);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|e| ChainError::Runtime(format!("the system clock is before 1970: {e}")))?
+            .as_secs_f64();
+        let block_secs = self.connection.opts.block_time.as_secs_f64();
+        let tl = |e: timelock::TimelockError| ChainError::InvalidWeights(e.to_string());
+        let (round, reveal_block) =
+            timelock::reveal_round(&schedule, period, block_secs, now).map_err(tl)?;
+        let payload = TimelockedWeights {
+            hotkey: hotkey.id().0.to_vec(),
+            uids: uids.to_vec(),
+            values: weights.to_vec(),
+            version_key,
+        };
+        let commit = payload.seal(&BeaconKey::quicknet(), round).map_err(tl)?;
+        tracing::info!(
+            netuid,
+            mecid = ?mecid,
+            reveal_round = round,
+            reveal_block,
+            bytes = commit.len(),
+            "committing timelocked weights"
+        );
+        let mut args = vec![("netuid", Value::u128(netuid.into()))];
+        if let Some(m) = mecid {
+            args.push(("mecid", Value::u128(m.into())));
+        }
+        args.push(("commit", Value::from_bytes(commit)));
+        args.push(("reveal_round", Value::u128(round.into())));
+        args.push(("commit_reveal_version", Value::u128(version.into())));
+        let call = if mecid.is_some() {
+            "commit_timelocked_mechanism_weights"
+        } else {
+            "commit_timelocked_weights"
+        };
+        self.submit(hotkey, netuid, "SubtensorModule", call, &args)
+            .await
     }
 }
 
