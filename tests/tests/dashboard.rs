@@ -5,25 +5,18 @@
 //! charts drawn (far larger than a blank page).
 
 use apiary_config::Role;
-use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use apiary_tests::{http_get, init_tracing, test_config, wait_until, TestNet};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(60);
 
+/// The body of `GET path` (status 200 checked).
 async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .expect("send");
-    let mut raw = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut raw))
-        .await
-        .expect("answered in time")
-        .expect("read");
-    String::from_utf8(raw).expect("utf-8")
+    let (status, headers, body) = http_get(addr, path).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{headers}\n{body}");
+    body
 }
 
 fn chromium() -> String {
@@ -89,8 +82,7 @@ async fn the_dashboard_renders_loss_miners_and_peers_in_chromium() {
 
     // The data the page polls.
     let data = get(addr, "/api/dashboard").await;
-    let body = data.split_once("\r\n\r\n").expect("body").1;
-    let d: serde_json::Value = serde_json::from_str(body).expect("json");
+    let d: serde_json::Value = serde_json::from_str(&data).expect("json");
     assert!(d["loss"].as_array().is_some_and(|l| l.len() >= 2), "{d}");
     assert_eq!(d["miners"].as_array().map(Vec::len), Some(2), "{d}");
     assert!(d["peers"].as_array().is_some_and(|p| p.len() >= 2), "{d}");

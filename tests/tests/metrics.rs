@@ -1,36 +1,16 @@
 //! The Prometheus endpoint during a devnet: a validator and two miners run a couple of windows;
 //! the validator's `GET /metrics` (on 127.0.0.1, the port the node picked) is parsed with a
-//! Prometheus text-format parser and its key series checked.
+//! Prometheus text-format parser and its key series checked; then Debian's real Prometheus
+//! (installed by `.ci/setup.sh`) lints it with `promtool`, scrapes the nodes and runs every query
+//! of the Grafana dashboard `config/grafana/apiary.json`.
 
 use apiary_config::Role;
-use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use apiary_tests::{http_get, init_tracing, test_config, wait_until, TestNet};
 use prometheus_parse::{Scrape, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const T: Duration = Duration::from_secs(60);
-
-/// One HTTP/1.1 request; the status line, the headers and the body of the answer.
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to the metrics endpoint");
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/plain\r\n\r\n").as_bytes(),
-    )
-    .await
-    .expect("send the request");
-    let mut raw = Vec::new();
-    tokio::time::timeout(T, s.read_to_end(&mut raw))
-        .await
-        .expect("answered in time")
-        .expect("read the answer");
-    let raw = String::from_utf8(raw).expect("the answer is UTF-8");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("a header block");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_string(), body.to_string())
-}
 
 /// Scrapes `addr` and parses the text format.
 async fn scrape(addr: SocketAddr) -> Scrape {
@@ -127,6 +107,198 @@ fn dashboard_names_are_exported(scrapes: &[&Scrape]) {
             "the dashboard queries {name}, which no node exports"
         );
     }
+}
+
+/// The dashboard's queries, with its variables set as Grafana would for "all nodes".
+fn dashboard_queries() -> Vec<String> {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/apiary.json");
+    let text = std::fs::read_to_string(&path).expect("the Grafana dashboard");
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    dash["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("a target's expr")
+                .replace("$instance", ".*")
+                .replace("$__rate_interval", "1m")
+        })
+        .collect()
+}
+
+/// Percent-encodes a query parameter.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Kills the Prometheus server when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A binary from Debian's `prometheus` package, or a panic saying how to get it.
+fn prometheus_bin(name: &str) -> &str {
+    let ok = std::process::Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "`{name}` not found: install Debian's `prometheus` package (bash .ci/setup.sh does)"
+    );
+    name
+}
+
+/// Runs a Prometheus query; the `data.result` of a successful answer.
+async fn prom_query(prom: SocketAddr, query: &str) -> Vec<serde_json::Value> {
+    let (status, _, body) =
+        http_get(prom, &format!("/api/v1/query?query={}", urlencode(query))).await;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("Prometheus answered {status} with no JSON ({e}): {body}"));
+    assert_eq!(v["status"], "success", "query `{query}`: {v}");
+    v["data"]["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// `promtool check metrics` on each node's exposition (Prometheus's own linter: naming, units,
+/// HELP and TYPE), then a real Prometheus server on 127.0.0.1 scrapes the nodes every second and
+/// evaluates every query of `config/grafana/apiary.json` (and its node picker): each must parse
+/// and run, and the main panels must have data.
+async fn prometheus_runs_the_dashboard(targets: &[SocketAddr]) {
+    let promtool = prometheus_bin("promtool");
+    for t in targets {
+        let (_, _, body) = http_get(*t, "/metrics").await;
+        let mut lint = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("promtool runs");
+        {
+            use std::io::Write;
+            let mut stdin = lint.stdin.take().expect("stdin");
+            stdin.write_all(body.as_bytes()).expect("feed promtool");
+        }
+        let out = lint.wait_with_output().expect("promtool ends");
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {t}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let dir = tempfile::tempdir().expect("prometheus dir");
+    // Prometheus takes its listen address on the command line: pick a free loopback port.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let prom: SocketAddr = ([127, 0, 0, 1], port).into();
+    let list: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let cfg = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: apiary\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ),
+    )
+    .expect("write the config");
+    let _server = Killed(
+        std::process::Command::new(prometheus_bin("prometheus"))
+            .arg(format!("--config.file={}", cfg.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prom}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    wait_until(
+        T,
+        "Prometheus has scraped both nodes three times",
+        || async {
+            if tokio::net::TcpStream::connect(prom).await.is_err() {
+                return false;
+            }
+            let r = prom_query(prom, "min(count_over_time(up{job=\"apiary\"}[1m]))").await;
+            let up = prom_query(prom, "sum(up{job=\"apiary\"})").await;
+            let val = |r: &[serde_json::Value]| {
+                r.first()
+                    .and_then(|s| s["value"][1].as_str())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            val(&r) >= 3.0 && val(&up) == targets.len() as f64
+        },
+    )
+    .await;
+
+    let queries = dashboard_queries();
+    let mut with_data = std::collections::BTreeSet::new();
+    for q in &queries {
+        if !prom_query(prom, q).await.is_empty() {
+            with_data.insert(q.clone());
+        }
+    }
+    for needed in [
+        "apiary_held_out_loss{instance=~\".*\"}",
+        "apiary_train_loss{instance=~\".*\"}",
+        "apiary_miner_score{instance=~\".*\"}",
+        "rate(apiary_net_bytes_received_total{instance=~\".*\"}[1m])",
+        "topk(10, sum by (instance, peer) (rate(apiary_peer_bytes_total{instance=~\".*\",direction=\"in\"}[1m])))",
+        "sum by (instance, actor) (increase(apiary_actor_restarts_total{instance=~\".*\"}[1m]))",
+    ] {
+        assert!(
+            with_data.contains(needed),
+            "the dashboard query `{needed}` has no data in Prometheus; with data: {with_data:#?}"
+        );
+    }
+    // The node picker: label_values(apiary_node_info, instance).
+    let (_, _, body) = http_get(
+        prom,
+        &format!(
+            "/api/v1/label/instance/values?{}",
+            urlencode_pair("match[]", "apiary_node_info")
+        ),
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(
+        v["data"].as_array().map(Vec::len),
+        Some(targets.len()),
+        "the node picker lists every node: {v}"
+    );
+    eprintln!(
+        "Prometheus ran {} dashboard queries; {} had data",
+        queries.len(),
+        with_data.len()
+    );
+}
+
+fn urlencode_pair(k: &str, v: &str) -> String {
+    format!("{}={}", urlencode(k), urlencode(v))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -335,6 +507,10 @@ async fn metrics_endpoint_is_scraped_and_parsed_during_a_devnet() {
 
     // Every metric the Grafana dashboard queries is one the nodes export.
     dashboard_names_are_exported(&[&s, &ms]);
+
+    // A real Prometheus lints the exposition, scrapes both nodes and runs every query of the
+    // Grafana dashboard.
+    prometheus_runs_the_dashboard(&[vaddr, m1addr]).await;
 
     // Anything but /metrics is not found.
     let (status, _, _) = http_get(vaddr, "/").await;
