@@ -200,13 +200,7 @@ impl SubtensorChain {
                 netuid,
                 "SubtensorModule",
                 "set_mechanism_weights",
-                &[
-                    ("netuid", Value::u128(netuid.into())),
-                    ("mecid", Value::u128(mecid.into())),
-                    ("dests", u16s(uids)),
-                    ("weights", u16s(weights)),
-                    ("version_key", Value::u128(version_key.into())),
-                ],
+                &mechanism_weights_args(netuid, mecid, uids, weights, version_key),
             )
             .await?
         } else if let super::calls::WeightCall::CommitTimelocked(mecid) = call {
@@ -257,6 +251,48 @@ impl SubtensorChain {
             .set_last_weights(netuid, hotkey.id(), receipt.block);
         Ok(receipt)
     }
+}
+
+/// The arguments of `set_mechanism_weights(netuid, mecid, dests, weights, version_key)`.
+pub(crate) fn mechanism_weights_args(
+    netuid: u16,
+    mecid: u8,
+    uids: &[u16],
+    weights: &[u16],
+    version_key: u64,
+) -> Vec<(&'static str, Value)> {
+    vec![
+        ("netuid", Value::u128(netuid.into())),
+        ("mecid", Value::u128(mecid.into())),
+        ("dests", u16s(uids)),
+        ("weights", u16s(weights)),
+        ("version_key", Value::u128(version_key.into())),
+    ]
+}
+
+/// The call and arguments of a commit-reveal v4 commit:
+/// `commit_timelocked_mechanism_weights(netuid, mecid, commit, reveal_round,
+/// commit_reveal_version)`, or without a mechanism id `commit_timelocked_weights`.
+pub(crate) fn timelocked_commit_call(
+    netuid: u16,
+    mecid: Option<u8>,
+    commit: Vec<u8>,
+    round: u64,
+    version: u16,
+) -> (&'static str, Vec<(&'static str, Value)>) {
+    let mut args = vec![("netuid", Value::u128(netuid.into()))];
+    if let Some(m) = mecid {
+        args.push(("mecid", Value::u128(m.into())));
+    }
+    args.push(("commit", Value::from_bytes(commit)));
+    args.push(("reveal_round", Value::u128(round.into())));
+    args.push(("commit_reveal_version", Value::u128(version.into())));
+    let call = if mecid.is_some() {
+        "commit_timelocked_mechanism_weights"
+    } else {
+        "commit_timelocked_weights"
+    };
+    (call, args)
 }
 
 impl SubtensorChain {
@@ -356,18 +392,7 @@ impl SubtensorChain {
             bytes = commit.len(),
             "committing timelocked weights"
         );
-        let mut args = vec![("netuid", Value::u128(netuid.into()))];
-        if let Some(m) = mecid {
-            args.push(("mecid", Value::u128(m.into())));
-        }
-        args.push(("commit", Value::from_bytes(commit)));
-        args.push(("reveal_round", Value::u128(round.into())));
-        args.push(("commit_reveal_version", Value::u128(version.into())));
-        let call = if mecid.is_some() {
-            "commit_timelocked_mechanism_weights"
-        } else {
-            "commit_timelocked_weights"
-        };
+        let (call, args) = timelocked_commit_call(netuid, mecid, commit, round, version);
         self.submit(hotkey, netuid, "SubtensorModule", call, &args)
             .await
     }
@@ -376,6 +401,203 @@ impl SubtensorChain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use scale_info::{
+        form::PortableForm, Field, Path, PortableType, Type, TypeDef, TypeDefComposite,
+        TypeDefPrimitive, Variant,
+    };
+    use subxt::ext::codec::{Compact, Decode, Encode};
+    use subxt::ext::frame_metadata::{RuntimeMetadata, RuntimeMetadataPrefixed};
+
+    /// Spec 218's metadata (`tests/fixtures/chain/spec218-metadata.scale`) with the weight calls
+    /// of later runtimes added to `SubtensorModule`, in the shapes subtensor declares them
+    /// (`NetUid` and `MechId` newtypes around u16 and u8, `BoundedVec<u8>` around `Vec<u8>`,
+    /// call indices 113, 118, 119); and the pallet's index.
+    fn metadata_with_newer_weight_calls() -> (subxt::Metadata, u8) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/chain/spec218-metadata.scale"
+        );
+        let bytes = std::fs::read(path).expect("the spec 218 metadata fixture");
+        let mut prefixed =
+            RuntimeMetadataPrefixed::decode(&mut &bytes[..]).expect("metadata decodes");
+        let RuntimeMetadata::V14(md) = &mut prefixed.1 else {
+            panic!("spec 218 serves metadata v14")
+        };
+        let pallet = md
+            .pallets
+            .iter()
+            .find(|p| p.name == "SubtensorModule")
+            .expect("SubtensorModule");
+        let pallet_index = pallet.index;
+        let calls_ty = pallet.calls.as_ref().expect("calls").ty.id;
+        let types = &mut md.types.types;
+        let prim = |types: &[PortableType], p: TypeDefPrimitive| {
+            types
+                .iter()
+                .find(|t| t.ty.type_def == TypeDef::Primitive(p.clone()))
+                .map(|t| t.id)
+                .expect("primitive in the registry")
+        };
+        let (u8_id, u16_id, u64_id) = (
+            prim(types, TypeDefPrimitive::U8),
+            prim(types, TypeDefPrimitive::U16),
+            prim(types, TypeDefPrimitive::U64),
+        );
+        let seq_of = |types: &[PortableType], of: u32| {
+            types
+                .iter()
+                .find(|t| matches!(&t.ty.type_def, TypeDef::Sequence(s) if s.type_param.id == of))
+                .map(|t| t.id)
+                .expect("a sequence in the registry")
+        };
+        let (vec_u8, vec_u16) = (seq_of(types, u8_id), seq_of(types, u16_id));
+        let mut newtype = |name: &str, inner: u32| {
+            let id = types.len() as u32;
+            types.push(PortableType {
+                id,
+                ty: Type {
+                    path: Path::from_segments_unchecked(["subtensor".to_string(), name.into()]),
+                    type_params: vec![],
+                    type_def: TypeDef::Composite(TypeDefComposite {
+                        fields: vec![field(None, inner)],
+                    }),
+                    docs: vec![],
+                },
+            });
+            id
+        };
+        let netuid = newtype("NetUid", u16_id);
+        let mecid = newtype("MechId", u8_id);
+        let bounded = newtype("BoundedVec", vec_u8);
+        fn field(name: Option<&str>, ty: u32) -> Field<PortableForm> {
+            Field {
+                name: name.map(str::to_string),
+                ty: ty.into(),
+                type_name: None,
+                docs: vec![],
+            }
+        }
+        let added = [
+            (
+                "commit_timelocked_weights",
+                113,
+                vec![
+                    field(Some("netuid"), netuid),
+                    field(Some("commit"), bounded),
+                    field(Some("reveal_round"), u64_id),
+                    field(Some("commit_reveal_version"), u16_id),
+                ],
+            ),
+            (
+                "commit_timelocked_mechanism_weights",
+                118,
+                vec![
+                    field(Some("netuid"), netuid),
+                    field(Some("mecid"), mecid),
+                    field(Some("commit"), bounded),
+                    field(Some("reveal_round"), u64_id),
+                    field(Some("commit_reveal_version"), u16_id),
+                ],
+            ),
+            (
+                "set_mechanism_weights",
+                119,
+                vec![
+                    field(Some("netuid"), netuid),
+                    field(Some("mecid"), mecid),
+                    field(Some("dests"), vec_u16),
+                    field(Some("weights"), vec_u16),
+                    field(Some("version_key"), u64_id),
+                ],
+            ),
+        ];
+        let calls = types
+            .iter_mut()
+            .find(|t| t.id == calls_ty)
+            .expect("the call enum");
+        let TypeDef::Variant(v) = &mut calls.ty.type_def else {
+            panic!("the call type is an enum")
+        };
+        for (name, index, fields) in added {
+            assert!(
+                v.variants
+                    .iter()
+                    .all(|x| x.index != index && x.name != name),
+                "spec 218 already has call {index} or {name}"
+            );
+            v.variants.push(Variant {
+                name: name.into(),
+                fields,
+                index,
+                docs: vec![],
+            });
+        }
+        let md = subxt::Metadata::decode(&mut &prefixed.encode()[..]).expect("subxt takes it");
+        (md, pallet_index)
+    }
+
+    /// The call data apiary's dynamic encoding produces for `call(args)` under `md`.
+    fn call_data(md: &subxt::Metadata, call: &str, args: &[(&str, Value)]) -> Vec<u8> {
+        let fields = values::call_args(md, "SubtensorModule", call, args).expect("call args");
+        let payload = subxt::dynamic::tx("SubtensorModule", call, fields);
+        subxt::ext::frame_decode::extrinsics::encode_call_data(
+            payload.pallet_name(),
+            payload.call_name(),
+            payload.call_data(),
+            md,
+            md.types(),
+        )
+        .expect("encodes")
+    }
+
+    #[test]
+    fn newer_weight_calls_encode_as_the_runtime_declares_them() {
+        let (md, pallet) = metadata_with_newer_weight_calls();
+        let calls = super::super::calls::WeightCalls::from_metadata(&md);
+        assert!(calls.commit_timelocked_mechanism_weights && calls.set_mechanism_weights);
+
+        // commit_timelocked_mechanism_weights(netuid 3, mecid 1, commit, round, version 4)
+        let commit: Vec<u8> = (0..300u16).map(|i| (i % 251) as u8).collect();
+        let (name, args) = timelocked_commit_call(3, Some(1), commit.clone(), 12_345_678, 4);
+        let mut want = vec![pallet, 118];
+        want.extend(3u16.encode());
+        want.push(1);
+        want.extend(Compact(commit.len() as u32).encode());
+        want.extend(&commit);
+        want.extend(12_345_678u64.encode());
+        want.extend(4u16.encode());
+        assert_eq!(call_data(&md, name, &args), want);
+
+        // commit_timelocked_weights: the same without the mechanism id.
+        let (name, args) = timelocked_commit_call(3, None, commit.clone(), 9, 4);
+        let mut want = vec![pallet, 113];
+        want.extend(3u16.encode());
+        want.extend(Compact(commit.len() as u32).encode());
+        want.extend(&commit);
+        want.extend(9u64.encode());
+        want.extend(4u16.encode());
+        assert_eq!(call_data(&md, name, &args), want);
+
+        // set_mechanism_weights(netuid 3, mecid 2, dests, weights, version_key)
+        let args = mechanism_weights_args(3, 2, &[0, 5], &[65535, 7], 1_004_002);
+        let mut want = vec![pallet, 119];
+        want.extend(3u16.encode());
+        want.push(2);
+        want.extend(vec![0u16, 5].encode());
+        want.extend(vec![65535u16, 7].encode());
+        want.extend(1_004_002u64.encode());
+        assert_eq!(call_data(&md, "set_mechanism_weights", &args), want);
+
+        // And spec 218's own set_weights through the same path, for comparison.
+        let set = [
+            ("netuid", Value::u128(3)),
+            ("dests", u16s(&[0, 5])),
+            ("weights", u16s(&[65535, 7])),
+            ("version_key", Value::u128(1)),
+        ];
+        let data = call_data(&md, "set_weights", &set);
+        assert_eq!(&data[..2], &[pallet, 0]);
+    }
 
     #[test]
     fn commit_hash_is_scale_of_the_tuple() {
