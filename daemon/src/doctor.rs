@@ -79,7 +79,19 @@ pub async fn check(cfg: &NodeConfig, path: &Path) -> Vec<Check> {
     out.push(disk(&cfg.node.data_dir, cfg.node.disk_budget_mb));
     out.push(dataset(cfg));
     out.push(device(&cfg.train.device));
-    out.push(listen(&cfg.net.listen));
+    // A node already running on this config holds the listen port and knows its reachability.
+    let running = running_status(&cfg.admin_socket_path()).await;
+    match &running {
+        Some(st) => out.push(ok(
+            "listen",
+            format!(
+                "held by the node running on this config (peer {}), listening on {}",
+                st["peer_id"].as_str().unwrap_or("?"),
+                listen_list(st)
+            ),
+        )),
+        None => out.push(listen(&cfg.net.listen)),
+    }
     match cfg.chain.backend {
         ChainBackend::Local => out.push(ok(
             "chain",
@@ -87,20 +99,25 @@ pub async fn check(cfg: &NodeConfig, path: &Path) -> Vec<Check> {
         )),
         ChainBackend::Subtensor => out.extend(subtensor(cfg).await),
     }
-    out.push(if cfg.net.autonat {
-        ok(
-            "reachability",
-            "net.autonat is on: `apiary admin status` shows whether peers can dial this node",
-        )
-    } else {
-        bad(
+    out.push(
+        if let Some(nat) = running.as_ref().and_then(|st| st["nat"].as_str()) {
+            reachability(nat)
+        } else if cfg.net.autonat {
+            ok(
+                "reachability",
+                "net.autonat is on: `apiary admin status` shows whether peers can dial this node \
+             once it runs (run `apiary doctor` again then)",
+            )
+        } else {
+            bad(
             Verdict::Warn,
             "reachability",
             "not probed (net.autonat is off)",
             "set net.autonat = true to learn whether peers can dial this node; behind NAT list \
              a relay in net.relays",
         )
-    });
+        },
+    );
     out
 }
 
@@ -250,6 +267,58 @@ fn device(choice: &str) -> Check {
             "set train.device = \"cpu\", or build with `--features cuda` on a machine with a GPU \
              (README: Building with CUDA)",
         ),
+    }
+}
+
+/// The `status` of a node answering on `socket` (within two seconds), if one is running.
+async fn running_status(socket: &Path) -> Option<serde_json::Value> {
+    if !socket.exists() {
+        return None;
+    }
+    let req = serde_json::json!({"cmd": "status"});
+    let reply = crate::admin::request_timeout(socket, &req, std::time::Duration::from_secs(2))
+        .await
+        .ok()?;
+    let status = reply.get("result")?;
+    status.get("peer_id").is_some().then(|| status.clone())
+}
+
+fn listen_list(status: &serde_json::Value) -> String {
+    let addrs: Vec<&str> = status["listen_addrs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_str()).collect())
+        .unwrap_or_default();
+    if addrs.is_empty() {
+        "no address yet".into()
+    } else {
+        addrs.join(", ")
+    }
+}
+
+/// What the running node's AutoNAT says about dialing it from outside.
+pub fn reachability(nat: &str) -> Check {
+    if nat.starts_with("public") || nat.contains("through") {
+        ok("reachability", format!("AutoNAT: {nat}"))
+    } else if nat.starts_with("private") {
+        bad(
+            Verdict::Warn,
+            "reachability",
+            format!("AutoNAT: {nat}"),
+            "forward net.listen's TCP port on the router, or list a relay in net.relays \
+             (with net.hole_punching = true peers can then upgrade to a direct connection)",
+        )
+    } else if nat.starts_with("off") {
+        bad(
+            Verdict::Warn,
+            "reachability",
+            "the running node does not probe (net.autonat is off)",
+            "set net.autonat = true and restart to learn whether peers can dial this node",
+        )
+    } else {
+        ok(
+            "reachability",
+            format!("AutoNAT: {nat}; run `apiary doctor` again in a minute"),
+        )
     }
 }
 
@@ -491,6 +560,26 @@ mod tests {
         c.node.data_dir = dir.join("node");
         c.train.data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/tinyshakespeare.txt");
         c
+    }
+
+    #[test]
+    fn reachability_follows_autonat() {
+        assert_eq!(
+            reachability("public at /ip4/1.2.3.4/tcp/4001").verdict,
+            Verdict::Ok
+        );
+        assert_eq!(
+            reachability("private: peers cannot dial this node; set net.relays; reachable through 1 relay(s)").verdict,
+            Verdict::Ok
+        );
+        let private = reachability("private: peers cannot dial this node; set net.relays");
+        assert_eq!(private.verdict, Verdict::Warn);
+        assert!(private.fix.expect("fix").contains("net.relays"));
+        assert_eq!(reachability("off (net.autonat)").verdict, Verdict::Warn);
+        assert_eq!(
+            reachability("unknown (not probed yet)").verdict,
+            Verdict::Ok
+        );
     }
 
     #[tokio::test]
