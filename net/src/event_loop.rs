@@ -179,6 +179,106 @@ enum Lookup {
     },
 }
 
+/// What differs between the two request/response protocols the node serves; the event
+/// handling they share is [`EventLoop::on_served`].
+trait Served {
+    /// The protocol's codec.
+    type Codec: request_response::Codec<Request = Self::Request, Response = Self::Response>
+        + Send
+        + Clone
+        + 'static;
+    /// Its request.
+    type Request: std::fmt::Debug + Send + 'static;
+    /// Its response.
+    type Response: Send + 'static;
+    /// What a request asks for, in logs.
+    const WHAT: &'static str;
+    /// The answer to a request that is not served now.
+    fn busy() -> Self::Response;
+    /// The protocol's behaviour in the swarm.
+    fn behaviour(b: &mut ApiaryBehaviour) -> &mut request_response::Behaviour<Self::Codec>;
+    /// The fetches waiting for a response.
+    fn pending(l: &mut EventLoop) -> &mut HashMap<OutboundRequestId, PendingFetch<Self::Response>>;
+    /// Payload bytes of a response (for the per-peer byte counts).
+    fn response_bytes(r: &Self::Response) -> u64;
+    /// Answers `request` from the store (runs off the event loop).
+    fn lookup(
+        provider: &dyn BlobProvider,
+        request: Self::Request,
+        channel: ResponseChannel<Self::Response>,
+        peer: PeerId,
+    ) -> Lookup;
+}
+
+/// `/apiary/blob/1`: whole blobs.
+struct BlobProtocol;
+
+impl Served for BlobProtocol {
+    type Codec = libp2p::request_response::cbor::codec::Codec<BlobRequest, BlobResponse>;
+    type Request = BlobRequest;
+    type Response = BlobResponse;
+    const WHAT: &'static str = "blob";
+    fn busy() -> BlobResponse {
+        BlobResponse::Busy
+    }
+    fn behaviour(b: &mut ApiaryBehaviour) -> &mut request_response::Behaviour<Self::Codec> {
+        &mut b.blobs
+    }
+    fn pending(l: &mut EventLoop) -> &mut HashMap<OutboundRequestId, PendingFetch<BlobResponse>> {
+        &mut l.pending_fetches
+    }
+    fn response_bytes(r: &BlobResponse) -> u64 {
+        blob_response_bytes(r)
+    }
+    fn lookup(
+        provider: &dyn BlobProvider,
+        request: BlobRequest,
+        channel: ResponseChannel<BlobResponse>,
+        peer: PeerId,
+    ) -> Lookup {
+        Lookup::Blob {
+            blob: provider.get_blob(&request.id),
+            channel,
+            id: request.id,
+            peer,
+        }
+    }
+}
+
+/// `/apiary/range/1`: verified groups of a blob.
+struct RangeProtocol;
+
+impl Served for RangeProtocol {
+    type Codec = crate::behaviour::RangeCodec;
+    type Request = RangeRequest;
+    type Response = RangeResponse;
+    const WHAT: &'static str = "range";
+    fn busy() -> RangeResponse {
+        RangeResponse::Busy
+    }
+    fn behaviour(b: &mut ApiaryBehaviour) -> &mut request_response::Behaviour<Self::Codec> {
+        &mut b.ranges
+    }
+    fn pending(l: &mut EventLoop) -> &mut HashMap<OutboundRequestId, PendingFetch<RangeResponse>> {
+        &mut l.pending_ranges
+    }
+    fn response_bytes(r: &RangeResponse) -> u64 {
+        range_response_bytes(r)
+    }
+    fn lookup(
+        provider: &dyn BlobProvider,
+        request: RangeRequest,
+        channel: ResponseChannel<RangeResponse>,
+        peer: PeerId,
+    ) -> Lookup {
+        Lookup::Range {
+            response: serve_range(provider, &request),
+            channel,
+            peer,
+        }
+    }
+}
+
 struct PendingDial {
     addr: Multiaddr,
     reply: oneshot::Sender<Result<(), NetError>>,
@@ -773,9 +873,13 @@ impl EventLoop {
     fn on_swarm_event(&mut self, event: SwarmEvent<ApiaryBehaviourEvent>) {
         match event {
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Gossipsub(ev)) => self.on_gossipsub(ev),
-            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Blobs(ev)) => self.on_blobs(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Blobs(ev)) => {
+                self.on_served::<BlobProtocol>(ev)
+            }
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Identify(ev)) => self.on_identify(ev),
-            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ranges(ev)) => self.on_ranges(ev),
+            SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ranges(ev)) => {
+                self.on_served::<RangeProtocol>(ev)
+            }
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Kad(ev)) => self.on_kad(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::Ping(ev)) => on_ping(ev),
             SwarmEvent::Behaviour(ApiaryBehaviourEvent::RelayClient(ev)) => {
@@ -979,7 +1083,11 @@ impl EventLoop {
         Ok(env)
     }
 
-    fn on_blobs(&mut self, event: request_response::Event<BlobRequest, BlobResponse>) {
+    /// Handles an event of one of the two request/response protocols the node serves
+    /// (`/apiary/blob/1`, `/apiary/range/1`; what differs is in [`Served`]): an inbound request
+    /// is admitted (or answered `Busy`) and looked up off the loop; a response or a failure is
+    /// handed to the fetch waiting for it.
+    fn on_served<P: Served>(&mut self, event: request_response::Event<P::Request, P::Response>) {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
@@ -987,29 +1095,22 @@ impl EventLoop {
                 } => {
                     self.peer_bytes(peer, BLOB_ID_BYTES, 0);
                     if !self.admit_request(peer) {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .blobs
-                            .send_response(channel, BlobResponse::Busy);
+                        let _ = P::behaviour(self.swarm.behaviour_mut())
+                            .send_response(channel, P::busy());
                         return;
                     }
+                    trace!(%peer, ?request, "{} requested", P::WHAT);
                     let provider = self.provider.clone();
-                    let id = request.id;
-                    trace!(%peer, id = %hex::encode(id), "blob requested");
-                    self.lookups.spawn_blocking(move || Lookup::Blob {
-                        blob: provider.get_blob(&id),
-                        channel,
-                        id,
-                        peer,
+                    self.lookups.spawn_blocking(move || {
+                        P::lookup(provider.as_ref(), request, channel, peer)
                     });
                 }
                 request_response::Message::Response {
                     request_id,
                     response,
                 } => {
-                    self.peer_bytes(peer, blob_response_bytes(&response), 0);
-                    if let Some(pending) = self.pending_fetches.remove(&request_id) {
+                    self.peer_bytes(peer, P::response_bytes(&response), 0);
+                    if let Some(pending) = P::pending(self).remove(&request_id) {
                         let _ = pending.reply.send(Ok(response));
                     }
                 }
@@ -1020,16 +1121,16 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                debug!(%peer, %error, "blob request failed");
-                if let Some(pending) = self.pending_fetches.remove(&request_id) {
+                debug!(%peer, %error, "{} request failed", P::WHAT);
+                if let Some(pending) = P::pending(self).remove(&request_id) {
                     let _ = pending.reply.send(Err(outbound_error(pending.peer, error)));
                 }
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "serving a blob failed");
+                debug!(%peer, %error, "serving a {} failed", P::WHAT);
             }
             request_response::Event::ResponseSent { peer, .. } => {
-                trace!(%peer, "blob response sent");
+                trace!(%peer, "{} response sent", P::WHAT);
             }
         }
     }
@@ -1048,57 +1149,6 @@ impl EventLoop {
             return false;
         }
         true
-    }
-
-    fn on_ranges(&mut self, event: request_response::Event<RangeRequest, RangeResponse>) {
-        match event {
-            request_response::Event::Message { peer, message, .. } => match message {
-                request_response::Message::Request {
-                    request, channel, ..
-                } => {
-                    self.peer_bytes(peer, BLOB_ID_BYTES, 0);
-                    if !self.admit_request(peer) {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .ranges
-                            .send_response(channel, RangeResponse::Busy);
-                        return;
-                    }
-                    let provider = self.provider.clone();
-                    trace!(%peer, ?request, "range requested");
-                    self.lookups.spawn_blocking(move || Lookup::Range {
-                        response: serve_range(provider.as_ref(), &request),
-                        channel,
-                        peer,
-                    });
-                }
-                request_response::Message::Response {
-                    request_id,
-                    response,
-                } => {
-                    self.peer_bytes(peer, range_response_bytes(&response), 0);
-                    if let Some(pending) = self.pending_ranges.remove(&request_id) {
-                        let _ = pending.reply.send(Ok(response));
-                    }
-                }
-            },
-            request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
-            } => {
-                debug!(%peer, %error, "range request failed");
-                if let Some(pending) = self.pending_ranges.remove(&request_id) {
-                    let _ = pending.reply.send(Err(outbound_error(pending.peer, error)));
-                }
-            }
-            request_response::Event::InboundFailure { peer, error, .. } => {
-                debug!(%peer, %error, "serving a range failed");
-            }
-            request_response::Event::ResponseSent { .. } => {}
-        }
     }
 
     fn on_lookup(&mut self, lookup: Lookup) {
