@@ -78,7 +78,11 @@ pub fn render(args: &InitArgs) -> Result<String> {
              ws://127.0.0.1:9944, or a URL.\nendpoint = {}\n# The btcli wallet and hotkey that \
              sign (~/.bittensor/wallets/<wallet>/hotkeys/<hotkey>).\n# Register first: `btcli \
              subnet register --netuid {} --wallet.name {} --wallet.hotkey {}`\n# (or `apiary \
-             chain register`).\nwallet = {}\nhotkey = {}\n",
+             chain register`).\nwallet = {}\nhotkey = {}\n# The subnet's incentive mechanism \
+             these weights are for (0 = the main one).\nmechanism = 0\n# Block time in ms \
+             (12000 on finney and testnet, 250 on a fast-block localnet):\n# commit-reveal v4 \
+             encrypts weights to the drand round of their reveal.\nsubtensor_block_ms = \
+             12000\n",
             toml_str(&args.endpoint),
             args.netuid,
             args.wallet,

@@ -239,7 +239,10 @@ async fn prometheus_runs_the_dashboard(targets: &[SocketAddr]) {
         T,
         "Prometheus has scraped both nodes three times",
         || async {
-            if tokio::net::TcpStream::connect(prom).await.is_err() {
+            // Up, and past its start-up (until then it answers 503).
+            if tokio::net::TcpStream::connect(prom).await.is_err()
+                || http_get(prom, "/-/ready").await.0 != "HTTP/1.1 200 OK"
+            {
                 return false;
             }
             let r = prom_query(prom, "min(count_over_time(up{job=\"apiary\"}[1m]))").await;
