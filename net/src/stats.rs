@@ -271,8 +271,9 @@ impl PeerBytes {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds `bytes_in` received from and `bytes_out` sent to `peer`; `connected` says whether
-    /// the peer has an open connection now.
+    /// Adds `bytes_in` received from and `bytes_out` sent to `peer`. `connected` (whether the
+    /// peer has an open connection now) is taken only when the peer is first tracked; after
+    /// that the connection events own the flag ([`PeerBytes::set_connected`]).
     pub fn record(&self, peer: PeerId, bytes_in: u64, bytes_out: u64, connected: bool) {
         let add = Traffic {
             bytes_in,
@@ -283,7 +284,6 @@ impl PeerBytes {
         let inner = &mut *m;
         if let Some(e) = inner.peers.get_mut(&peer) {
             e.traffic.add(add);
-            e.connected = connected;
             return;
         }
         if inner.peers.len() >= cap {

@@ -445,11 +445,10 @@ impl EpochSchedule {
                 "a reveal period of {reveal_period_epochs} epochs is over {MAX_REVEAL_PERIOD_EPOCHS}"
             )));
         }
-        let inclusion = self.current_block + 1;
-        let state = *self;
-        let target = state.epoch_seen_by_reveal(inclusion) + reveal_period_epochs;
-        let limit = inclusion + (reveal_period_epochs + 1) * MAX_TEMPO;
-        let mut state = state;
+        let inclusion = self.current_block.saturating_add(1);
+        let target = self.epoch_seen_by_reveal(inclusion) + reveal_period_epochs;
+        let limit = inclusion.saturating_add((reveal_period_epochs + 1) * MAX_TEMPO);
+        let mut state = *self;
         for block in inclusion..=limit {
             if state.epoch_seen_by_reveal(block) == target {
                 return Ok(block);

@@ -296,19 +296,29 @@ pub(crate) fn timelocked_commit_call(
 }
 
 impl SubtensorChain {
-    /// A `SubtensorModule` value for `netuid`, or `default` where the runtime lacks the entry
+    /// A `SubtensorModule` value under `keys`, or `default` where the runtime lacks the entry
     /// (older runtimes) or holds none.
-    async fn subnet_value_or<V>(&self, at: &At, entry: &str, netuid: u16, default: V) -> Result<V>
+    async fn value_or<K, V>(&self, at: &At, entry: &str, keys: K, default: V) -> Result<V>
     where
+        K: subxt::ext::frame_decode::storage::IntoEncodableValues
+            + subxt::ext::frame_decode::storage::IntoDecodableValues,
         V: subxt::ext::scale_decode::DecodeAsType,
     {
         if !values::has_storage(at.metadata_ref(), "SubtensorModule", entry) {
             return Ok(default);
         }
         Ok(self
-            .fetch(at, "SubtensorModule", entry, (netuid,))
+            .fetch(at, "SubtensorModule", entry, keys)
             .await?
             .unwrap_or(default))
+    }
+
+    /// [`Self::value_or`] for an entry keyed by the subnet.
+    async fn subnet_value_or<V>(&self, at: &At, entry: &str, netuid: u16, default: V) -> Result<V>
+    where
+        V: subxt::ext::scale_decode::DecodeAsType,
+    {
+        self.value_or(at, entry, (netuid,), default).await
     }
 
     /// The subnet's epoch schedule at `at` ([`EpochSchedule`]). Runtimes without the stateful
@@ -357,17 +367,14 @@ impl SubtensorChain {
         let period: u64 = self
             .subnet_value_or(&at, "RevealPeriodEpochs", netuid, 1)
             .await?;
-        let version: u16 = if values::has_storage(
-            at.metadata_ref(),
-            "SubtensorModule",
-            "CommitRevealWeightsVersion",
-        ) {
-            self.fetch(&at, "SubtensorModule", "CommitRevealWeightsVersion", ())
-                .await?
-                .unwrap_or(timelock::COMMIT_REVEAL_VERSION)
-        } else {
-            timelock::COMMIT_REVEAL_VERSION
-        };
+        let version: u16 = self
+            .value_or(
+                &at,
+                "CommitRevealWeightsVersion",
+                (),
+                timelock::COMMIT_REVEAL_VERSION,
+            )
+            .await?;
         drop(at);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
