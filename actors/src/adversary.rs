@@ -21,7 +21,8 @@
 //! | `poison-inverted` | the honest update × −10 |
 //!
 //! Sybils are several nodes configured as `copier` / `noisy-copier`: each copies the lowest
-//! other uid that announced in the window, so they all copy the same victim.
+//! other uid that announced in the window and whose update it can fetch and decode, so they all
+//! copy the same victim.
 //!
 //! Transformed updates are the honest *wire* update (after the miner's encoder, so a compressing
 //! miner's error feedback stays honest) decoded, transformed and encoded again by a fresh
@@ -107,39 +108,70 @@ pub(crate) async fn train(a: Shared, job: Job) -> Result<Computed, WorkError> {
         .unwrap_or_else(|e| Err(join_err(e)))
 }
 
-/// Waits for another miner's announcement of the job's window (until the window is over) and
-/// fetches its blob: `(bytes, loss)` of the lowest uid that announced.
+/// Waits for other miners' announcements of the job's window (until the window is over) and
+/// copies the lowest uid whose blob it can fetch and that decodes: `(bytes, loss)`.
+///
+/// A victim that announced but cannot be copied (a `never-serve` blob, a `poison-nan` update)
+/// is passed over, as a real copier would, rather than failing the window: a copier that
+/// announces nothing is not a copier the swarm has to defend against.
 async fn victim(job: &Job) -> Result<(Vec<u8>, f32), WorkError> {
     let ctx = &job.ctx;
     let w = job.window;
     let mut seen_at: Option<tokio::time::Instant> = None;
+    // Announcements passed over: fetched once, never again.
+    let mut passed: Vec<ContentId> = Vec::new();
     loop {
         if ctx.status().window > w.saturating_add(1) {
             return Err(WorkError::Compute(format!(
-                "copier: nobody announced an update in window {w}"
+                "copier: nobody announced a copiable update in window {w}"
             )));
         }
-        let mut found: Option<UpdateAnnouncement> = None;
+        let mut found: Vec<UpdateAnnouncement> = Vec::new();
         if let Some(mg) = ctx.metagraph() {
             for n in mg.neurons.iter().filter(|n| n.uid != job.uid) {
                 if let Ok(Some(ann)) = ctx
                     .store
                     .get::<UpdateAnnouncement>(Column::Announcements, &window_uid_key(w, n.uid))
                 {
-                    found = Some(ann);
-                    break;
+                    if !passed.contains(&ann.update) {
+                        found.push(ann);
+                    }
                 }
             }
         }
-        if let Some(ann) = found {
+        if !found.is_empty() {
             let first = *seen_at.get_or_insert_with(tokio::time::Instant::now);
             if first.elapsed() >= SETTLE {
-                let bytes = fetch_blob(ctx, ann.update, None, false).await?;
-                tracing::info!(window = w, victim = ann.uid, "copier: copying an update");
-                return Ok((bytes, ann.loss));
+                found.sort_by_key(|a| a.uid);
+                for ann in found {
+                    match copiable(job, &ann).await {
+                        Ok(bytes) => {
+                            tracing::info!(
+                                window = w,
+                                victim = ann.uid,
+                                "copier: copying an update"
+                            );
+                            return Ok((bytes, ann.loss));
+                        }
+                        Err(e) => {
+                            tracing::info!(window = w, victim = ann.uid, error = %e, "copier: cannot copy this update; trying another");
+                            passed.push(ann.update);
+                        }
+                    }
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The announced update's bytes, if they can be fetched and decode.
+async fn copiable(job: &Job, ann: &UpdateAnnouncement) -> Result<Vec<u8>, WorkError> {
+    let bytes = fetch_blob(&job.ctx, ann.update, None, false).await?;
+    let cfg = job.ctx.cfg.clone();
+    match tokio::task::spawn_blocking(move || updates::decode(&cfg, &bytes).map(|_| bytes)).await {
+        Ok(decoded) => decoded.map_err(WorkError::Compute),
+        Err(e) => Err(join_err(e)),
     }
 }
 

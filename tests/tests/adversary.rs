@@ -420,3 +420,94 @@ fn adversarial_swarm_pays_only_for_work() {
 fn adversarial_swarm_pays_only_for_work_with_compressed_updates() {
     run(clean_vs_adversarial("compressed", compressed));
 }
+
+/// Copiers pass over updates they cannot copy. `poison-nan` and `never-serve` register first,
+/// so they hold the lowest miner uids and announce as early as the honest miner: a copier that
+/// took the lowest announcer blindly failed its window on them and announced nothing (a run of
+/// the compressed swarm above once waited forever for its `noisy-copier`). Every window, the
+/// `noisy-copier` must announce an update the validator scores, and the exact `copier` a copy
+/// of the honest miner's.
+#[test]
+fn copiers_pass_over_updates_they_cannot_copy() {
+    run(async {
+        init_tracing();
+        let mut net = TestNet::new();
+        let dir = net.dir.path().to_path_buf();
+        let v = net
+            .spawn(test_config(&dir, "validator", Role::Validator))
+            .await;
+        let mut uids = Vec::new();
+        for (name, cheat) in [
+            ("poison-nan", Some(AdversaryKind::PoisonNan)),
+            ("never-serve", Some(AdversaryKind::NeverServe)),
+            ("honest", None),
+            ("noisy-copier", Some(AdversaryKind::NoisyCopier)),
+            ("copier", Some(AdversaryKind::Copier)),
+        ] {
+            let mut c = test_config(&dir, name, Role::Miner);
+            c.train.adversary = cheat;
+            uids.push((name, net.spawn(c).await));
+        }
+        net.wait_connected(T).await;
+        let eval = net.nodes[v].handles().evaluator.clone();
+        let bpw = net.nodes[v].ctx().cfg.chain.blocks_per_window;
+        let first = net.chain.head().number / bpw + 1;
+        let uid_of = |name: &str| {
+            let idx = uids.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
+            net.nodes[idx.expect("spawned")].ctx().uid().expect("uid")
+        };
+        let (nan, never, honest) = (
+            uid_of("poison-nan"),
+            uid_of("never-serve"),
+            uid_of("honest"),
+        );
+        assert!(
+            nan < honest && never < honest,
+            "the cheats hold the lowest uids"
+        );
+        let node_of = |name: &str| uids.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
+        let mut published: Vec<_> = ["honest", "noisy-copier", "copier"]
+            .iter()
+            .map(|n| {
+                net.nodes[node_of(n).expect("spawned")]
+                    .ctx()
+                    .events
+                    .subscribe()
+            })
+            .collect();
+        for w in first..first + 3 {
+            net.advance_to(w * bpw);
+            // poison-nan, never-serve, honest and noisy-copier; the copier's copy is not evaluated.
+            wait_until(
+                T,
+                &format!("the validator scores 4 updates of window {w}"),
+                || async { eval.scored_in(w).await.unwrap_or(0) >= 4 },
+            )
+            .await;
+            let mut ids = Vec::new();
+            for (k, ev) in published.iter_mut().enumerate() {
+                let deadline = tokio::time::Instant::now() + T;
+                let id = loop {
+                    match tokio::time::timeout_at(deadline, ev.recv()).await {
+                        Err(_) => panic!("miner {k} published no update for window {w}"),
+                        Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                        Ok(Err(e)) => panic!("miner {k} event bus: {e}"),
+                        Ok(Ok(NodeEvent::UpdatePublished { window, update, .. }))
+                            if window == w =>
+                        {
+                            break update
+                        }
+                        Ok(Ok(_)) => {}
+                    }
+                };
+                ids.push(id);
+            }
+            assert_eq!(
+                ids[2], ids[0],
+                "window {w}: the copier copies the honest update, the only one it can copy"
+            );
+            assert_ne!(ids[1], ids[0], "window {w}: the noisy copier adds noise");
+        }
+        net.shutdown().await;
+    });
+}
