@@ -85,6 +85,30 @@ where
     }
 }
 
+/// Receives `events` until `pick` returns `Some` (skipping what it lags over), within
+/// `timeout`; panics naming `what` otherwise.
+pub async fn next_event<T>(
+    events: &mut tokio::sync::broadcast::Receiver<apiary_actors::NodeEvent>,
+    timeout: Duration,
+    what: &str,
+    mut pick: impl FnMut(apiary_actors::NodeEvent) -> Option<T>,
+) -> T {
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Err(_) => panic!("timed out after {timeout:?} waiting for: {what}"),
+            Ok(Err(RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => panic!("event bus closed while waiting for {what}: {e}"),
+            Ok(Ok(ev)) => {
+                if let Some(t) = pick(ev) {
+                    return t;
+                }
+            }
+        }
+    }
+}
+
 /// A swarm on one shared embedded chain.
 pub struct TestNet {
     /// Temp dir holding every node's data.

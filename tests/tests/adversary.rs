@@ -16,7 +16,7 @@
 use apiary_actors::NodeEvent;
 use apiary_chain::ChainClient;
 use apiary_config::{AdversaryKind, NodeConfig, Role};
-use apiary_tests::{init_tracing, test_config, wait_until, TestNet};
+use apiary_tests::{init_tracing, next_event, test_config, wait_until, TestNet};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -161,26 +161,27 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
     // The weights set at the start of the last window carry every window's scores.
     let mut accepted = Vec::new();
     for (k, ev) in events.iter_mut().enumerate() {
-        let deadline = tokio::time::Instant::now() + T;
         let mut per_window = BTreeMap::new();
-        loop {
-            match tokio::time::timeout_at(deadline, ev.recv()).await {
-                Err(_) => panic!("validator {k} set no weights for window {last}"),
-                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                Ok(Err(e)) => panic!("validator {k} event bus: {e}"),
-                Ok(Ok(NodeEvent::WeightsSubmitted {
+        next_event(
+            ev,
+            T,
+            &format!("validator {k} sets weights for window {last}"),
+            |e| match e {
+                NodeEvent::WeightsSubmitted {
                     window,
                     outcome: Ok(_),
                     ..
-                })) if window >= last => break,
-                Ok(Ok(NodeEvent::WindowClosed {
+                } if window >= last => Some(()),
+                NodeEvent::WindowClosed {
                     window, accepted, ..
-                })) if window >= first => {
+                } if window >= first => {
                     per_window.insert(window, accepted);
+                    None
                 }
-                Ok(Ok(_)) => {}
-            }
-        }
+                _ => None,
+            },
+        )
+        .await;
         accepted.push(per_window.into_values().collect::<Vec<_>>());
     }
     let mut weights = Vec::new();
@@ -452,10 +453,11 @@ fn copiers_pass_over_updates_they_cannot_copy() {
         let eval = net.nodes[v].handles().evaluator.clone();
         let bpw = net.nodes[v].ctx().cfg.chain.blocks_per_window;
         let first = net.chain.head().number / bpw + 1;
-        let uid_of = |name: &str| {
-            let idx = uids.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
-            net.nodes[idx.expect("spawned")].ctx().uid().expect("uid")
+        let node_of = |name: &str| {
+            let i = uids.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
+            &net.nodes[i.expect("spawned")]
         };
+        let uid_of = |name: &str| node_of(name).ctx().uid().expect("uid");
         let (nan, never, honest) = (
             uid_of("poison-nan"),
             uid_of("never-serve"),
@@ -465,15 +467,10 @@ fn copiers_pass_over_updates_they_cannot_copy() {
             nan < honest && never < honest,
             "the cheats hold the lowest uids"
         );
-        let node_of = |name: &str| uids.iter().find(|(n, _)| *n == name).map(|(_, i)| *i);
-        let mut published: Vec<_> = ["honest", "noisy-copier", "copier"]
+        let miners = ["honest", "noisy-copier", "copier"];
+        let mut published: Vec<_> = miners
             .iter()
-            .map(|n| {
-                net.nodes[node_of(n).expect("spawned")]
-                    .ctx()
-                    .events
-                    .subscribe()
-            })
+            .map(|n| node_of(n).ctx().events.subscribe())
             .collect();
         for w in first..first + 3 {
             net.advance_to(w * bpw);
@@ -485,22 +482,17 @@ fn copiers_pass_over_updates_they_cannot_copy() {
             )
             .await;
             let mut ids = Vec::new();
-            for (k, ev) in published.iter_mut().enumerate() {
-                let deadline = tokio::time::Instant::now() + T;
-                let id = loop {
-                    match tokio::time::timeout_at(deadline, ev.recv()).await {
-                        Err(_) => panic!("miner {k} published no update for window {w}"),
-                        Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-                        Ok(Err(e)) => panic!("miner {k} event bus: {e}"),
-                        Ok(Ok(NodeEvent::UpdatePublished { window, update, .. }))
-                            if window == w =>
-                        {
-                            break update
+            for (name, ev) in miners.iter().zip(&mut published) {
+                let what = format!("{name} publishes its update of window {w}");
+                ids.push(
+                    next_event(ev, T, &what, |e| match e {
+                        NodeEvent::UpdatePublished { window, update, .. } if window == w => {
+                            Some(update)
                         }
-                        Ok(Ok(_)) => {}
-                    }
-                };
-                ids.push(id);
+                        _ => None,
+                    })
+                    .await,
+                );
             }
             assert_eq!(
                 ids[2], ids[0],
