@@ -1,8 +1,9 @@
 //! A local subtensor runtime for tests: chopsticks serving `tests/fixtures/chain/subtensor-spec218.json`
 //! with `tests/fixtures/chain/dev-storage.json` on 127.0.0.1 (free port, instant block mode).
 //!
-//! The binary is `<repo>/node_modules/.bin/chopsticks` (install it with `.ci/setup.sh`), or the
-//! path in `APIARY_CHOPSTICKS`. Its state lives in a sqlite file in a temp dir, so
+//! The binary is `<repo>/target/node-venv/bin/chopsticks`, which `.ci/setup.sh` writes: chopsticks
+//! from `node_modules/` under the node 24 it installs from PyPI (chopsticks needs node >= 22), or
+//! the path in `APIARY_CHOPSTICKS`. Its state lives in a sqlite file in a temp dir, so
 //! [`Chopsticks::restart`] brings the same chain back (`--resume`) on the same port. The whole
 //! process group is killed on drop.
 
@@ -24,12 +25,12 @@ pub fn repo_root() -> PathBuf {
 pub fn chopsticks_bin() -> Result<PathBuf, String> {
     let p = std::env::var_os("APIARY_CHOPSTICKS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("node_modules/.bin/chopsticks"));
+        .unwrap_or_else(|| repo_root().join("target/node-venv/bin/chopsticks"));
     if p.exists() {
         Ok(p)
     } else {
         Err(format!(
-            "chopsticks not found at {}: run `bash .ci/setup.sh` (installs @acala-network/chopsticks@1.5.1 into node_modules/) or set APIARY_CHOPSTICKS",
+            "chopsticks not found at {}: run `bash .ci/setup.sh` (installs node 24 and @acala-network/chopsticks@1.5.1, and writes this launcher) or set APIARY_CHOPSTICKS",
             p.display()
         ))
     }
