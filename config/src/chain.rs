@@ -20,12 +20,52 @@ pub enum ChainBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ChainRpc {
-    /// subxt's default backend: real nodes.
+    /// Chosen by the endpoint ([`ChainRpc::resolve`]): legacy on a loopback endpoint (a local
+    /// dev chain: chopsticks needs it, and a local subtensor node serves it too), subxt's
+    /// chainHead backend on every other.
     #[default]
+    Auto,
+    /// subxt's chainHead backend: real nodes.
     Default,
     /// The legacy RPC methods: chopsticks (whose new-head subscriptions the default backend
     /// does not see).
     Legacy,
+}
+
+impl ChainRpc {
+    /// The backend to use for `endpoint`: [`ChainRpc::Auto`] becomes [`ChainRpc::Legacy`] on a
+    /// loopback endpoint and [`ChainRpc::Default`] elsewhere; the others stay as they are.
+    pub fn resolve(self, endpoint: &str) -> ChainRpc {
+        match self {
+            ChainRpc::Auto if is_loopback_endpoint(endpoint) => ChainRpc::Legacy,
+            ChainRpc::Auto => ChainRpc::Default,
+            other => other,
+        }
+    }
+}
+
+/// Whether a subtensor endpoint is on this machine: `local`, or a ws(s) URL whose host is
+/// `localhost`, an address in 127.0.0.0/8 or `[::1]`.
+pub fn is_loopback_endpoint(endpoint: &str) -> bool {
+    if endpoint == "local" {
+        return true;
+    }
+    let Some(rest) = endpoint
+        .strip_prefix("ws://")
+        .or_else(|| endpoint.strip_prefix("wss://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `[chain]`: the chain clock and subnet.
@@ -50,7 +90,8 @@ pub struct ChainConfig {
     pub auto_register: bool,
     /// Subtensor: `finney`, `test`, `local` (ws://127.0.0.1:9944) or a `ws://` / `wss://` URL.
     pub endpoint: String,
-    /// Subtensor: RPC backend, `default` (real nodes) or `legacy` (chopsticks).
+    /// Subtensor: RPC backend, `auto` (legacy on a loopback endpoint, chainHead elsewhere),
+    /// `default` (subxt's chainHead: real nodes) or `legacy` (chopsticks).
     pub rpc: ChainRpc,
     /// Subtensor: btcli wallet name (`~/.bittensor/wallets/<wallet>`).
     pub wallet: String,
@@ -79,7 +120,7 @@ impl Default for ChainConfig {
             metagraph_refresh_blocks: 1,
             auto_register: true,
             endpoint: "local".into(),
-            rpc: ChainRpc::Default,
+            rpc: ChainRpc::Auto,
             wallet: "default".into(),
             hotkey: "default".into(),
             wallet_path: None,
@@ -151,6 +192,31 @@ fn is_wallet_name(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::error::test_util::{assert_invalid, Case};
+
+    #[test]
+    fn auto_rpc_is_legacy_only_on_this_machine() {
+        for e in [
+            "local",
+            "ws://127.0.0.1:9944",
+            "ws://127.3.2.1",
+            "wss://localhost:443/rpc",
+            "ws://[::1]:9944",
+        ] {
+            assert_eq!(ChainRpc::Auto.resolve(e), ChainRpc::Legacy, "{e}");
+            assert_eq!(ChainRpc::Default.resolve(e), ChainRpc::Default, "{e}");
+        }
+        for e in [
+            "finney",
+            "test",
+            "wss://entrypoint.example:443",
+            "ws://128.0.0.1:9944",
+            "ws://127.0.0.1.example:9944",
+            "ws://[::2]:9944",
+        ] {
+            assert_eq!(ChainRpc::Auto.resolve(e), ChainRpc::Default, "{e}");
+            assert_eq!(ChainRpc::Legacy.resolve(e), ChainRpc::Legacy, "{e}");
+        }
+    }
 
     fn subtensor() -> ChainConfig {
         ChainConfig {

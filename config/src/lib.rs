@@ -28,7 +28,7 @@ mod supervisor;
 mod train;
 mod validator;
 
-pub use chain::{ChainBackend, ChainConfig, ChainRpc};
+pub use chain::{is_loopback_endpoint, ChainBackend, ChainConfig, ChainRpc};
 pub use checkpoint::CheckpointConfig;
 pub use competition::{CompetitionConfig, CompetitionRule, EvalDataset};
 pub use compression::CompressionConfig;

@@ -24,9 +24,9 @@ pub fn wallet_of(cfg: &NodeConfig) -> Result<Wallet> {
 /// Connects to `chain.endpoint` with `chain.rpc`.
 pub async fn connect_subtensor(cfg: &NodeConfig) -> Result<Arc<SubtensorChain>> {
     let url = resolve_endpoint(&cfg.chain.endpoint).map_err(anyhow::Error::msg)?;
-    let rpc = match cfg.chain.rpc {
-        ChainRpc::Default => RpcBackend::Default,
+    let rpc = match cfg.chain.rpc.resolve(&cfg.chain.endpoint) {
         ChainRpc::Legacy => RpcBackend::Legacy,
+        ChainRpc::Default | ChainRpc::Auto => RpcBackend::Default,
     };
     let mut opts = SubtensorOptions::new(url.clone(), rpc);
     opts.mechanism = cfg.chain.mechanism;
@@ -34,7 +34,7 @@ pub async fn connect_subtensor(cfg: &NodeConfig) -> Result<Arc<SubtensorChain>> 
     SubtensorChain::connect(opts)
         .await
         .with_context(|| {
-            format!("cannot reach subtensor at {url}; check chain.endpoint (and chain.rpc = \"legacy\" for chopsticks)")
+            format!("cannot reach subtensor at {url}; check chain.endpoint (and chain.rpc = \"legacy\" for chopsticks that is not on this machine)")
         })
 }
 
@@ -58,14 +58,14 @@ pub struct ChainSel {
     /// Subnet (overrides chain.netuid).
     #[arg(long)]
     pub netuid: Option<u16>,
-    /// Wallet name (overrides chain.wallet).
-    #[arg(long)]
+    /// Wallet name (overrides chain.wallet; btcli's `--wallet.name` works too).
+    #[arg(long, alias = "wallet.name")]
     pub wallet: Option<String>,
-    /// Hotkey name (overrides chain.hotkey).
-    #[arg(long)]
+    /// Hotkey name (overrides chain.hotkey; btcli's `--wallet.hotkey` works too).
+    #[arg(long, alias = "wallet.hotkey")]
     pub hotkey: Option<String>,
-    /// Wallets directory (overrides chain.wallet_path).
-    #[arg(long)]
+    /// Wallets directory (overrides chain.wallet_path; btcli's `--wallet.path` works too).
+    #[arg(long, alias = "wallet.path")]
     pub wallet_path: Option<PathBuf>,
 }
 
@@ -182,7 +182,14 @@ pub async fn run(cmd: ChainCmd) -> Result<()> {
                 hk.clone()
             } else {
                 w.coldkey().with_context(|| {
-                    format!("the coldkey pays the registration burn; unlock it (its password, or APIARY_WALLET_PASSWORD), register with btcli (`btcli subnet register --netuid {netuid} --wallet.name {} --wallet.hotkey {}`) or pass --pay-with-hotkey", cfg.chain.wallet, cfg.chain.hotkey)
+                    format!(
+                        "the coldkey pays the registration burn; unlock it (its password, or \
+                         APIARY_WALLET_PASSWORD), register with btcli (`{}`) or pass \
+                         --pay-with-hotkey",
+                        crate::hints::btcli_register(&cfg.chain)
+                            .map(|a| crate::hints::shell_line(&a))
+                            .unwrap_or_default()
+                    )
                 })?
             };
             let chain = connect_subtensor(&cfg).await?;
@@ -237,7 +244,11 @@ pub async fn run(cmd: ChainCmd) -> Result<()> {
             let chain = connect_subtensor(&cfg).await?;
             let mg = chain.metagraph(netuid).await?;
             let Some(me) = mg.by_hotkey(&hk.id()) else {
-                bail!(apiary_chain::ChainError::NotRegistered(hk.id(), netuid));
+                bail!(
+                    "hotkey {} is not registered on subnet {netuid}; {}",
+                    hk.id(),
+                    crate::hints::register_advice(&cfg.chain)
+                );
             };
             let weights = chain.weights(netuid, me.uid).await?;
             println!(

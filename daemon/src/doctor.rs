@@ -1,7 +1,7 @@
 //! `apiary doctor`: checks a node's setup before it runs (and before TAO is committed to it),
 //! line by line, each failure with what to do about it.
 
-use crate::chain_cmd;
+use crate::{chain_cmd, hints};
 use apiary_config::{ChainBackend, NodeConfig, Role};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -362,13 +362,46 @@ fn listen(addr: &str) -> Check {
     }
 }
 
+/// The RPC backend `chain.rpc` picks for `chain.endpoint`. subxt's chainHead backend on a dev
+/// chain on this machine (chopsticks) sees no new heads and crashes chopsticks on a submitted
+/// extrinsic: a warning, with the fix.
+fn rpc_check(chain: &apiary_config::ChainConfig) -> Check {
+    use apiary_config::ChainRpc;
+    let resolved = chain.rpc.resolve(&chain.endpoint);
+    let name = |r: ChainRpc| match r {
+        ChainRpc::Legacy => "legacy",
+        ChainRpc::Default | ChainRpc::Auto => "chainHead",
+    };
+    let loopback = apiary_config::is_loopback_endpoint(&chain.endpoint);
+    if chain.rpc == ChainRpc::Default && loopback {
+        bad(
+            Verdict::Warn,
+            "rpc",
+            format!(
+                "chainHead RPC on {} (chain.rpc = \"default\"): a chopsticks dev chain needs the \
+                 legacy RPC methods",
+                chain.endpoint
+            ),
+            "remove chain.rpc (auto picks legacy on this machine's endpoints) or set chain.rpc = \
+             \"legacy\"",
+        )
+    } else {
+        let how = if chain.rpc == ChainRpc::Auto {
+            if loopback {
+                " (auto: an endpoint on this machine)"
+            } else {
+                " (auto)"
+            }
+        } else {
+            ""
+        };
+        ok("rpc", format!("{}{how}", name(resolved)))
+    }
+}
+
 /// Wallet, endpoint, registration, permit and the runtime's weight calls.
 async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
     let mut out = Vec::new();
-    let names = format!(
-        "--wallet.name {} --wallet.hotkey {}",
-        cfg.chain.wallet, cfg.chain.hotkey
-    );
     let hotkey = match chain_cmd::wallet_of(cfg).and_then(|w| Ok((w.hotkey_path(), w.hotkey()?))) {
         Ok((path, key)) => {
             out.push(file_mode_check(&path, key.id().ss58()));
@@ -383,13 +416,15 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
                     cfg.chain.hotkey, cfg.chain.wallet
                 ),
                 format!(
-                    "create it with `btcli wallet new_hotkey {names}` (or `apiary wallet new`), \
-                     or set chain.wallet / chain.hotkey / chain.wallet_path to an existing one"
+                    "create it with `{}` (or `apiary wallet new`), or set chain.wallet / \
+                     chain.hotkey / chain.wallet_path to an existing one",
+                    hints::shell_line(&hints::btcli_new_hotkey(&cfg.chain))
                 ),
             ));
             None
         }
     };
+    out.push(rpc_check(&cfg.chain));
     let chain = match tokio::time::timeout(CHAIN_TIMEOUT, chain_cmd::connect_subtensor(cfg)).await {
         Ok(Ok(c)) => {
             out.push(ok("endpoint", format!("{} answers", c.url())));
@@ -471,10 +506,7 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
                     "hotkey {} is not registered on netuid {netuid}",
                     hotkey.id().ss58()
                 ),
-                format!(
-                    "register it: `btcli subnet register --netuid {netuid} {names}` (or `apiary \
-                     chain register`)"
-                ),
+                hints::register_advice(&cfg.chain),
             )),
             Some(n) => {
                 out.push(ok(
@@ -488,9 +520,17 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
                         bad(
                             Verdict::Fail,
                             "validator permit",
-                            format!("uid {} has no validator permit: its weights would be ignored", n.uid),
-                            "stake more TAO to the hotkey (`btcli stake add`) and wait for the next \
-                             epoch, or run as a miner",
+                            format!(
+                                "uid {} has no validator permit: its weights would be ignored",
+                                n.uid
+                            ),
+                            format!(
+                                "stake more TAO to the hotkey (`{}`) and wait for the next epoch, \
+                                 or run as a miner",
+                                hints::btcli_stake_add(&cfg.chain)
+                                    .map(|a| hints::shell_line(&a))
+                                    .unwrap_or_default()
+                            ),
                         )
                     });
                 }
@@ -640,9 +680,13 @@ mod tests {
         assert_eq!(
             wallet.fix.as_deref(),
             Some(
-                "create it with `btcli wallet new_hotkey --wallet.name w --wallet.hotkey h` (or \
-                 `apiary wallet new`), or set chain.wallet / chain.hotkey / chain.wallet_path to \
-                 an existing one"
+                format!(
+                    "create it with `btcli wallet new_hotkey --wallet.name w --wallet.hotkey h \
+                     --wallet.path {}` (or `apiary wallet new`), or set chain.wallet / \
+                     chain.hotkey / chain.wallet_path to an existing one",
+                    dir.path().join("wallets").display()
+                )
+                .as_str()
             )
         );
         let endpoint = checks

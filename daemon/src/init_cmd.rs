@@ -11,11 +11,11 @@ pub struct InitArgs {
     /// What the node does.
     #[arg(long, value_enum)]
     pub role: crate::cli::RoleArg,
-    /// The btcli wallet (`~/.bittensor/wallets/<wallet>`).
-    #[arg(long, default_value = "default")]
+    /// The btcli wallet (`~/.bittensor/wallets/<wallet>`; btcli's `--wallet.name` works too).
+    #[arg(long, alias = "wallet.name", default_value = "default")]
     pub wallet: String,
-    /// The wallet's hotkey (`<wallet>/hotkeys/<hotkey>`).
-    #[arg(long, default_value = "default")]
+    /// The wallet's hotkey (`<wallet>/hotkeys/<hotkey>`; btcli's `--wallet.hotkey` works too).
+    #[arg(long, alias = "wallet.hotkey", default_value = "default")]
     pub hotkey: String,
     /// The chain: `finney` (main network), `test` (testnet), `local` (a subtensor on
     /// ws://127.0.0.1:9944), a ws:// or wss:// URL, or `embedded` for apiary's own local chain.
@@ -73,20 +73,28 @@ pub fn render(args: &InitArgs) -> Result<String> {
              backend = \"local\"\nauto_register = true\n",
         );
     } else {
+        let chain = apiary_config::ChainConfig {
+            backend: apiary_config::ChainBackend::Subtensor,
+            endpoint: args.endpoint.clone(),
+            netuid: args.netuid,
+            wallet: args.wallet.clone(),
+            hotkey: args.hotkey.clone(),
+            ..apiary_config::ChainConfig::default()
+        };
         t.push_str(&format!(
             "backend = \"subtensor\"\n# finney = main network, test = testnet, local = \
              ws://127.0.0.1:9944, or a URL.\nendpoint = {}\n# The btcli wallet and hotkey that \
-             sign (~/.bittensor/wallets/<wallet>/hotkeys/<hotkey>).\n# Register first: `btcli \
-             subnet register --netuid {} --wallet.name {} --wallet.hotkey {}`\n# (or `apiary \
-             chain register`).\nwallet = {}\nhotkey = {}\n# The subnet's incentive mechanism \
+             sign (~/.bittensor/wallets/<wallet>/hotkeys/<hotkey>).\n# Register first: \
+             `{}`\n# (or with btcli: `{}`).\nwallet = {}\nhotkey = {}\n# The subnet's incentive mechanism \
              these weights are for (0 = the main one).\nmechanism = 0\n# Block time in ms \
              (12000 on finney and testnet, 250 on a fast-block localnet):\n# commit-reveal v4 \
              encrypts weights to the drand round of their reveal.\nsubtensor_block_ms = \
              12000\n",
             toml_str(&args.endpoint),
-            args.netuid,
-            args.wallet,
-            args.hotkey,
+            crate::hints::shell_line(&crate::hints::apiary_register(&chain)),
+            crate::hints::btcli_register(&chain)
+                .map(|a| crate::hints::shell_line(&a))
+                .unwrap_or_default(),
             toml_str(&args.wallet),
             toml_str(&args.hotkey)
         ));
@@ -187,6 +195,21 @@ mod tests {
                 assert_eq!(cfg.chain.wallet, "mywallet");
                 assert_eq!(cfg.chain.hotkey, "hk1");
                 assert!(text.contains("--wallet.name mywallet --wallet.hotkey hk1"));
+                // Both register hints in the file are complete for this chain (network,
+                // netuid, wallet, hotkey): a btcli command without --network registers on finney.
+                for hint in [
+                    crate::hints::btcli_register(&cfg.chain).expect("subtensor"),
+                    crate::hints::apiary_register(&cfg.chain),
+                ] {
+                    assert_eq!(
+                        crate::hints::missing_parts(&hint, &cfg.chain),
+                        Vec::<&str>::new()
+                    );
+                    assert!(
+                        text.contains(&crate::hints::shell_line(&hint)),
+                        "{endpoint}: {text}"
+                    );
+                }
             }
         }
     }

@@ -3,7 +3,8 @@
 //! The `apiary` binary's library: node assembly ([`node::Node`]), the admin socket
 //! ([`admin`]), the opt-in Prometheus endpoint ([`metrics`]), the local swarm runner
 //! ([`devnet`]), model evaluation and export ([`model_cmd`]) and the CLI ([`cli`]); the
-//! subtensor backend's operator commands ([`chain_cmd`]) and btcli wallets ([`wallet_cmd`]).
+//! subtensor backend's operator commands ([`chain_cmd`]) and btcli wallets ([`wallet_cmd`]);
+//! the commands it prints for the operator ([`hints`]).
 //!
 //! A node is assembled in a fixed order — config validated, store opened, keys loaded, data
 //! loaded, libp2p listening, hotkey registered and peer record committed on the chain, actors
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod dashboard;
 pub mod devnet;
 pub mod doctor;
+pub mod hints;
 pub mod init_cmd;
 pub mod keys;
 pub mod metrics;

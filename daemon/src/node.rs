@@ -104,7 +104,11 @@ impl Node {
             match mg.by_hotkey(&hotkey.id()) {
                 Some(n) => tracing::info!(uid = n.uid, hotkey = %hotkey.id(), "registered"),
                 None => {
-                    return Err(apiary_chain::ChainError::NotRegistered(hotkey.id(), netuid).into())
+                    return Err(anyhow::anyhow!(
+                        "hotkey {} is not registered on subnet {netuid}; {}",
+                        hotkey.id(),
+                        crate::hints::register_advice(&cfg.chain)
+                    ))
                 }
             }
         }

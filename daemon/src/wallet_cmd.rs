@@ -17,14 +17,14 @@ use std::path::PathBuf;
 /// Which wallet and hotkey (as btcli names them).
 #[derive(Debug, Args)]
 pub struct WalletSel {
-    /// Wallet name (`~/.bittensor/wallets/<wallet>`).
-    #[arg(long, default_value = "default")]
+    /// Wallet name (`~/.bittensor/wallets/<wallet>`; btcli's `--wallet.name` works too).
+    #[arg(long, alias = "wallet.name", default_value = "default")]
     pub wallet: String,
-    /// Hotkey name (`hotkeys/<hotkey>`).
-    #[arg(long, default_value = "default")]
+    /// Hotkey name (`hotkeys/<hotkey>`; btcli's `--wallet.hotkey` works too).
+    #[arg(long, alias = "wallet.hotkey", default_value = "default")]
     pub hotkey: String,
-    /// Wallets directory (default `~/.bittensor/wallets`).
-    #[arg(long)]
+    /// Wallets directory (default `~/.bittensor/wallets`; btcli's `--wallet.path` works too).
+    #[arg(long, alias = "wallet.path")]
     pub wallet_path: Option<PathBuf>,
 }
 

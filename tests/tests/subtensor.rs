@@ -272,15 +272,21 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
         apiary_daemon::doctor::Verdict::Fail,
         "{report}"
     );
+    // Both printed commands target this chain: apiary's with every selector, btcli's with
+    // `--network <this endpoint>` (without it btcli registers on finney).
+    let fix = reg.fix.clone().unwrap_or_default();
+    let wallets = dir.path().join("wallets");
     assert_eq!(
-        reg.fix.as_deref(),
-        Some(
-            format!(
-                "register it: `btcli subnet register --netuid {netuid} --wallet.name apiary-test \
-                 --wallet.hotkey {}` (or `apiary chain register`)",
-                names[0]
-            )
-            .as_str()
+        fix,
+        format!(
+            "register it: `apiary chain register --endpoint {url} --netuid {netuid} --wallet \
+             apiary-test --hotkey {} --legacy-rpc --wallet-path {w}` (or with btcli: `btcli \
+             subnet register --network {url} --netuid {netuid} --wallet.name apiary-test \
+             --wallet.hotkey {} --wallet.path {w}`)",
+            names[0],
+            names[0],
+            url = chop.url(),
+            w = wallets.display()
         ),
         "{report}"
     );
@@ -377,12 +383,16 @@ async fn subtensor_nodes_find_each_other_only_through_the_chain() {
     cfg.chain.wallet = "apiary-test".into();
     cfg.chain.hotkey = "outsider".into();
     cfg.chain.netuid = netuid;
+    let cfg_chain = cfg.chain.clone();
     let err = match Node::spawn(cfg, ChainSource::FromConfig).await {
         Ok(_) => panic!("an unregistered subtensor node must not start"),
         Err(e) => e.to_string(),
     };
     assert!(err.contains(&outsider[0].id().ss58()), "{err}");
-    assert!(err.contains("apiary chain register"), "{err}");
+    assert!(
+        err.contains(&apiary_daemon::hints::register_advice(&cfg_chain)),
+        "{err}"
+    );
 
     // The admin socket's status reports the chain connection.
     let st = apiary_daemon::admin::status(nodes[0].ctx()).await;
