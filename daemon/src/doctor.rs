@@ -595,6 +595,32 @@ pub fn blocks(checks: &[Check]) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_rpc_line_names_the_backend_and_warns_on_chain_head_against_this_machine() {
+        use apiary_config::{ChainConfig, ChainRpc};
+        let chain = |endpoint: &str, rpc| ChainConfig {
+            endpoint: endpoint.to_string(),
+            rpc,
+            ..ChainConfig::default()
+        };
+        let c = rpc_check(&chain("ws://127.0.0.1:9944", ChainRpc::Auto));
+        assert_eq!(c.verdict, Verdict::Ok);
+        assert_eq!(c.detail, "legacy (auto: an endpoint on this machine)");
+        let c = rpc_check(&chain("finney", ChainRpc::Auto));
+        assert_eq!(
+            (c.verdict, c.detail.as_str()),
+            (Verdict::Ok, "chainHead (auto)")
+        );
+        let c = rpc_check(&chain("local", ChainRpc::Default));
+        assert_eq!(c.verdict, Verdict::Warn);
+        assert!(
+            c.fix.as_deref().unwrap_or("").contains("chain.rpc"),
+            "{c:?}"
+        );
+        let c = rpc_check(&chain("wss://entrypoint.example:443", ChainRpc::Legacy));
+        assert_eq!((c.verdict, c.detail.as_str()), (Verdict::Ok, "legacy"));
+    }
+
     fn local_cfg(dir: &Path) -> NodeConfig {
         let mut c = NodeConfig::default();
         c.node.data_dir = dir.join("node");
