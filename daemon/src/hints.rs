@@ -20,12 +20,9 @@ pub fn btcli_network(chain: &ChainConfig) -> Option<String> {
     }
 }
 
-fn btcli_subnet_args(chain: &ChainConfig, network: String) -> Vec<String> {
+/// btcli's wallet selectors: `--wallet.name`, `--wallet.hotkey` and, when set, `--wallet.path`.
+fn btcli_wallet_args(chain: &ChainConfig) -> Vec<String> {
     let mut a = vec![
-        "--network".to_string(),
-        network,
-        "--netuid".to_string(),
-        chain.netuid.to_string(),
         "--wallet.name".to_string(),
         chain.wallet.clone(),
         "--wallet.hotkey".to_string(),
@@ -35,6 +32,17 @@ fn btcli_subnet_args(chain: &ChainConfig, network: String) -> Vec<String> {
         a.push("--wallet.path".to_string());
         a.push(p.display().to_string());
     }
+    a
+}
+
+fn btcli_subnet_args(chain: &ChainConfig, network: String) -> Vec<String> {
+    let mut a = vec![
+        "--network".to_string(),
+        network,
+        "--netuid".to_string(),
+        chain.netuid.to_string(),
+    ];
+    a.extend(btcli_wallet_args(chain));
     a
 }
 
@@ -65,20 +73,7 @@ pub fn btcli_stake_add(chain: &ChainConfig) -> Option<Vec<String>> {
 /// `btcli wallet new_hotkey` for the configured wallet and hotkey (wallet files are local: no
 /// network).
 pub fn btcli_new_hotkey(chain: &ChainConfig) -> Vec<String> {
-    let mut a = with_prefix(
-        &["btcli", "wallet", "new_hotkey"],
-        vec![
-            "--wallet.name".to_string(),
-            chain.wallet.clone(),
-            "--wallet.hotkey".to_string(),
-            chain.hotkey.clone(),
-        ],
-    );
-    if let Some(p) = &chain.wallet_path {
-        a.push("--wallet.path".to_string());
-        a.push(p.display().to_string());
-    }
-    a
+    with_prefix(&["btcli", "wallet", "new_hotkey"], btcli_wallet_args(chain))
 }
 
 /// `apiary chain register` with every selector spelled out (endpoint, RPC backend, subnet,
