@@ -33,6 +33,8 @@ pub mod parts;
 
 pub use gc::{Pin, StoreUsage, SweepReport};
 
+// The archive `rocksdb` links is built by this crate's build script (see its docs).
+use apiary_rocksdb_unity as _;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::{Path, PathBuf};
