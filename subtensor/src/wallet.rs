@@ -111,8 +111,32 @@ pub fn expand_home(p: &Path) -> PathBuf {
     }
 }
 
-/// A coldkey password: [`PASSWORD_ENV`] when it is set, else asked on the terminal without echo
-/// (twice when `confirm`, for a new key). With neither, the error says to set the variable.
+/// The shortest password a new coldkey takes.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+/// Why `password` is too weak to encrypt a new coldkey, or `None`. The coldkey file is
+/// btcli's NaCl secretbox under an Argon2i key: its strength is the password's, and a short one
+/// falls to an offline guess once the file leaks.
+pub fn new_password_problem(password: &str) -> Option<String> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_LEN {
+        return Some(format!(
+            "it has {chars} characters; use at least {MIN_PASSWORD_LEN}"
+        ));
+    }
+    let mut distinct: Vec<char> = password.chars().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 4 {
+        return Some("it repeats too few characters; mix more of them".into());
+    }
+    None
+}
+
+/// A coldkey password: [`PASSWORD_ENV`] when it is set, else asked on the terminal without echo.
+/// With `confirm` (a new key) it must pass [`new_password_problem`] and is asked twice; a weak
+/// or mistyped entry is asked again, up to three times. With neither a variable nor a
+/// terminal, the error says to set the variable.
 pub fn read_password(prompt: &str, confirm: bool) -> Result<Zeroizing<String>> {
     if let Some(v) = std::env::var_os(PASSWORD_ENV) {
         let v = Zeroizing::new(v.into_string().map_err(|_| {
@@ -124,6 +148,13 @@ pub fn read_password(prompt: &str, confirm: bool) -> Result<Zeroizing<String>> {
             return Err(WalletError::Password(format!(
                 "{PASSWORD_ENV} is set but empty; set it to the password, or unset it to be asked on the terminal"
             )));
+        }
+        if confirm {
+            if let Some(p) = new_password_problem(&v) {
+                return Err(WalletError::Password(format!(
+                    "{PASSWORD_ENV} is too weak for a new coldkey: {p}"
+                )));
+            }
         }
         return Ok(v);
     }
@@ -142,18 +173,32 @@ pub fn read_password(prompt: &str, confirm: bool) -> Result<Zeroizing<String>> {
                 ))
             })
     };
-    let first = ask(prompt)?;
-    if first.is_empty() {
-        return Err(WalletError::Password(
-            "it must not be empty; run the command again".into(),
-        ));
+    let mut last = String::new();
+    for _ in 0..3 {
+        let first = ask(prompt)?;
+        if first.is_empty() {
+            last = "it must not be empty".into();
+            eprintln!("The password must not be empty; try again.");
+            continue;
+        }
+        if !confirm {
+            return Ok(first);
+        }
+        if let Some(p) = new_password_problem(&first) {
+            eprintln!("That password is too weak: {p}. Try again.");
+            last = p;
+            continue;
+        }
+        if *ask("Retype the password: ")? != *first {
+            eprintln!("The two entries differ; try again.");
+            last = "the two entries differed".into();
+            continue;
+        }
+        return Ok(first);
     }
-    if confirm && *ask("Retype the password: ")? != *first {
-        return Err(WalletError::Password(
-            "the two entries differ; run the command again".into(),
-        ));
-    }
-    Ok(first)
+    Err(WalletError::Password(format!(
+        "three tries failed ({last}); run the command again"
+    )))
 }
 
 /// The on-disk JSON of a btcli key file.
@@ -1214,14 +1259,35 @@ mod tests {
     }
 
     #[test]
+    fn weak_passwords_are_named() {
+        assert!(new_password_problem("abc")
+            .expect("short")
+            .contains("at least 8"));
+        assert!(new_password_problem("aaaaaaaaaaaa")
+            .expect("one letter")
+            .contains("mix"));
+        assert_eq!(new_password_problem("correct horse"), None);
+    }
+
+    #[test]
     fn password_from_environment() {
         // The only test that touches the variable.
         std::env::set_var(PASSWORD_ENV, "from-env");
         let got = read_password("unused: ", true).map(|p| p.to_string());
+        std::env::set_var(PASSWORD_ENV, "abc");
+        let weak_new = read_password("unused: ", true);
+        let weak_unlock = read_password("unused: ", false).map(|p| p.to_string());
         std::env::set_var(PASSWORD_ENV, "");
         let empty = read_password("unused: ", false);
         std::env::remove_var(PASSWORD_ENV);
         assert_eq!(got.expect("env password"), "from-env");
+        // A weak password never encrypts a new coldkey, but still unlocks an old one.
+        let err = weak_new.expect_err("too weak").to_string();
+        assert!(
+            err.contains("too weak") && err.contains("3 characters"),
+            "{err}"
+        );
+        assert_eq!(weak_unlock.expect("unlock"), "abc");
         let err = empty.expect_err("empty").to_string();
         assert!(err.contains(PASSWORD_ENV), "{err}");
         use std::io::IsTerminal;
