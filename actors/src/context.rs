@@ -97,6 +97,21 @@ pub struct NodeStatus {
     pub metagraph: Option<Arc<Metagraph>>,
     /// Why the node stopped, if it did.
     pub fatal: Option<String>,
+    /// The last weight submission the chain included (validators): its window, block and
+    /// `(uid, weight)` pairs. Kept across refusals, so a failing validator still shows what
+    /// the chain holds from it.
+    pub weights_set: Option<WeightsSet>,
+}
+
+/// A weight submission the chain included.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct WeightsSet {
+    /// The window that triggered it.
+    pub window: u64,
+    /// Its inclusion block.
+    pub block: u64,
+    /// `(uid, weight)` as submitted (weights sum to about 65535).
+    pub weights: Vec<(u16, u16)>,
 }
 
 macro_rules! metrics {
@@ -183,6 +198,10 @@ metrics! {
     competition_refused,
     /// Competition evaluation rounds run.
     competition_rounds,
+    /// Weight submissions the chain included.
+    weights_set,
+    /// Weight submissions the chain refused or that failed (each attempt counts).
+    weights_failed,
 }
 
 impl Metrics {
@@ -198,6 +217,14 @@ impl Metrics {
 pub struct Rejections(StdMutex<BTreeMap<&'static str, u64>>);
 
 impl Rejections {
+    /// Lists `check` with 0 refusals unless it is listed already.
+    pub fn register(&self, check: &'static str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(check)
+            .or_default();
+    }
     /// Counts one refusal by `check`.
     pub fn count(&self, check: &'static str) {
         *self
@@ -293,6 +320,9 @@ pub struct NodeContext {
     /// Blobs this node keeps from the sweep for as long as it runs (the models it entered in
     /// competitions, which it serves).
     pub pinned: StdMutex<Vec<apiary_storage::Pin>>,
+    /// The metrics endpoint's bound address (`metrics.listen`, its port picked when it was 0),
+    /// set once the endpoint listens: `apiary admin status` shows its URLs.
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// Recent window seeds a node remembers.
@@ -325,6 +355,7 @@ impl NodeContext {
             actor_restarts: ActorRestarts::default(),
             window_seeds: RwLock::new(BTreeMap::new()),
             pinned: StdMutex::new(Vec::new()),
+            metrics_addr: std::sync::OnceLock::new(),
         })
     }
 

@@ -38,7 +38,7 @@ use crate::windowed::{
 use crate::{join_err, ActorError, WorkError};
 use apiary_model::Update;
 use apiary_net::PeerId;
-use apiary_storage::{Column, ContentId, Pin};
+use apiary_storage::{u64_key, Column, ContentId, Pin};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -730,6 +730,13 @@ fn finalize(st: &mut EvaluatorState, window: u64, wrong_base: &[u16], aggregate:
         }
         st.scores.insert(n.uid, entry);
         report.push((n.uid, s, ema));
+    }
+    // The window's scores for the dashboard's history, and the oldest kept one dropped.
+    if let Err(e) = batch.put(Column::ScoreHistory, &u64_key(window), &report) {
+        tracing::error!(error = %e, window, "could not encode the window's score history");
+    }
+    if let Some(old) = window.checked_sub(apiary_storage::SCORE_HISTORY_KEPT) {
+        batch.delete(Column::ScoreHistory, &u64_key(old));
     }
     if let Err(e) = ctx.store.write(batch) {
         tracing::error!(error = %e, window, "could not persist the window's scores");

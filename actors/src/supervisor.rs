@@ -376,6 +376,16 @@ pub async fn spawn_supervisor(
     ctx: Arc<NodeContext>,
 ) -> Result<SupervisorHandle, crate::ActorError> {
     let handles = Handles::new(&ctx.cfg);
+    // Every check the mechanism can refuse under is counted from 0, so its series exists
+    // before the first refusal (a dashboard panel shows 0, not "No data").
+    {
+        use crate::mechanism::Mechanism;
+        for c in handles.mechanism.checks() {
+            ctx.rejections.register(c.name());
+        }
+        ctx.rejections.register(crate::windowed::UNIQUE_CONTENT);
+        ctx.rejections.register(crate::evaluator::BASE_MODEL);
+    }
     let args = SupervisorArgs {
         ctx: Arc::clone(&ctx),
         handles: handles.clone(),

@@ -32,6 +32,7 @@ use apiary_chain::ChainError;
 use apiary_storage::{u64_key, Column};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// One weight submission.
@@ -119,6 +120,23 @@ impl Actor for WeightSetter {
         core.report(Event::WeightsReady {
             last_window: last.as_ref().map(|l| l.window),
         });
+        // What the chain holds from this validator since before the restart (the status line and
+        // metrics show it); older successes are not searched when the last attempt failed.
+        if let Some(WeightSubmission {
+            window,
+            weights,
+            block: Some(block),
+            error: None,
+            ..
+        }) = last.clone()
+        {
+            let set = crate::context::WeightsSet {
+                window,
+                block,
+                weights,
+            };
+            ctx.update_status(|s| s.weights_set = Some(set));
+        }
         Ok(WeightSetterState {
             ctx,
             core,
@@ -232,8 +250,18 @@ async fn submit(st: &mut WeightSetterState, window: u64, attempt: u32) {
         },
     };
     match &res {
-        Ok(r) => tracing::info!(window, block = r.block, weights = ?pairs, "weights set"),
+        Ok(r) => {
+            tracing::info!(window, block = r.block, weights = ?pairs, "weights set");
+            ctx.metrics.weights_set.fetch_add(1, Ordering::Relaxed);
+            let set = crate::context::WeightsSet {
+                window,
+                block: r.block,
+                weights: pairs.clone(),
+            };
+            ctx.update_status(|s| s.weights_set = Some(set));
+        }
         Err(e) => {
+            ctx.metrics.weights_failed.fetch_add(1, Ordering::Relaxed);
             let block = ctx.status().block;
             let retry_at = retry_after(e, block).filter(|_| attempt < MAX_ATTEMPTS);
             match retry_at {

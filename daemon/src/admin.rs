@@ -402,6 +402,15 @@ pub struct StatusReply {
     /// Reachability as AutoNAT sees it (`net.autonat`), and relays held.
     #[serde(default)]
     pub nat: String,
+    /// `http://ADDR/metrics` when the metrics endpoint is on (`metrics.listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_url: Option<String>,
+    /// `http://ADDR/` when the dashboard is served (`metrics.dashboard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard_url: Option<String>,
+    /// The last weight submission the chain included (validators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_set: Option<apiary_actors::context::WeightsSet>,
 }
 
 /// The `sync` reply: how far the node's model is behind the chain's window and what it is
@@ -518,6 +527,16 @@ pub async fn status(ctx: &NodeContext) -> StatusReply {
         chain_health: ctx.chain.connection_health(),
         downloads: ctx.net.downloads(),
         nat: nat_line(ctx).await,
+        metrics_url: ctx
+            .metrics_addr
+            .get()
+            .map(|a| format!("http://{a}/metrics")),
+        dashboard_url: ctx
+            .metrics_addr
+            .get()
+            .filter(|_| ctx.cfg.metrics.dashboard)
+            .map(|a| format!("http://{a}/")),
+        weights_set: s.weights_set,
     }
 }
 

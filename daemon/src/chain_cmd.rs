@@ -144,7 +144,11 @@ pub async fn run(cmd: ChainCmd) -> Result<()> {
             let params = chain.hyperparameters(netuid).await?;
             println!("endpoint {}  subnet {netuid}", chain.url());
             for (k, v) in &params {
-                println!("  {k:<28} {v}");
+                // Burns are balances in rao: shown in TAO, as btcli does.
+                match v.parse::<u128>() {
+                    Ok(rao) if k.contains("Burn") => println!("  {k:<28} {}", tao(rao)),
+                    _ => println!("  {k:<28} {v}"),
+                }
             }
             if let Some(b) = params.get("Burn").and_then(|b| b.parse::<u128>().ok()) {
                 println!("  registration cost            {}", tao(b));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// apiary: incentivized, decentralized training of neural networks, peer to peer.
 #[derive(Debug, Parser)]
-#[command(name = "apiary", version, about)]
+#[command(name = "apiary", version = crate::report::VERSION, about)]
 pub struct Cli {
     /// Log filter (e.g. `info`, `apiary=debug`); also RUST_LOG.
     #[arg(long, global = true, default_value = "warn")]
@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Overrides train.data.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Print nothing on stdout: no start-up lines and no status line per window (logs still go to
+    /// stderr at `--log`).
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 /// A role on the command line.
@@ -408,7 +412,37 @@ async fn run_node(a: RunArgs) -> Result<()> {
         cfg.train.data = d;
     }
     cfg.validate()?;
-    let mut node = Node::spawn(cfg, ChainSource::FromConfig).await?;
+    // A node that cannot start leaves no data dir behind unless one was there before.
+    let data_dir = cfg.node.data_dir.clone();
+    let fresh = !data_dir.exists();
+    let mut node = match Node::spawn(cfg, ChainSource::FromConfig).await {
+        Ok(n) => n,
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_dir_all(&data_dir);
+            }
+            return Err(e);
+        }
+    };
+    let reporter = (!a.quiet).then(|| {
+        let ctx = std::sync::Arc::clone(node.ctx());
+        let handles = node.handles().clone();
+        let metrics = node.metrics_addr();
+        tokio::spawn(async move {
+            let admin = ctx.cfg.admin_socket_path();
+            let endpoint = (ctx.cfg.chain.backend == apiary_config::ChainBackend::Subtensor)
+                .then(|| ctx.cfg.chain.endpoint.clone());
+            let at = crate::report::Endpoints {
+                admin: &admin,
+                metrics,
+                dashboard: ctx.cfg.metrics.dashboard,
+                netuid: ctx.cfg.chain.netuid,
+                endpoint: endpoint.as_deref(),
+            };
+            let mut out = std::io::stdout();
+            crate::report::watch(std::sync::Arc::clone(&ctx), handles, at, &mut out).await;
+        })
+    });
     let res = tokio::select! {
         r = node.wait() => r,
         signal = shutdown_signal() => {
@@ -416,6 +450,9 @@ async fn run_node(a: RunArgs) -> Result<()> {
             Ok(())
         }
     };
+    if let Some(r) = reporter {
+        r.abort();
+    }
     node.shutdown().await;
     tracing::info!("shutdown complete");
     res

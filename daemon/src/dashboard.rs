@@ -15,8 +15,9 @@ pub const PAGE: &str = include_str!("dashboard.html");
 /// Windows of loss and weights the data carries at most.
 const HISTORY: usize = 500;
 
-/// What the page shows: the node, the held-out loss per applied window, the miners' scores
-/// (validators), the weights submitted per window, peers, and sync progress.
+/// What the page shows: the node, the chain and whether weights reach it, the held-out loss per
+/// applied window, the miners' scores now and per closed window (validators), the weights
+/// submitted per window, peers with their uids, and sync progress.
 pub async fn data(ctx: &NodeContext, handles: &Handles) -> Value {
     let status = ctx.status();
     let loss: Vec<Value> = ctx
@@ -41,6 +42,36 @@ pub async fn data(ctx: &NodeContext, handles: &Handles) -> Value {
         .filter(|(_, s)| s.error.is_none())
         .map(|(_, s)| json!({"window": s.window, "weights": s.weights}))
         .collect();
+    // Every closed window's scores, from the node's store: a page opened now draws the whole
+    // history, and windows the validator did not close show as gaps, not as lines.
+    let score_history: Vec<Value> = ctx
+        .store
+        .scan::<Vec<(u16, f32, f64)>>(Column::ScoreHistory)
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .take(HISTORY)
+        .rev()
+        .filter_map(|(k, scores)| {
+            let window = u64::from_be_bytes(k.get(..8)?.try_into().ok()?);
+            Some(json!({"window": window, "scores": scores.iter()
+                .map(|(uid, last, ema)| json!({"uid": uid, "last": last, "ema": ema}))
+                .collect::<Vec<_>>()}))
+        })
+        .collect();
+    let last_submission = if ctx.cfg.node.role == apiary_config::Role::Validator {
+        handles.weight_setter.last().await.ok().flatten()
+    } else {
+        None
+    };
+    let mg = ctx.metagraph();
+    let uid_of_peer = |peer: &str| -> Option<u16> {
+        mg.as_ref()?
+            .neurons
+            .iter()
+            .find(|n| n.peer.as_ref().is_some_and(|p| p.peer_id == peer))
+            .map(|n| n.uid)
+    };
     let miners: Vec<Value> = if ctx.cfg.node.role == apiary_config::Role::Validator {
         handles
             .evaluator
@@ -59,14 +90,24 @@ pub async fn data(ctx: &NodeContext, handles: &Handles) -> Value {
         .await
         .into_iter()
         .map(|p| {
-            json!({"peer": p.peer.to_string(), "connected": p.connected,
+            let peer = p.peer.to_string();
+            json!({"uid": uid_of_peer(&peer), "peer": peer, "connected": p.connected,
                    "gossip_score": p.gossip_score, "strikes": p.strikes, "banned": p.banned})
         })
         .collect();
     json!({
         "node": {"name": ctx.cfg.node.name, "role": ctx.cfg.node.role.to_string(), "uid": status.uid},
         "sync": crate::admin::sync(ctx),
+        "chain": {
+            "backend": ctx.chain.backend_name(),
+            "block": status.block,
+            "health": ctx.chain.connection_health(),
+            // What the chain holds from this validator, and how the latest attempt went.
+            "weights_set": status.weights_set,
+            "last_submission": last_submission,
+        },
         "loss": loss,
+        "score_history": score_history,
         "weights": weights,
         "miners": miners,
         "peers": peers,

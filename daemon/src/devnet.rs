@@ -146,7 +146,25 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         }
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if !opts.data.exists() {
+    let res = run_in(&opts, dir.clone(), out).await;
+    // A devnet that failed leaves nothing behind in the temp dir it made (3-90 MB each); one
+    // given with --dir is the operator's to inspect.
+    if res.is_err() && opts.dir.is_none() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the devnet's data dir");
+        }
+    }
+    res
+}
+
+async fn run_in(
+    opts: &DevnetOpts,
+    dir: PathBuf,
+    out: &mut (dyn Write + Send),
+) -> Result<DevnetSummary> {
+    let data = crate::corpus::resolve(&opts.data, &dir)
+        .with_context(|| format!("writing the built-in corpus into {}", dir.display()))?;
+    if !data.exists() {
         bail!(
             "training data {} not found; pass --data PATH (a text file or directory)",
             opts.data.display()
@@ -201,8 +219,16 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         .filter_map(|(name, _, _, adv)| adv.map(|k| (name.clone(), k)))
         .collect();
     let mut nodes = Vec::new();
-    for (name, role, lazy, adversary) in &specs {
+    for (i, (name, role, lazy, adversary)) in specs.iter().enumerate() {
         let mut cfg = base.clone();
+        // One metrics port for a whole devnet cannot be: the first node (the lead validator)
+        // takes the configured one, the others the same address with a port of their own.
+        if i > 0 {
+            if let Some(mut addr) = cfg.metrics.listen_addr() {
+                addr.set_port(0);
+                cfg.metrics.listen = addr.to_string();
+            }
+        }
         cfg.node.name = name.clone();
         cfg.node.role = *role;
         cfg.node.data_dir = dir.join(name);
@@ -212,7 +238,7 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         cfg.net.heartbeat_ms = cfg.net.heartbeat_ms.min(200);
         cfg.chain.block_time_ms = opts.block_ms;
         cfg.chain.blocks_per_window = opts.blocks_per_window;
-        cfg.train.data = opts.data.clone();
+        cfg.train.data = data.clone();
         cfg.train.lazy = *lazy;
         cfg.train.adversary = *adversary;
         if let Some(sub) = &sub {
@@ -262,12 +288,18 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
             dir.display()
         )?;
         for n in &nodes {
-            writeln!(
-                out,
+            let mut line = format!(
                 "  {:<12} admin socket {}",
                 n.ctx().name(),
                 n.ctx().cfg.admin_socket_path().display()
-            )?;
+            );
+            if let Some(addr) = n.metrics_addr() {
+                line.push_str(&format!("  metrics http://{addr}/metrics"));
+                if n.ctx().cfg.metrics.dashboard {
+                    line.push_str(&format!("  dashboard http://{addr}/"));
+                }
+            }
+            writeln!(out, "{line}")?;
         }
         writeln!(out, "start        held-out loss {initial_loss:.4}")?;
     } else {
@@ -295,12 +327,23 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
     let mut reported = 0u64;
     let mut final_loss = initial_loss;
     let mut last_bytes = 0u64;
+    // Ctrl-C or SIGTERM ends the devnet like its last window: nodes stopped (admin sockets
+    // removed, stores flushed) and the summary printed.
+    let stop = crate::cli::shutdown_signal();
+    tokio::pin!(stop);
+    let mut interrupted: Option<&'static str> = None;
     let result: Result<()> = loop {
-        let ev = match tokio::time::timeout_at(deadline, events.recv()).await {
-            Err(_) => break Err(anyhow::anyhow!("devnet timed out after {reported} windows")),
-            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
-            Ok(Err(_)) => break Err(anyhow::anyhow!("validator stopped")),
-            Ok(Ok(ev)) => ev,
+        let ev = tokio::select! {
+            r = tokio::time::timeout_at(deadline, events.recv()) => match r {
+                Err(_) => break Err(anyhow::anyhow!("devnet timed out after {reported} windows")),
+                Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+                Ok(Err(_)) => break Err(anyhow::anyhow!("validator stopped")),
+                Ok(Ok(ev)) => ev,
+            },
+            sig = &mut stop => {
+                interrupted = Some(sig);
+                break Ok(());
+            }
         };
         match ev {
             NodeEvent::WindowClosed { window, scores, .. } => {
@@ -404,9 +447,13 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
         }
     };
     producer.abort();
+    // All at once: a node stopping one by one beside still-running peers is redialled by them
+    // (a "dial failed: connection refused" warning for each, at the default log level).
+    let mut stopping = tokio::task::JoinSet::new();
     for n in nodes {
-        n.shutdown().await;
+        stopping.spawn(n.shutdown());
     }
+    while stopping.join_next().await.is_some() {}
     result?;
     let summary = DevnetSummary {
         initial_loss,
@@ -421,10 +468,17 @@ pub async fn run(opts: DevnetOpts, out: &mut (dyn Write + Send)) -> Result<Devne
             serde_json::json!({"event": "done", "initial_loss": initial_loss, "final_loss": final_loss, "windows": reported})
         )?;
     } else {
+        let how = match interrupted {
+            Some(sig) => format!("stopped by {sig}"),
+            None => "done".to_string(),
+        };
         writeln!(
             out,
-            "done: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows"
+            "{how}: held-out loss {initial_loss:.4} -> {final_loss:.4} over {reported} windows"
         )?;
+    }
+    if interrupted.is_some() {
+        return Ok(summary);
     }
     if final_loss.partial_cmp(&initial_loss) != Some(std::cmp::Ordering::Less) {
         bail!("held-out loss did not go down ({initial_loss:.4} -> {final_loss:.4})");

@@ -224,6 +224,16 @@ fn gib(b: u64) -> f64 {
 
 fn dataset(cfg: &NodeConfig) -> Check {
     let data = &cfg.train.data;
+    if crate::corpus::uses_builtin(data) {
+        return ok(
+            "dataset",
+            format!(
+                "{} is not here: the copy built into apiary is used (written to {} at start)",
+                data.display(),
+                crate::corpus::builtin_path(&cfg.node.data_dir).display()
+            ),
+        );
+    }
     if !data.exists() {
         return bad(
             Verdict::Fail,
@@ -524,13 +534,7 @@ async fn subtensor(cfg: &NodeConfig) -> Vec<Check> {
                                 "uid {} has no validator permit: its weights would be ignored",
                                 n.uid
                             ),
-                            format!(
-                                "stake more TAO to the hotkey (`{}`) and wait for the next epoch, \
-                                 or run as a miner",
-                                hints::btcli_stake_add(&cfg.chain)
-                                    .map(|a| hints::shell_line(&a))
-                                    .unwrap_or_default()
-                            ),
+                            hints::permit_advice(&cfg.chain),
                         )
                     });
                 }

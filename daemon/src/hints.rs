@@ -116,6 +116,19 @@ pub fn register_advice(chain: &ChainConfig) -> String {
     }
 }
 
+/// What a validator without a permit can do, as one sentence (doctor and `apiary run` say it).
+pub fn permit_advice(chain: &ChainConfig) -> String {
+    match btcli_stake_add(chain) {
+        Some(a) => format!(
+            "stake more TAO to the hotkey (`{}`) and wait for the next epoch, or run as a miner",
+            shell_line(&a)
+        ),
+        None => "on the embedded chain a permit goes to the top-stake hotkeys (`apiary devnet` \
+                 stakes its validators); or run as a miner"
+            .to_string(),
+    }
+}
+
 /// An argument list as one line for a POSIX shell: arguments with anything but
 /// `[A-Za-z0-9_./:=@%+,-]` are single-quoted.
 pub fn shell_line(args: &[String]) -> String {

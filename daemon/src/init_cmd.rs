@@ -24,6 +24,10 @@ pub struct InitArgs {
     /// The subnet.
     #[arg(long, default_value_t = 1)]
     pub netuid: u16,
+    /// The wallets directory, when not `~/.bittensor/wallets` (btcli's `--wallet.path` works
+    /// too).
+    #[arg(long, alias = "wallet.path")]
+    pub wallet_path: Option<PathBuf>,
     /// Where the node keeps its store, keys and admin socket.
     #[arg(long, default_value = "./apiary-data")]
     pub data_dir: PathBuf,
@@ -79,6 +83,7 @@ pub fn render(args: &InitArgs) -> Result<String> {
             netuid: args.netuid,
             wallet: args.wallet.clone(),
             hotkey: args.hotkey.clone(),
+            wallet_path: args.wallet_path.clone(),
             ..apiary_config::ChainConfig::default()
         };
         t.push_str(&format!(
@@ -98,6 +103,14 @@ pub fn render(args: &InitArgs) -> Result<String> {
             toml_str(&args.wallet),
             toml_str(&args.hotkey)
         ));
+        if let Some(p) = &args.wallet_path {
+            t.push_str(&format!(
+                "# Where the wallets are (btcli's --wallet.path).
+wallet_path = {}
+",
+                toml_str(&p.display().to_string().replace('\\', "/"))
+            ));
+        }
     }
     t.push_str(&format!("netuid = {}\n\n", args.netuid));
     t.push_str(
@@ -108,6 +121,7 @@ pub fn render(args: &InitArgs) -> Result<String> {
     t.push_str(
         "[train]\n# A shard file or a directory of .txt / .jsonl / .parquet shards: every node \
          of the subnet\n# must use the same data (the dataset manifest hash is compared).\n\
+         # This default is built into apiary: outside a checkout it is written to the data dir.\n\
          data = \"data/tinyshakespeare.txt\"\n# cpu, cuda, cuda:N or auto (CUDA needs a \
          `--features cuda` build).\ndevice = \"cpu\"\n",
     );
@@ -159,6 +173,7 @@ mod tests {
             hotkey: "hk1".into(),
             endpoint: endpoint.into(),
             netuid: 3,
+            wallet_path: None,
             data_dir: "/var/lib/apiary".into(),
             out: "apiary.toml".into(),
             force: false,

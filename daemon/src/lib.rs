@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod chain_cmd;
 pub mod cli;
+pub mod corpus;
 pub mod dashboard;
 pub mod devnet;
 pub mod doctor;
@@ -23,6 +24,7 @@ pub mod keys;
 pub mod metrics;
 pub mod model_cmd;
 pub mod node;
+pub mod report;
 pub mod wallet_cmd;
 
 pub use node::{ChainSource, Node};

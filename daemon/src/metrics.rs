@@ -331,6 +331,14 @@ const NODE_COUNTERS: &[(&str, &str)] = &[
     ),
     ("competition_refused", "Competition models refused."),
     ("competition_rounds", "Competition evaluation rounds run."),
+    (
+        "weights_set",
+        "Weight submissions the chain included (validators).",
+    ),
+    (
+        "weights_failed",
+        "Weight submission attempts the chain refused or that failed (validators; retries count).",
+    ),
 ];
 
 /// Help of the network counters ([`apiary_net::NetStatsSnapshot`]) shown as
@@ -515,6 +523,16 @@ async fn collect(ex: &Exporter) -> Exposition {
         ],
         1u64,
     );
+    e.sample(
+        "apiary_build_info",
+        Kind::Gauge,
+        "The binary's version and the commit it was built from, as labels; always 1.",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("APIARY_COMMIT")),
+        ],
+        1u64,
+    );
     e.gauge(
         "apiary_fatal",
         "1 when the node is stopping on an unrecoverable error (see the log or `apiary admin status`).",
@@ -532,13 +550,11 @@ async fn collect(ex: &Exporter) -> Exposition {
         "Current window (from the chain).",
         status.window,
     );
-    if let Some(w) = status.model_window {
-        e.gauge(
-            "apiary_model_window",
-            "Window whose record produced this node's model.",
-            w,
-        );
-    }
+    e.gauge(
+        "apiary_model_window",
+        "Window whose record produced this node's model (-1: the genesis model).",
+        status.model_window.map_or(-1.0, |w| w as f64),
+    );
     let newest = status.window.saturating_sub(1);
     e.gauge(
         "apiary_model_windows_behind",
@@ -640,6 +656,42 @@ async fn collect(ex: &Exporter) -> Exposition {
                 sources.push(("evaluator", false));
             }
             None => sources.push(("evaluator", false)),
+        }
+        // What the chain holds from this validator: 0 before its first included submission.
+        let set = status.weights_set.as_ref();
+        e.gauge(
+            "apiary_weights_last_block",
+            "Inclusion block of the last weight submission the chain accepted from this validator (0: none yet).",
+            set.map_or(0, |w| w.block),
+        );
+        e.gauge(
+            "apiary_weights_last_window",
+            "The window that triggered the last weight submission the chain accepted (0: none yet).",
+            set.map_or(0, |w| w.window),
+        );
+        const WEIGHT: &str = "apiary_miner_weight";
+        e.declare(
+            WEIGHT,
+            Kind::Gauge,
+            "A miner's share of the last weights the chain accepted from this validator, in [0, 1].",
+        );
+        if let Some(w) = set {
+            let total: f64 = w.weights.iter().map(|(_, x)| f64::from(*x)).sum();
+            for (uid, x) in &w.weights {
+                let (u, hk) = (uid.to_string(), hotkey_of(*uid));
+                let share = if total > 0.0 {
+                    f64::from(*x) / total
+                } else {
+                    0.0
+                };
+                e.sample(
+                    WEIGHT,
+                    Kind::Gauge,
+                    "",
+                    &[("uid", &u), ("hotkey", &hk)],
+                    share,
+                );
+            }
         }
         if let Some(Ok(Some(w))) = within(ex.handles.evaluator.last_closed()).await {
             e.gauge(

@@ -37,7 +37,7 @@ pub struct Node {
 
 impl Node {
     /// Assembles and starts a node.
-    pub async fn spawn(cfg: NodeConfig, chain: ChainSource) -> Result<Node> {
+    pub async fn spawn(mut cfg: NodeConfig, chain: ChainSource) -> Result<Node> {
         cfg.validate()?;
         apiary_actors::check_adversary_kit(&cfg)?;
         let span = tracing::info_span!("node", node = %cfg.node.name);
@@ -66,6 +66,14 @@ impl Node {
         } else {
             crate::keys::load_hotkey(cfg.node.hotkey_seed.as_deref(), &cfg.node.data_dir)?
         };
+        cfg.train.data =
+            crate::corpus::resolve(&cfg.train.data, &cfg.node.data_dir).with_context(|| {
+                format!(
+                    "cannot write the built-in corpus into {}; set node.data_dir to a writable \
+                     path or train.data to your data",
+                    cfg.node.data_dir.display()
+                )
+            })?;
         let p2p = crate::keys::load_p2p_key(cfg.net.p2p_key_seed.as_deref(), &cfg.node.data_dir)?;
         let dataset = {
             let cfg = cfg.clone();
@@ -187,12 +195,18 @@ impl Node {
         }
         let mut record = apiary_actors::context::local_peer_record(&net).await;
         // Models this hotkey entered in competitions stay entered across restarts.
+        let mut on_chain = None;
         if let Ok(mg) = chain.metagraph(netuid).await {
             if let Some(p) = mg.by_hotkey(&hotkey.id()).and_then(|n| n.peer.as_ref()) {
                 record.models = p.models.clone();
+                on_chain = Some(p.clone());
             }
         }
-        if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
+        // A restart with the same keys and addresses has nothing to publish (and the chain's
+        // commitment rate limit would refuse it).
+        if on_chain.as_ref() == Some(&record) {
+            tracing::info!("peer record unchanged on chain");
+        } else if let Err(e) = chain.set_commitment(netuid, &hotkey, record.encode()).await {
             tracing::warn!(error = %e, "could not publish the peer record on chain; peers must use bootstrap addresses");
         }
 
@@ -218,6 +232,7 @@ impl Node {
                     .context("cannot read the metrics endpoint's bound address")?;
                 let task =
                     tokio::spawn(crate::metrics::serve(l, Arc::clone(&ctx), handles.clone()));
+                let _ = ctx.metrics_addr.set(addr);
                 tracing::info!(%addr, "metrics endpoint listening: GET http://{addr}/metrics");
                 Some((task, addr))
             }

@@ -128,3 +128,104 @@ fn invalid_config_file_is_refused_with_the_key_named() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("net.listen"), "{err}");
 }
+
+/// Started outside the checkout with no `--data` (the built-in corpus stands in) and a config
+/// turning metrics and the dashboard on: the banner names every node's URLs; Ctrl-C ends it
+/// like its last window (summary printed, exit 0, no admin socket left behind).
+#[test]
+fn devnet_anywhere_prints_urls_and_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tmp");
+    let base = dir.path().join("base.toml");
+    std::fs::write(
+        &base,
+        "[metrics]\nlisten = \"127.0.0.1:0\"\ndashboard = true\n\
+         [model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nd_ff = 64\nseq_len = 32\n\
+         [train]\npages_per_window = 2\nbatch_pages = 2\nlocal_steps = 1\n",
+    )
+    .expect("config");
+    let net = dir.path().join("net");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "devnet",
+            "--windows",
+            "1000",
+            "--block-ms",
+            "100",
+            "--miners",
+            "2",
+        ])
+        .arg("--config")
+        .arg(&base)
+        .arg("--dir")
+        .arg(&net)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("apiary devnet");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait = std::time::Duration::from_secs(120);
+    let mut seen = Vec::new();
+    // Up to the first window line: the banner is all there.
+    while !seen.iter().any(|l: &String| l.starts_with("window ")) {
+        match rx.recv_timeout(wait) {
+            Ok(l) => seen.push(l),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "no window line:\n{}\n{}",
+                    seen.join("\n"),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    let nodes: Vec<&String> = seen.iter().filter(|l| l.contains("admin socket")).collect();
+    assert_eq!(nodes.len(), 3, "{}", seen.join("\n"));
+    let mut urls = std::collections::BTreeSet::new();
+    for l in &nodes {
+        let m = l
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:") && w.ends_with("/metrics"))
+            .unwrap_or_else(|| panic!("no metrics URL in `{l}`"));
+        assert!(l.contains("dashboard http://127.0.0.1:"), "{l}");
+        urls.insert(m.to_string());
+    }
+    assert_eq!(urls.len(), 3, "one port per node: {urls:?}");
+
+    let sigint = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(sigint.success());
+    let mut rest = Vec::new();
+    while let Ok(l) = rx.recv_timeout(wait) {
+        rest.push(l);
+    }
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status}:\n{}", rest.join("\n"));
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("stopped by SIGINT: held-out loss")),
+        "no summary:\n{}",
+        rest.join("\n")
+    );
+    for node in ["validator-0", "miner-1", "miner-2"] {
+        assert!(
+            !net.join(node).join("admin.sock").exists(),
+            "{node}'s admin socket left behind"
+        );
+    }
+    // The built-in corpus, written into the devnet's dir.
+    assert!(net.join("tinyshakespeare.txt").is_file());
+}

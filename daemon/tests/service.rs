@@ -150,3 +150,105 @@ fn sigterm_stops_the_node_cleanly_with_json_logs() {
     assert!(!socket.exists(), "admin socket left behind");
     apiary_storage::Store::open(&data_dir.join("db")).expect("the store reopens after SIGTERM");
 }
+
+/// `apiary run` at the default log level, started outside the checkout with the default
+/// `train.data`: it says who it is and where to reach it, prints status lines, and a validator
+/// without a permit (no stake on the embedded chain) says so with the fix.
+#[test]
+fn run_says_what_it_is_doing_from_any_directory() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "[node]\nname = \"talk\"\ndata_dir = \"node\"\n\
+         [chain]\nblock_time_ms = 100\nblocks_per_window = 2\n\
+         [net]\nlisten = \"/ip4/127.0.0.1/tcp/0\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\ndashboard = true\n\
+         [model]\nd_model = 32\nn_layers = 1\nn_heads = 2\nd_ff = 64\nseq_len = 32\n\
+         [train]\npages_per_window = 2\nbatch_pages = 2\nlocal_steps = 1\n",
+    )
+    .expect("config");
+    let stderr_path = dir.path().join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args(["run", "--role", "validator", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).expect("log"))
+        .spawn()
+        .expect("apiary run");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen: Vec<String> = Vec::new();
+    let has = |seen: &[String], f: &dyn Fn(&str) -> bool| seen.iter().any(|l| f(l));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let done = has(&seen, &|l| l.contains("peer id"))
+            && has(&seen, &|l| l.contains("admin socket"))
+            && has(&seen, &|l| l.contains("metrics      http://127.0.0.1:"))
+            && has(&seen, &|l| l.contains("dashboard    http://127.0.0.1:"))
+            && has(&seen, &|l| {
+                l.starts_with("warning: this validator") && l.contains("no validator permit")
+            })
+            && has(&seen, &|l| {
+                l.starts_with("window ") && l.contains("no validator permit")
+            });
+        if done {
+            break;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "missing lines after {WAIT:?}; stdout:\n{}\nstderr:\n{}",
+                seen.join("\n"),
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            ),
+        }
+    }
+    assert!(
+        seen[0].starts_with("apiary ") && seen[0].contains("node \"talk\", validator"),
+        "{}",
+        seen.join("\n")
+    );
+    // The built-in corpus stood in for data/tinyshakespeare.txt, inside the data dir.
+    assert!(dir.path().join("node/tinyshakespeare.txt").exists());
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "exit {status}");
+}
+
+/// A node that cannot start (here: its data is missing) leaves no data dir behind.
+#[test]
+fn a_failed_start_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_apiary"))
+        .args([
+            "run",
+            "--data-dir",
+            "fresh",
+            "--data",
+            "missing.txt",
+            "--listen",
+        ])
+        .arg("/ip4/127.0.0.1/tcp/0")
+        .current_dir(dir.path())
+        .output()
+        .expect("apiary run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.txt"), "{err}");
+    assert!(!dir.path().join("fresh").exists(), "data dir left behind");
+}

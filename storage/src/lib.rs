@@ -192,6 +192,9 @@ impl<'de> serde::Deserialize<'de> for ContentId {
     }
 }
 
+/// Windows of [`Column::ScoreHistory`] a validator keeps.
+pub const SCORE_HISTORY_KEPT: u64 = 1000;
+
 /// Column families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Column {
@@ -210,6 +213,9 @@ pub enum Column {
     Announcements,
     /// uid → the validator's smoothed score.
     Scores,
+    /// window (u64 BE) → every miner's `(uid, score, smoothed score)` when the validator closed
+    /// it: the history the dashboard draws (the newest [`SCORE_HISTORY_KEPT`] windows).
+    ScoreHistory,
     /// submission id → a weight submission (block, outcome).
     Weights,
     /// The node's view of the chain (last block, last metagraph).
@@ -224,7 +230,7 @@ pub enum Column {
 
 impl Column {
     /// Every column, in creation order.
-    pub const ALL: [Column; 11] = [
+    pub const ALL: [Column; 12] = [
         Column::Blobs,
         Column::Parts,
         Column::Outboards,
@@ -236,6 +242,7 @@ impl Column {
         Column::Meta,
         Column::LocalBlocks,
         Column::LocalState,
+        Column::ScoreHistory,
     ];
 
     /// RocksDB column family name.
@@ -252,6 +259,7 @@ impl Column {
             Column::Meta => "meta",
             Column::LocalBlocks => "local_blocks",
             Column::LocalState => "local_state",
+            Column::ScoreHistory => "score_history",
         }
     }
 }

@@ -80,12 +80,48 @@ async fn the_dashboard_renders_loss_miners_and_peers_in_chromium() {
     })
     .await;
 
+    wait_until(T, "three windows closed", || async {
+        eval.last_closed().await.ok().flatten() >= Some(first + 2)
+    })
+    .await;
+    // Weights reach the chain (the page must say where).
+    wait_until(T, "weights on chain", || async {
+        net.nodes[v].ctx().status().weights_set.is_some()
+    })
+    .await;
+    // A window the validator did not close (its history row gone, as after a restart across
+    // it): the page must show it as a gap, not draw a line through it.
+    let gap = first + 1;
+    net.nodes[v]
+        .ctx()
+        .store
+        .delete(
+            apiary_storage::Column::ScoreHistory,
+            &apiary_storage::u64_key(gap),
+        )
+        .expect("delete a history row");
+
     // The data the page polls.
     let data = get(addr, "/api/dashboard").await;
     let d: serde_json::Value = serde_json::from_str(&data).expect("json");
     assert!(d["loss"].as_array().is_some_and(|l| l.len() >= 2), "{d}");
     assert_eq!(d["miners"].as_array().map(Vec::len), Some(2), "{d}");
     assert!(d["peers"].as_array().is_some_and(|p| p.len() >= 2), "{d}");
+    let history: Vec<u64> = d["score_history"]
+        .as_array()
+        .expect("score history")
+        .iter()
+        .filter_map(|w| w["window"].as_u64())
+        .collect();
+    assert!(
+        history.contains(&first) && history.contains(&(first + 2)),
+        "{d}"
+    );
+    assert!(!history.contains(&gap), "{d}");
+    let (hmin, hmax) = (history[0], history[history.len() - 1]);
+    let set_block = d["chain"]["weights_set"]["block"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("weights_set in {d}"));
 
     // The page, rendered by Chromium after its scripts ran.
     let url = format!("http://{addr}/");
@@ -109,6 +145,36 @@ async fn the_dashboard_renders_loss_miners_and_peers_in_chromium() {
         );
     }
     assert!(dom.contains("model window"), "{dom}");
+    // A freshly opened page draws every miner's score history from the node, with the gap
+    // named; the chain section says where the weights are; peers carry their uids.
+    let gaps: Vec<String> = history
+        .windows(2)
+        .filter(|p| p[1] - p[0] > 1)
+        .map(|p| match (p[0] + 1, p[1] - 1) {
+            (a, b) if a == b => format!("w{a}"),
+            (a, b) => format!("w{a}–w{b}"),
+        })
+        .collect();
+    assert!(gaps.contains(&format!("w{gap}")), "{gaps:?}");
+    let summary = format!(
+        "score history from the node: {} windows, 2 miner(s); {} gap(s), shaded: {}",
+        history.len(),
+        gaps.len(),
+        gaps.join(", ")
+    );
+    assert!(
+        dom.contains(&summary),
+        "no `{summary}` (history w{hmin}..w{hmax}):\n{dom}"
+    );
+    assert!(
+        dom.contains(&format!("set at block {set_block} (window ")),
+        "no weights-on-chain status for block {set_block}:\n{dom}"
+    );
+    for m in [m1, m2] {
+        let uid = net.nodes[m].ctx().uid().expect("uid");
+        let row = format!("<tr data-key=\"{uid}\"><td>{uid}</td><td>12D3Ko");
+        assert!(dom.contains(&row), "no peer row with uid {uid}:\n{dom}");
+    }
     assert!(
         dom.contains("<span id=\"error\"></span>"),
         "the page reports an error:\n{dom}"

@@ -77,9 +77,8 @@ fn check_conventions(s: &Scrape) {
     }
 }
 
-/// `config/grafana/apiary.json` is valid JSON, and every `apiary_*` name in its queries is a
-/// family of one of `scrapes`.
-fn dashboard_names_are_exported(scrapes: &[&Scrape]) {
+/// Every `apiary_*` name in the queries of `config/grafana/apiary.json` (valid JSON).
+fn dashboard_names() -> std::collections::BTreeSet<String> {
     let path =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/grafana/apiary.json");
     let text = std::fs::read_to_string(&path).expect("the Grafana dashboard");
@@ -101,6 +100,12 @@ fn dashboard_names_are_exported(scrapes: &[&Scrape]) {
             names.insert(name);
         }
     }
+    names
+}
+
+/// Every `apiary_*` name the Grafana dashboard queries is a family of one of `scrapes`.
+fn dashboard_names_are_exported(scrapes: &[&Scrape]) {
+    let names = dashboard_names();
     for name in &names {
         assert!(
             scrapes.iter().any(|s| s.docs.contains_key(name)),
@@ -330,6 +335,30 @@ async fn metrics_endpoint_is_scraped_and_parsed_during_a_devnet() {
         None,
         "off unless metrics.listen is set"
     );
+
+    // Before any window: every series the Grafana dashboard queries is there at zero, so its
+    // panels show 0 instead of "No data" (a series per miner or per peer needs the miner or
+    // peer, and a training loss needs training).
+    let at_start = scrape(vaddr).await;
+    let needs_an_entity = |name: &str| {
+        name.starts_with("apiary_miner_")
+            || name.starts_with("apiary_peer_")
+            || name == "apiary_train_loss"
+    };
+    let missing: Vec<String> = dashboard_names()
+        .into_iter()
+        .filter(|n| !needs_an_entity(n) && !at_start.samples.iter().any(|x| &x.metric == n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries {missing:?}, which a fresh validator exports no sample of"
+    );
+    assert_eq!(
+        value(&at_start, "apiary_weights_last_block", &[]),
+        0.0,
+        "no weights on chain yet"
+    );
+    assert_eq!(value(&at_start, "apiary_build_info", &[]), 1.0);
 
     // Two windows: both miners' updates scored, each record applied.
     let vctx = net.nodes[v].ctx().clone();

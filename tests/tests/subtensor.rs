@@ -758,3 +758,140 @@ async fn devnet_runs_on_the_subtensor_runtime() {
         "on-chain weights: {last}"
     );
 }
+
+/// The operator's path of the README against the local subtensor (chopsticks), each step the
+/// `apiary` command an operator types, run in this process: `wallet new`, `init` for that
+/// endpoint (the written defaults: rpc = auto, the built-in corpus, no `train.data` to edit),
+/// `doctor` (registration the one failure, its fix the complete register line), `chain register
+/// --yes`, `doctor` again (nothing blocks), then the node `apiary run` starts from the written
+/// config: it finds its uid and publishes its peer record on chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn init_doctor_register_run_against_the_local_chain() {
+    use clap::Parser;
+    init_tracing();
+    let _one = SERIAL.lock().await;
+    let chop = Chopsticks::start().await;
+    let chain = chop.client().await;
+    let owner = Hotkey::from_dev_label("subnet owner");
+    let netuid = chain.dev_subnet(&owner, 10).await.expect("create a subnet");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wallets = dir.path().join("wallets");
+    let config = dir.path().join("apiary.toml");
+    let data_dir = dir.path().join("node");
+    let apiary = |args: Vec<String>| {
+        apiary_daemon::cli::Cli::try_parse_from(std::iter::once("apiary".to_string()).chain(args))
+            .unwrap_or_else(|e| panic!("arguments: {e}"))
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let path = |p: &std::path::Path| p.display().to_string();
+
+    apiary_daemon::cli::run(apiary(
+        [
+            s(&[
+                "wallet",
+                "new",
+                "--wallet.name",
+                "op",
+                "--wallet.hotkey",
+                "m1",
+            ]),
+            s(&[
+                "--wallet.path",
+                &path(&wallets),
+                "--no-mnemonic",
+                "--unencrypted-coldkey",
+            ]),
+        ]
+        .concat(),
+    ))
+    .await
+    .expect("apiary wallet new");
+    let w = Wallet::new(Some(&wallets), "op", "m1").expect("wallet");
+    chain
+        .fund_from_alice(&w.coldkey_pub().expect("coldkeypub"), 1_000 * TAO)
+        .await
+        .expect("fund the coldkey");
+
+    let url = chop.url();
+    apiary_daemon::cli::run(apiary(s(&[
+        "init",
+        "--role",
+        "miner",
+        "--endpoint",
+        &url,
+        "--netuid",
+        &netuid.to_string(),
+        "--wallet",
+        "op",
+        "--hotkey",
+        "m1",
+        "--wallet-path",
+        &path(&wallets),
+        "--data-dir",
+        &path(&data_dir),
+        "--out",
+        &path(&config),
+    ])))
+    .await
+    .expect("apiary init");
+    let mut cfg = apiary_config::NodeConfig::load(&config).expect("the written config loads");
+
+    // Before registering, doctor fails on registration only, with the command that fixes it.
+    let checks = apiary_daemon::doctor::check(&cfg, &config).await;
+    let failing: Vec<_> = checks
+        .iter()
+        .filter(|c| c.verdict == apiary_daemon::doctor::Verdict::Fail)
+        .collect();
+    assert_eq!(failing.len(), 1, "{checks:#?}");
+    assert_eq!(failing[0].what, "registration", "{checks:#?}");
+    let fix = failing[0].fix.clone().expect("a fix");
+    assert!(
+        fix.contains(&format!(
+            "--endpoint {url} --netuid {netuid} --wallet op --hotkey m1"
+        )),
+        "{fix}"
+    );
+
+    apiary_daemon::cli::run(apiary(s(&[
+        "chain",
+        "register",
+        "--config",
+        &path(&config),
+        "--yes",
+    ])))
+    .await
+    .expect("apiary chain register");
+    let checks = apiary_daemon::doctor::check(&cfg, &config).await;
+    assert!(!apiary_daemon::doctor::blocks(&checks), "{checks:#?}");
+
+    // `apiary run --config apiary.toml`, with a port of its own for the test.
+    cfg.net.listen = "/ip4/127.0.0.1/tcp/0".into();
+    let node = Node::spawn(cfg, ChainSource::FromConfig)
+        .await
+        .expect("the node starts from the written config");
+    let hotkey = w.hotkey().expect("hotkey").id();
+    let uid = chain
+        .metagraph(netuid)
+        .await
+        .expect("metagraph")
+        .by_hotkey(&hotkey)
+        .expect("registered")
+        .uid;
+    let ctx = node.ctx().clone();
+    wait_until(
+        Duration::from_secs(120),
+        "the node knows its uid",
+        || async { ctx.status().uid == Some(uid) },
+    )
+    .await;
+    let peer = ctx.net.local_peer_id().to_string();
+    let mg = chain.metagraph(netuid).await.expect("metagraph");
+    assert_eq!(
+        mg.by_uid(uid)
+            .and_then(|n| n.peer.as_ref())
+            .map(|p| p.peer_id.clone()),
+        Some(peer),
+        "the node's peer record is on chain"
+    );
+    node.shutdown().await;
+}
