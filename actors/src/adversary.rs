@@ -19,6 +19,7 @@
 //! | `poison-large` | the honest update × 100 |
 //! | `poison-nan` | the honest update with a NaN written into its bytes |
 //! | `poison-inverted` | the honest update × −10 |
+//! | `precomputer` | the lowest other miner's own update, computed from its public pages and sealed with its author header (its exact blob), announced first under its own uid |
 //!
 //! Sybils are several nodes configured as `copier` / `noisy-copier`: each copies the lowest
 //! other uid that announced in the window and whose update it can fetch and decode, so they all
@@ -63,6 +64,8 @@ pub(crate) struct Adversary {
     models: VecDeque<(ContentId, Arc<Params>)>,
     /// `wrong-pages`: the first window it trained and that window's first block hash.
     first_pages: Option<(u64, [u8; 32])>,
+    /// `precomputer`: the miner it targets, once chosen.
+    victim: Option<u16>,
 }
 
 /// An adversary shared by the trainer actor and its training tasks.
@@ -76,6 +79,7 @@ impl Adversary {
             replay: None,
             models: VecDeque::new(),
             first_pages: None,
+            victim: None,
         }))
     }
 }
@@ -169,10 +173,51 @@ async fn victim(job: &Job) -> Result<(Vec<u8>, f32), WorkError> {
 async fn copiable(job: &Job, ann: &UpdateAnnouncement) -> Result<Vec<u8>, WorkError> {
     let bytes = fetch_blob(&job.ctx, ann.update, None, false).await?;
     let cfg = job.ctx.cfg.clone();
-    match tokio::task::spawn_blocking(move || updates::decode(&cfg, &bytes).map(|_| bytes)).await {
+    match tokio::task::spawn_blocking(move || updates::decode_sealed(&cfg, &bytes).map(|_| bytes))
+        .await
+    {
         Ok(decoded) => decoded.map_err(WorkError::Compute),
         Err(e) => Err(join_err(e)),
     }
+}
+
+/// The `precomputer`'s victim: the lowest other uid that announced an update in the current or
+/// one of the 8 windows before (a miner, as its announcements show; the metagraph's permits may
+/// lag), remembered from then on; until there is one, the lowest other uid without stake.
+fn precompute_target(a: &Shared, job: &Job) -> Result<u16, WorkError> {
+    if let Some(v) = lock(a).victim {
+        return Ok(v);
+    }
+    let mg = job
+        .ctx
+        .metagraph()
+        .ok_or_else(|| WorkError::Compute("precomputer: no metagraph yet".into()))?;
+    let others = || mg.neurons.iter().filter(|n| n.uid != job.uid);
+    let announced = (0..=8u64)
+        .filter_map(|back| job.window.checked_sub(back))
+        .flat_map(|w| {
+            others().filter(move |n| {
+                matches!(
+                    job.ctx.store.get::<UpdateAnnouncement>(
+                        Column::Announcements,
+                        &window_uid_key(w, n.uid)
+                    ),
+                    Ok(Some(_))
+                )
+            })
+        })
+        .map(|n| n.uid)
+        .min();
+    if let Some(v) = announced {
+        lock(a).victim = Some(v);
+        return Ok(v);
+    }
+    // Not remembered: a validator's stake may not be in this metagraph yet.
+    others()
+        .filter(|n| n.stake == 0)
+        .map(|n| n.uid)
+        .min()
+        .ok_or_else(|| WorkError::Compute("precomputer: no other miner to target".into()))
 }
 
 /// Computes the cheat's update (blocking).
@@ -181,14 +226,18 @@ fn cheat(a: &Shared, job: Job, victim: Option<(Vec<u8>, f32)>) -> Result<Compute
     let cfg = &job.ctx.cfg;
     let sync_proof = job.sync_proof();
     let noise_seed = u64::from(job.uid) << 32 ^ job.window ^ 0xad5e_0000_0000_0000;
+    let mut author = None;
     let (bytes, loss, serve) = match kind {
         AdversaryKind::Copier => {
-            let (bytes, loss) = victim.ok_or_else(|| "copier: no victim".to_string())?;
-            (bytes, loss, true)
+            // Byte for byte: the victim's blob, author header included (the same content id).
+            let (blob, loss) = victim.ok_or_else(|| "copier: no victim".to_string())?;
+            let (victim_author, wire) = updates::unseal(&blob)?;
+            author = Some(victim_author);
+            (wire.to_vec(), loss, true)
         }
         AdversaryKind::NoisyCopier => {
             let (bytes, loss) = victim.ok_or_else(|| "noisy-copier: no victim".to_string())?;
-            let copied = updates::decode(cfg, &bytes)?
+            let copied = updates::decode_sealed(cfg, &bytes)?
                 .to_vecs()
                 .map_err(|e| e.to_string())?;
             let noise = noise_vecs(cfg, noise_seed)?;
@@ -243,6 +292,24 @@ fn cheat(a: &Shared, job: Job, victim: Option<(Vec<u8>, f32)>) -> Result<Compute
             let bytes = job.encode(&u)?;
             (poison_nan(cfg, bytes)?, loss, true)
         }
+        AdversaryKind::Precomputer => {
+            // The victim's own work, byte for byte: its pages are public, training on CPU is
+            // reproducible, and the blob is sealed with the victim's author header.
+            let victim = precompute_target(a, &job)?;
+            let pages = job.ctx.window_pages(victim, job.window, job.hash()?)?;
+            let (u, loss) = updates::compute(cfg, &job.params, &pages)?;
+            author = Some(updates::Author {
+                netuid: cfg.chain.netuid,
+                window: job.window,
+                uid: victim,
+            });
+            tracing::info!(
+                window = job.window,
+                victim,
+                "precomputer: announcing the victim's update"
+            );
+            (updates::Encoder::new(cfg)?.encode(&u)?, loss, true)
+        }
         AdversaryKind::Tiny
         | AdversaryKind::Noise
         | AdversaryKind::Negated
@@ -270,6 +337,7 @@ fn cheat(a: &Shared, job: Job, victim: Option<(Vec<u8>, f32)>) -> Result<Compute
         loss,
         sync_proof,
         serve,
+        author,
     })
 }
 

@@ -421,6 +421,10 @@ fn count_rejection(ctx: &NodeContext, window: u64, uid: u16, r: &Rejection) {
                  (its sync proof does not match this validator's model); scored 0"
             );
         }
+        crate::windowed::UNIQUE_CONTENT => {
+            Metrics::inc(&m.updates_copied);
+            tracing::warn!(uid, window, reason = %r.reason, "update blob names another author: a copy, scored 0");
+        }
         BASE_MODEL => {
             Metrics::inc(&m.updates_wrong_base);
             tracing::warn!(

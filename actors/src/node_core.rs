@@ -185,21 +185,6 @@ fn execute(myself: &ActorRef<Event>, a: &CoreArgs, action: Action) -> Option<Act
             );
             Ok(())
         }
-        Action::Copy {
-            window,
-            uid,
-            first_uid,
-        } => {
-            ctx.rejections.count(crate::windowed::UNIQUE_CONTENT);
-            Metrics::inc(&ctx.metrics.updates_copied);
-            tracing::warn!(
-                uid,
-                window,
-                first_uid,
-                "update id already announced by another miner this window: a copy, scored 0"
-            );
-            Ok(())
-        }
         Action::StartGrace { window } => {
             let c = &ctx.cfg.chain;
             let grace = Duration::from_millis(

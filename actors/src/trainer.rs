@@ -136,6 +136,9 @@ pub struct Computed {
     /// Store (and so serve) the update's blob; false only for the adversary kit's
     /// `never-serve`, which announces an id it never serves.
     pub(crate) serve: bool,
+    /// The author the blob names ([`updates::seal`]): `None` for this miner (always, but for
+    /// the adversary kit's copies of other miners' blobs).
+    pub(crate) author: Option<updates::Author>,
 }
 
 /// Windows whose sync proofs a miner keeps serving (validators fetch a proof while its window
@@ -545,6 +548,7 @@ impl Job {
             loss,
             sync_proof,
             serve: true,
+            author: None,
         })
     }
 }
@@ -557,10 +561,18 @@ async fn publish_update(
 ) -> Option<UpdateAnnouncement> {
     let ctx = &st.ctx;
     let uid = ctx.uid()?;
+    // The blob names its author (see `updates::Author`): whoever else computes these tensors
+    // gets another id.
+    let author = c.author.unwrap_or(updates::Author {
+        netuid: ctx.cfg.chain.netuid,
+        window,
+        uid,
+    });
+    let sealed = updates::seal(author, &c.bytes);
     let stored = if c.serve {
-        ctx.store.put_blob(&c.bytes)
+        ctx.store.put_blob(&sealed)
     } else {
-        Ok(ContentId::of(&c.bytes))
+        Ok(ContentId::of(&sealed))
     };
     let id = match stored {
         Ok(id) => id,
@@ -591,7 +603,7 @@ async fn publish_update(
         uid,
         base_model: c.base,
         update: id,
-        size: c.bytes.len() as u64,
+        size: sealed.len() as u64,
         loss: c.loss,
         sync_slice,
     };
@@ -700,10 +712,19 @@ async fn apply_record(
         let rec2 = rec.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<Option<Applied>, WorkError> {
             let c = &ctx2.cfg;
-            let updates = blobs
-                .iter()
-                .map(|b| updates::decode(c, b))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut updates = Vec::with_capacity(blobs.len());
+            for ((uid, _), b) in rec2.accepted.iter().zip(&blobs) {
+                let (author, wire) = updates::unseal(b)?;
+                if author.uid != *uid || author.window != rec2.window {
+                    return Err(format!(
+                        "the record accepts uid {uid}'s update of window {}, but that blob is \
+                         uid {}'s of window {}",
+                        rec2.window, author.uid, author.window
+                    )
+                    .into());
+                }
+                updates.push(updates::decode(c, wire)?);
+            }
             let (next, outer) = updates::outer_step(c, &base.params, &base.outer, &updates)?;
             let bytes = next.to_bytes().map_err(|e| e.to_string())?;
             let outer_bytes = outer.to_bytes(&c.model).map_err(|e| e.to_string())?;

@@ -136,6 +136,99 @@ pub fn decode(cfg: &NodeConfig, bytes: &[u8]) -> Result<Update, String> {
     }
 }
 
+/// Who an update blob is by: the header [`seal`] writes in front of the wire bytes.
+///
+/// Why: a miner's pages are public and CPU training is bit-reproducible, so anyone can compute
+/// a miner's exact wire bytes. Were the blob only those bytes, its content id would be the same
+/// for whoever announced it, and "whose work is this id" could only be answered by who was
+/// heard first — an attacker who computes a victim's update and announces it first would have
+/// the victim refused as a copy. With the author in the bytes, the victim's blob and any copy
+/// of its tensors have different ids, and a blob announced by a uid it does not name is refused
+/// whatever the order ([`crate::windowed::Authored`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Author {
+    /// Subnet.
+    pub netuid: u16,
+    /// The window the update is for.
+    pub window: u64,
+    /// The miner's uid.
+    pub uid: u16,
+}
+
+/// The first bytes of a sealed update ("apiary update, author header v1").
+pub const SEAL_MAGIC: [u8; 5] = *b"APU1\0";
+/// Length of the author header.
+pub const SEAL_LEN: usize = SEAL_MAGIC.len() + 2 + 8 + 2;
+
+/// `author`'s header followed by the wire bytes: what a miner stores and announces.
+pub fn seal(author: Author, wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SEAL_LEN + wire.len());
+    out.extend_from_slice(&SEAL_MAGIC);
+    out.extend_from_slice(&author.netuid.to_be_bytes());
+    out.extend_from_slice(&author.window.to_be_bytes());
+    out.extend_from_slice(&author.uid.to_be_bytes());
+    out.extend_from_slice(wire);
+    out
+}
+
+/// The author and the wire bytes of a sealed update; an error for anything else.
+pub fn unseal(bytes: &[u8]) -> Result<(Author, &[u8]), String> {
+    let header = bytes.get(..SEAL_LEN).ok_or_else(|| {
+        format!(
+            "{} bytes cannot hold an update's author header",
+            bytes.len()
+        )
+    })?;
+    if header[..SEAL_MAGIC.len()] != SEAL_MAGIC {
+        return Err("the blob does not start with an update's author header".into());
+    }
+    let field =
+        |r: std::ops::Range<usize>| &header[SEAL_MAGIC.len() + r.start..SEAL_MAGIC.len() + r.end];
+    let mut netuid = [0u8; 2];
+    netuid.copy_from_slice(field(0..2));
+    let mut window = [0u8; 8];
+    window.copy_from_slice(field(2..10));
+    let mut uid = [0u8; 2];
+    uid.copy_from_slice(field(10..12));
+    Ok((
+        Author {
+            netuid: u16::from_be_bytes(netuid),
+            window: u64::from_be_bytes(window),
+            uid: u16::from_be_bytes(uid),
+        },
+        &bytes[SEAL_LEN..],
+    ))
+}
+
+/// The wire bytes of `blob` when its author header names exactly the announcement's subnet,
+/// window and uid; otherwise why not (a copy of another miner's blob, or no header).
+pub fn authored<'a>(
+    ann: &crate::protocol::UpdateAnnouncement,
+    blob: &'a [u8],
+) -> Result<&'a [u8], String> {
+    let (author, wire) = unseal(blob)?;
+    let announced = Author {
+        netuid: ann.netuid,
+        window: ann.window,
+        uid: ann.uid,
+    };
+    if author != announced {
+        return Err(format!(
+            "the blob is uid {}'s update of window {} (subnet {}), announced by uid {} for \
+             window {}: a copy",
+            author.uid, author.window, author.netuid, announced.uid, announced.window
+        ));
+    }
+    Ok(wire)
+}
+
+/// Unseals and decodes a stored update blob (the author is not checked: for blobs already
+/// accepted, such as the updates a window record names).
+pub fn decode_sealed(cfg: &NodeConfig, bytes: &[u8]) -> Result<Update, String> {
+    let (_, wire) = unseal(bytes)?;
+    decode(cfg, wire)
+}
+
 /// The outer step of the subnet's optimizer.
 pub fn outer_step(
     cfg: &NodeConfig,
@@ -145,4 +238,51 @@ pub fn outer_step(
 ) -> Result<(Params, OuterState), String> {
     apiary_model::outer_step(&cfg.model, base, outer, updates, &outer_config(cfg))
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod seal_tests {
+    use super::*;
+    use crate::protocol::UpdateAnnouncement;
+
+    #[test]
+    fn a_blob_belongs_to_the_uid_it_names_whoever_announces_it_first() {
+        let author = Author {
+            netuid: 3,
+            window: 41,
+            uid: 7,
+        };
+        let wire = b"the same tensors".to_vec();
+        let blob = seal(author, &wire);
+        let (back, w) = unseal(&blob).expect("unseal");
+        assert_eq!((back, w), (author, &wire[..]));
+        let ann = |uid: u16, window: u64| UpdateAnnouncement {
+            netuid: 3,
+            window,
+            uid,
+            base_model: apiary_storage::ContentId::of(b"base"),
+            update: apiary_storage::ContentId::of(&blob),
+            size: blob.len() as u64,
+            loss: 1.0,
+            sync_slice: None,
+        };
+        assert_eq!(authored(&ann(7, 41), &blob).expect("own"), &wire[..]);
+        // The same id announced by another uid (before or after) is that uid's copy.
+        let e = authored(&ann(9, 41), &blob).expect_err("copy");
+        assert!(
+            e.contains("uid 7's update of window 41") && e.contains("uid 9"),
+            "{e}"
+        );
+        // ... and the same tensors sealed by their computer are another blob, another id.
+        let other = seal(Author { uid: 9, ..author }, &wire);
+        assert_ne!(
+            apiary_storage::ContentId::of(&other),
+            apiary_storage::ContentId::of(&blob)
+        );
+        assert_eq!(authored(&ann(9, 41), &other).expect("its own"), &wire[..]);
+        // Another window's blob, a bare wire blob and a short one are refused.
+        assert!(authored(&ann(7, 42), &blob).is_err());
+        assert!(unseal(&wire).is_err());
+        assert!(unseal(&blob[..SEAL_LEN - 1]).is_err());
+    }
 }

@@ -17,8 +17,9 @@
 //!   earlier one).
 //! - **Admission.** An announcement is for an open window when it is at most one window behind
 //!   or ahead of the current one. The first per `(window, uid)` is kept; repeats are ignored.
-//!   On validators an update id is accepted once per window: the first uid observed announcing
-//!   it keeps it, and another uid re-announcing the same bytes is a copy (never evaluated).
+//!   Who was heard first decides nothing else: an update blob names its author
+//!   ([`crate::updates::Author`]), and a blob announced by a uid it does not name is refused
+//!   when evaluated (`unique_content`), before or after the original.
 //! - **Evaluation (validators).** An admitted update is evaluated at once when it was computed
 //!   on the node's current model, else deferred until the model catches up. When window `w`
 //!   starts, every earlier open window (and `w-1`, even without updates) starts closing: it
@@ -187,16 +188,6 @@ pub enum Action {
         /// The node's current window.
         current: Option<u64>,
     },
-    /// Another uid already announced the same update id in this window (validators): the
-    /// copy is neither kept nor evaluated, and scores 0.
-    Copy {
-        /// Window.
-        window: u64,
-        /// The copier.
-        uid: u16,
-        /// The uid that announced the id first.
-        first_uid: u16,
-    },
     /// Schedule [`Event::GraceElapsed`]`(window)` after the closing grace.
     StartGrace {
         /// The window waiting for evaluations.
@@ -272,8 +263,6 @@ pub struct WindowMachine {
     model_window: Option<u64>,
     /// Admitted `(window, uid)`s of recent windows.
     announced: BTreeMap<u64, BTreeSet<u16>>,
-    /// Update ids admitted per recent window, with the uid that announced each first.
-    update_ids: BTreeMap<u64, BTreeMap<ContentId, u16>>,
     // Miner.
     training: Option<u64>,
     last_trained: Option<u64>,
@@ -309,7 +298,6 @@ impl WindowMachine {
             model: None,
             model_window: None,
             announced: BTreeMap::new(),
-            update_ids: BTreeMap::new(),
             training: None,
             last_trained: None,
             records: BTreeMap::new(),
@@ -501,8 +489,6 @@ impl WindowMachine {
         // Admission accepts one window back: older (window, uid)s can be forgotten.
         self.announced
             .retain(|aw, _| aw.checked_add(2).is_none_or(|x| x > w));
-        self.update_ids
-            .retain(|aw, _| aw.checked_add(2).is_none_or(|x| x > w));
         if !self.schedule.validator {
             return;
         }
@@ -559,24 +545,6 @@ impl WindowMachine {
         }
         if !self.note_announced(window, uid) {
             return; // the first announcement per (window, uid) wins
-        }
-        if self.schedule.validator {
-            // An update id is accepted once per window: the first announcer observed keeps it,
-            // a re-announcement of the same bytes by another uid is a copy.
-            let ids = self.update_ids.entry(window).or_default();
-            match ids.get(&ann.update) {
-                Some(&first_uid) => {
-                    out.push(Action::Copy {
-                        window,
-                        uid,
-                        first_uid,
-                    });
-                    return;
-                }
-                None => {
-                    ids.insert(ann.update, uid);
-                }
-            }
         }
         out.push(Action::KeepAnnouncement(ann.clone()));
         if !self.schedule.validator {

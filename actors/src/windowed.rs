@@ -2,7 +2,8 @@
 //! implementation of the seam.
 //!
 //! Per window each miner publishes an update. A validator admits it through the check list
-//! [`Windowed::new`] builds — `size`, `decodes` (finite tensors of the model's shapes),
+//! [`Windowed::new`] builds — `size`, `unique_content` (the blob names the announcing uid as
+//! its author, [`crate::updates::Author`]), `decodes` (finite tensors of the model's shapes),
 //! `in_sync` (the miner's [`crate::sync`] proof matches this validator's model), `recomputes`
 //! (the validator redoes the miner's work on its pages, and once per window on **control
 //! pages** no miner is assigned), `norm` (not a scaled-up poison) — and scores it with
@@ -36,8 +37,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Name of the rule that accepts an update id once per window (applied by the window machine,
-/// [`crate::window`], where every announcement of a window is seen).
+/// Name of the check that an update blob is the announcer's own work for this window: its
+/// author header ([`crate::updates::Author`]) names the announcing uid, window and subnet
+/// ([`Authored`]). A blob announced by another uid — a copy, whether heard before or after the
+/// original — is refused here; the original is not affected by the order.
 pub const UNIQUE_CONTENT: &str = "unique_content";
 /// Name of the check on the announced size.
 pub const SIZE: &str = "size";
@@ -239,7 +242,7 @@ pub struct Candidate {
     pub ann: UpdateAnnouncement,
     /// The model the update claims to be computed on (this validator's copy).
     pub base: Arc<Params>,
-    /// The update's bytes, verified against `ann.update`.
+    /// The update's blob (author header and wire bytes), verified against `ann.update`.
     pub bytes: Vec<u8>,
     /// The sync proof.
     pub proof: SyncProof,
@@ -304,6 +307,20 @@ impl Check<Candidate> for AnnouncedSize {
     }
 }
 
+/// Check `unique_content`: the blob's author header names the announcement's subnet, window and
+/// uid (`decodes` then reads the wire bytes behind it).
+pub struct Authored;
+
+impl Check<Candidate> for Authored {
+    fn name(&self) -> &'static str {
+        UNIQUE_CONTENT
+    }
+    fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
+        crate::updates::authored(&c.ann, &c.bytes).map_err(|e| Rejection::new(self.name(), e))?;
+        Ok(())
+    }
+}
+
 /// Check `decodes`: the bytes decode to finite tensors of the model's shapes.
 pub struct Decodes;
 
@@ -312,7 +329,7 @@ impl Check<Candidate> for Decodes {
         DECODES
     }
     fn check(&self, c: &mut Candidate) -> Result<(), Rejection> {
-        let u = crate::updates::decode(&c.ctx.cfg, &c.bytes)
+        let u = crate::updates::decode_sealed(&c.ctx.cfg, &c.bytes)
             .map_err(|e| Rejection::new(self.name(), e))?;
         c.update = Some(u);
         Ok(())
@@ -587,6 +604,7 @@ impl Windowed {
             shaping: Shaping::of(v),
             checks: vec![
                 Box::new(AnnouncedSize),
+                Box::new(Authored),
                 Box::new(Decodes),
                 Box::new(InSync),
                 Box::new(Recomputes),

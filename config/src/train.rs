@@ -115,11 +115,15 @@ pub enum AdversaryKind {
     PoisonNan,
     /// Poisoner: the honest update × −10.
     PoisonInverted,
+    /// Griefer: computes another miner's update from its public pages (the lowest other miner
+    /// uid), seals it with that miner's author header (the victim's exact blob and content id)
+    /// and announces it under its own uid as soon as the window starts, before the victim.
+    Precomputer,
 }
 
 impl AdversaryKind {
     /// Every cheat, in declaration order.
-    pub const ALL: [AdversaryKind; 13] = [
+    pub const ALL: [AdversaryKind; 14] = [
         AdversaryKind::Copier,
         AdversaryKind::NoisyCopier,
         AdversaryKind::Replay,
@@ -133,6 +137,7 @@ impl AdversaryKind {
         AdversaryKind::PoisonLarge,
         AdversaryKind::PoisonNan,
         AdversaryKind::PoisonInverted,
+        AdversaryKind::Precomputer,
     ];
 
     /// The kebab-case name (as in TOML and on the command line).
@@ -151,6 +156,7 @@ impl AdversaryKind {
             AdversaryKind::PoisonLarge => "poison-large",
             AdversaryKind::PoisonNan => "poison-nan",
             AdversaryKind::PoisonInverted => "poison-inverted",
+            AdversaryKind::Precomputer => "precomputer",
         }
     }
 }

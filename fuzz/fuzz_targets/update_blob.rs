@@ -1,7 +1,9 @@
 //! Raw bytes as an update blob fetched from a peer, decoded the way a validator and every
 //! trainer do (`apiary_actors::updates::decode`): dense safetensors (`Update::from_bytes`) when
 //! the first byte is even, compressed (`CompressedUpdate::from_bytes` + `decompress` +
-//! `Update::from_vecs`) when it is odd. Also the outer-state blob a late joiner fetches.
+//! `Update::from_vecs`) when it is odd. Also the author header in front of every update blob
+//! (`updates::unseal`, then the rest decoded as above) and the outer-state blob a late joiner
+//! fetches.
 #![no_main]
 use apiary_fuzz::cfgs;
 use apiary_model::{OuterState, Update};
@@ -19,5 +21,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if sel & 2 != 0 {
         let _ = OuterState::from_bytes(&cfg.model, bytes);
+    }
+    if sel & 4 != 0 {
+        let _ = apiary_actors::updates::decode_sealed(cfg, bytes);
     }
 });

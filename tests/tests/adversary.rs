@@ -62,6 +62,9 @@ struct Outcome {
     miners: Vec<(u16, Spec)>,
     /// Per measured window: the uids whose updates the applied record aggregated.
     aggregated: Vec<(u64, Vec<u16>)>,
+    /// Measured windows in which the `precomputer` announced exactly the content id its victim
+    /// announced (its attack was the real one: the victim's own blob).
+    precomputed: usize,
 }
 
 fn miner_specs(cheats: bool) -> Vec<Spec> {
@@ -109,12 +112,9 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         miner_idx.push(net.spawn(c).await);
     }
     net.wait_connected(T).await;
-    // Exact copies are never evaluated (the first announcer keeps the content id).
-    let copiers = specs
-        .iter()
-        .filter(|s| s.cheat == Some(AdversaryKind::Copier))
-        .count();
-    let expected = specs.len() - copiers;
+    // Every announcement is evaluated, copies included (a blob names its author; the
+    // announcer it does not name is refused, whoever was heard first).
+    let expected = specs.len();
 
     let vctx: Vec<_> = validators
         .iter()
@@ -210,6 +210,37 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
     for (s, &idx) in specs.into_iter().zip(&miner_idx) {
         miners.push((net.nodes[idx].ctx().uid().expect("miner uid"), s));
     }
+    // The precomputer's announcements against everyone else's, as an honest miner stored them
+    // (validators drop the announcements they refuse).
+    let witness = net.nodes[miner_idx[1]].ctx().clone();
+    let announced = |w: u64, uid: u16| {
+        witness
+            .store
+            .get::<apiary_actors::protocol::UpdateAnnouncement>(
+                apiary_storage::Column::Announcements,
+                &apiary_storage::window_uid_key(w, uid),
+            )
+            .ok()
+            .flatten()
+            .map(|a| a.update)
+    };
+    let mut precomputed = 0;
+    if let Some((pre, _)) = miners
+        .iter()
+        .find(|(_, s)| s.cheat == Some(AdversaryKind::Precomputer))
+    {
+        for w in first..last {
+            let Some(id) = announced(w, *pre) else {
+                continue;
+            };
+            if miners
+                .iter()
+                .any(|(u, _)| u != pre && announced(w, *u) == Some(id))
+            {
+                precomputed += 1;
+            }
+        }
+    }
     eprintln!(
         "swarm of {} miners ({}), {WINDOWS} windows: {:.1} s, held-out loss {loss:.4}, updates \
          accepted per window (per validator) {accepted:?}",
@@ -223,6 +254,7 @@ async fn swarm(config: fn(&Path, &str, Role) -> NodeConfig, cheats: bool) -> Out
         weights,
         miners,
         aggregated,
+        precomputed,
     }
 }
 
@@ -361,6 +393,21 @@ fn judge(label: &str, clean: &Outcome, adv: &Outcome, local_steps: usize) -> Vec
                 uids.len()
             ));
         }
+    }
+    // Dense updates are deterministic: the precomputer must have announced its victim's exact
+    // blob (the real attack) in at least 2 windows — in the others it computed from the model
+    // before the latest record reached it (measured 4 of 8) — and the victim is still
+    // aggregated in every window (checked above).
+    eprintln!(
+        "precomputer announced its victim's exact update id in {} of {WINDOWS} windows",
+        adv.precomputed
+    );
+    if label == "dense" && adv.precomputed < 2 {
+        bad.push(format!(
+            "the precomputer reproduced its victim's blob in only {} of {WINDOWS} windows: the \
+             attack this test guards against did not happen",
+            adv.precomputed
+        ));
     }
     let ratio = adv.loss / clean.loss;
     eprintln!(

@@ -237,6 +237,15 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         })
         .await;
         let base = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+        // Sealed as the rogue's own (a blob names its author), so `decodes` judges the tensors.
+        let bytes = apiary_actors::updates::seal(
+            apiary_actors::updates::Author {
+                netuid: 1,
+                window: target,
+                uid: rogue_uid,
+            },
+            &bytes,
+        );
         let id = ContentId::of(&bytes);
         provider.0.lock().expect("lock").insert(id.0, bytes.clone());
         let mut a = ann(id, bytes.len());
@@ -263,16 +272,10 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
     // (8) Well-formed updates with a bad sync proof: a slice of another model (a miner a window
     // behind), and no slice at all. Rejected before recomputation, counted as out of sync, and
     // nothing of them is stored.
-    let update = apiary_model::Update::random_like(&vcfg.model, 2, 0.01)
+    let wire = apiary_model::Update::random_like(&vcfg.model, 2, 0.01)
         .expect("update")
         .to_bytes()
         .expect("bytes");
-    let update_id = ContentId::of(&update);
-    provider
-        .0
-        .lock()
-        .expect("lock")
-        .insert(update_id.0, update.clone());
     let genesis = apiary_model::Params::init(&vcfg.model).expect("params");
     let step = apiary_model::Update::random_like(&vcfg.model, 3, 0.01).expect("update");
     let behind = apiary_model::aggregate(&genesis, &[step], 1.0).expect("params");
@@ -287,6 +290,21 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         })
         .await;
         let base = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+        // The rogue's own blob for this window (a blob names its author and window).
+        let update = apiary_actors::updates::seal(
+            apiary_actors::updates::Author {
+                netuid: 1,
+                window: target,
+                uid: rogue_uid,
+            },
+            &wire,
+        );
+        let update_id = ContentId::of(&update);
+        provider
+            .0
+            .lock()
+            .expect("lock")
+            .insert(update_id.0, update.clone());
         let mut a = ann(update_id, update.len());
         a.window = target;
         a.base_model = base;
@@ -417,12 +435,46 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
             .is_err()
     );
 
-    // (10) A copier re-announces another miner's update id in the same window: the first
-    // announcer observed keeps it; the copy is counted, not stored and never fetched.
-    let received_before = m.updates_received.load(Ordering::Relaxed);
-    let mut original = ann(ContentId::of(b"an update worth copying"), 16);
+    // (10) A precomputer announces another miner's update id *before* that miner does (it
+    // computed the same bytes from public pages): who was heard first decides nothing. The
+    // blob names its author, so the early copy is refused as a copy and the author's own
+    // announcement, heard second, is not.
+    let current = ContentId::from_hex(&vctx.status().model_hash.expect("model")).expect("hex");
+    let w = vctx.window();
+    let blob = apiary_actors::updates::seal(
+        apiary_actors::updates::Author {
+            netuid: 1,
+            window: w,
+            uid: first_uid,
+        },
+        b"an update worth copying",
+    );
+    // The validator already holds the bytes (as after fetching them from their author).
+    let id = vctx.store.put_blob(&blob).expect("store the blob");
+    let mut original = ann(id, blob.len());
     original.uid = first_uid;
-    original.window = vctx.window();
+    original.window = w;
+    original.base_model = current;
+    let mut copy = original.clone();
+    copy.uid = copier_uid;
+    let copied_before = m.updates_copied.load(Ordering::Relaxed);
+    publish(
+        &rogue,
+        SignedEnvelope::sign(&copier_key, &tag, GossipMsg::Update(copy).encode()),
+    )
+    .await;
+    wait_until(T, "the early copy refused as a copy", || async {
+        m.updates_copied.load(Ordering::Relaxed) > copied_before
+    })
+    .await;
+    assert_eq!(vctx.rejections.snapshot().get("unique_content"), Some(&1));
+    let bad_before = m.updates_bad.load(Ordering::Relaxed);
+    let decodes_before = vctx
+        .rejections
+        .snapshot()
+        .get("decodes")
+        .copied()
+        .unwrap_or(0);
     publish(
         &rogue,
         SignedEnvelope::sign(
@@ -432,30 +484,17 @@ async fn bad_input_is_rejected_counted_and_not_stored() {
         ),
     )
     .await;
-    wait_until(T, "the original announcement admitted", || async {
-        m.updates_received.load(Ordering::Relaxed) > received_before
-    })
-    .await;
-    let mut copy = original.clone();
-    copy.uid = copier_uid;
-    publish(
-        &rogue,
-        SignedEnvelope::sign(&copier_key, &tag, GossipMsg::Update(copy).encode()),
-    )
-    .await;
-    wait_until(T, "the copy counted", || async {
-        m.updates_copied.load(Ordering::Relaxed) >= 1
+    // The author's announcement passes the author check and is judged on its bytes (which
+    // are not a real update here: `decodes` refuses them), never as a copy.
+    wait_until(T, "the author's own announcement evaluated", || async {
+        m.updates_bad.load(Ordering::Relaxed) > bad_before
     })
     .await;
     assert_eq!(vctx.rejections.snapshot().get("unique_content"), Some(&1));
-    assert!(vctx
-        .store
-        .get::<UpdateAnnouncement>(
-            Column::Announcements,
-            &window_uid_key(original.window, copier_uid)
-        )
-        .expect("store")
-        .is_none());
+    assert_eq!(
+        vctx.rejections.snapshot().get("decodes"),
+        Some(&(decodes_before + 1))
+    );
 
     rogue.shutdown().await;
     net.shutdown().await;
