@@ -15,7 +15,7 @@
 # devnet) first, then command 2 (setup.sh + cargo test --workspace). "Rust installed", which the
 # README presumes, is this machine's toolchain bind-mounted (rustup and the cargo home with its
 # downloaded crates; the root has no network path to rustup) plus gcc and libc6-dev, rustup's
-# own prerequisites for linking. Measured here: command 1 360 s, command 2 613 s (320 tests).
+# own prerequisites for linking. Measured here: command 1 406 s, command 2 650 s.
 # .ci/run calls it after its own tests (no overlap), under its own stamp, which also covers the
 # README.
 set -euo pipefail
