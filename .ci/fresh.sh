@@ -115,8 +115,10 @@ for v in SSL_CERT_FILE SSL_CERT_DIR NODE_EXTRA_CA_CERTS PIP_CERT REQUESTS_CA_BUN
   if [ -n "${!v:-}" ]; then passenv+=("$v=${!v}"); fi
 done
 
-run_in_root() { # run_in_root NAME USER
-  local name="$1" user="$2" dir="$WORK/$1" log="$WORK/$1.log"
+# A copy of the base root at DIR, with this machine's resolver, apt sources and local CAs, and
+# /proc, /dev and the shared apt archive mounted (unmounted by cleanup).
+prepare_root() { # prepare_root DIR
+  local dir="$1"
   cp -a "$BASE" "$dir"
   cp /etc/resolv.conf "$dir/etc/resolv.conf"
   if [ -d /etc/apt/sources.list.d ]; then
@@ -133,6 +135,11 @@ run_in_root() { # run_in_root NAME USER
   mount -t proc proc "$dir/proc" && mounts+=("$dir/proc")
   mount --bind /dev "$dir/dev" && mounts+=("$dir/dev")
   mount --bind "$CACHE/apt-archives" "$dir/var/cache/apt/archives" && mounts+=("$dir/var/cache/apt/archives")
+}
+
+run_in_root() { # run_in_root NAME USER
+  local name="$1" user="$2" dir="$WORK/$1" log="$WORK/$1.log"
+  prepare_root "$dir"
   local home=/root
   if [ "$user" != root ]; then
     chroot "$dir" useradd -m -s /bin/bash "$user"
@@ -170,19 +177,7 @@ run_commands_in_root() {
     echo "fresh.sh commands: only $((free_kb / 1024)) MiB free at $WORK; it needs 16 GiB (a cold build and the test binaries); free some and run it again" >&2
     return 1
   fi
-  cp -a "$BASE" "$dir"
-  cp /etc/resolv.conf "$dir/etc/resolv.conf"
-  if [ -d /etc/apt/sources.list.d ]; then
-    rm -f "$dir/etc/apt/sources.list"
-    cp /etc/apt/sources.list.d/*.sources "$dir/etc/apt/sources.list.d/" 2>/dev/null || cp /etc/apt/sources.list "$dir/etc/apt/sources.list"
-  fi
-  if [ -d /usr/local/share/ca-certificates ]; then
-    mkdir -p "$dir/usr/local/share/ca-certificates"
-    cp -a /usr/local/share/ca-certificates/. "$dir/usr/local/share/ca-certificates/"
-  fi
-  mount -t proc proc "$dir/proc" && mounts+=("$dir/proc")
-  mount --bind /dev "$dir/dev" && mounts+=("$dir/dev")
-  mount --bind "$CACHE/apt-archives" "$dir/var/cache/apt/archives" && mounts+=("$dir/var/cache/apt/archives")
+  prepare_root "$dir"
   mkdir -p "$dir/opt/rustup" "$dir/opt/cargo"
   mount --bind "${RUSTUP_HOME:-$HOME/.rustup}" "$dir/opt/rustup" && mounts+=("$dir/opt/rustup")
   mount --bind "${CARGO_HOME:-$HOME/.cargo}" "$dir/opt/cargo" && mounts+=("$dir/opt/cargo")
